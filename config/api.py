@@ -1,0 +1,110 @@
+"""The base every API view goes through: tenancy, scopes, roles and rate limits.
+
+Subclasses cannot override ``get_queryset``, ``get_object`` or ``get_permissions``
+(``__init_subclass__`` refuses it); they narrow the queryset through ``scoped_queryset``.
+A test walks the URL conf and fails for any API view that does not inherit from here.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, ClassVar
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+from rest_framework import viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiKey, Project, Role
+from accounts.permissions import HasProjectRole, HasScope, require_role
+from accounts.scopes import SCOPE_OBJECTS, ScopeObject
+from config.ratelimit import enforce_rate_limit, rate_limit_headers
+
+SEALED = ("get_queryset", "get_object", "get_permissions", "perform_authentication")
+
+
+class TaskforgeAPIMixin:
+    """Rate limiting and its headers, and the scope declaration, for every API view."""
+
+    scope_object: ClassVar[ScopeObject]
+    permission_classes = (HasScope, HasProjectRole)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in SEALED if name in cls.__dict__]
+        if overridden and not cls.__dict__.get("_taskforge_base", False):
+            raise ImproperlyConfigured(
+                f"{cls.__name__} overrides {', '.join(overridden)}; narrow the queryset with "
+                "scoped_queryset() instead, so tenancy and scopes cannot be bypassed."
+            )
+        scope = getattr(cls, "scope_object", None)
+        if scope is not None and scope not in SCOPE_OBJECTS:
+            raise ImproperlyConfigured(f"{cls.__name__}.scope_object must be one of {SCOPE_OBJECTS}")
+
+    @property
+    def api_key(self) -> ApiKey | None:
+        """The API key of this request, or None for a session login."""
+        auth = getattr(self.request, "auth", None)  # type: ignore[attr-defined]
+        return auth if isinstance(auth, ApiKey) else None
+
+    def get_permissions(self) -> list[Any]:
+        return [permission() for permission in (HasScope, HasProjectRole)]
+
+    def perform_authentication(self, request: Request) -> None:
+        # Rate limiting runs whether authentication succeeded or not, so a flood of bad
+        # keys is limited per IP like any anonymous call (and gets 429, not 401).
+        try:
+            request.user  # noqa: B018 - forces authentication
+        finally:
+            enforce_rate_limit(request)
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        usage = getattr(request, "_rate_usage", None)
+        if usage is not None:
+            for header, value in rate_limit_headers(usage).items():
+                response[header] = value
+        return response
+
+
+class TaskforgeAPIView(TaskforgeAPIMixin, APIView):
+    """A non-model API view (``/me``, ``/status``)."""
+
+    _taskforge_base = True
+
+
+class TaskforgeViewSet(TaskforgeAPIMixin, viewsets.GenericViewSet):
+    """A model viewset scoped to the caller's projects.
+
+    Declare ``queryset`` (its model's QuerySet has ``visible_to``), ``scope_object``,
+    ``project_lookup`` (attribute path from the object to its Project, or None for objects
+    owned by a user) and ``write_role``.
+    """
+
+    _taskforge_base = True
+    project_lookup: ClassVar[str | None] = "project"
+    write_role: ClassVar[str] = Role.MEMBER
+
+    def get_queryset(self) -> models.QuerySet:
+        queryset = self.queryset
+        if queryset is None or not hasattr(queryset, "visible_to"):
+            raise ImproperlyConfigured(f"{type(self).__name__}.queryset needs a visible_to() method")
+        visible = queryset.all().visible_to(self.request.user, api_key=self.api_key)
+        return self.scoped_queryset(visible)
+
+    def scoped_queryset(self, queryset: models.QuerySet) -> models.QuerySet:
+        """Narrow (filter, select_related) the visible queryset; never widen it."""
+        return queryset
+
+    def get_object(self) -> Any:
+        return super().get_object()
+
+    def project_of(self, obj: Any) -> Project | None:
+        if self.project_lookup is None:
+            return None
+        return operator.attrgetter(self.project_lookup.replace("__", "."))(obj)
+
+    def require_role(self, project: Project, needed: str | None = None) -> None:
+        require_role(self.request, project, needed or self.write_role)

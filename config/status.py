@@ -1,0 +1,38 @@
+"""``GET /api/v1/status``: what the caller's projects hold right now."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Project
+from config.api import TaskforgeAPIView
+
+
+class StatusView(TaskforgeAPIView):
+    scope_object = "account"
+
+    @extend_schema(
+        operation_id="status_retrieve",
+        responses=inline_serializer(
+            "Status",
+            {
+                "version": serializers.CharField(),
+                "timestamp": serializers.DateTimeField(),
+                "projects": serializers.IntegerField(),
+            },
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        projects = Project.objects.visible_to(request.user, self.api_key)
+        return Response(
+            {
+                "version": settings.TASKFORGE_VERSION,
+                "timestamp": timezone.now(),
+                "projects": projects.count(),
+            }
+        )
