@@ -29,7 +29,7 @@ class Command(BaseCommand):
             return
         password = os.environ.get("TASKFORGE_OPERATOR_PASSWORD") or secrets.token_urlsafe(12)
         user = User.objects.create_superuser(username, f"{username}@localhost", password)
-        api_key, raw = services.api_key_create(owner=user, name="bootstrap", scopes=["*"])
+        _, raw = services.api_key_create(owner=user, name="bootstrap", scopes=["*"])
         self.stdout.write(
             "\n".join(
                 [
