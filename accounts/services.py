@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Project, Role, User
 from accounts.scopes import normalize_scopes
+from config.errors import field_error
 from config.ratelimit import validate_rate
 
 
@@ -29,9 +30,7 @@ def _admin_count(project: Project) -> int:
 @transaction.atomic
 def membership_add(*, project: Project, user: User, role: str) -> Membership:
     if Membership.objects.filter(project=project, user=user).exists():
-        raise ValidationError(
-            {"user": ["This user is already a member of the project."]}, code="already_member"
-        )
+        raise field_error("user", "This user is already a member of the project.", "already_member")
     membership = Membership(project=project, user=user, role=role)
     membership.full_clean()
     membership.save()
@@ -49,7 +48,7 @@ def membership_set_role(*, membership: Membership, role: str) -> Membership:
     _lock_admins(membership.project)
     membership.refresh_from_db()
     if membership.role == Role.ADMIN and role != Role.ADMIN and _admin_count(membership.project) == 1:
-        raise ValidationError({"role": ["The last admin of a project cannot be demoted."]}, code="last_admin")
+        raise field_error("role", "The last admin of a project cannot be demoted.", "last_admin")
     membership.role = role
     membership.full_clean()
     membership.save(update_fields=["role"])
@@ -61,11 +60,9 @@ def membership_remove(*, membership: Membership) -> None:
     _lock_admins(membership.project)
     membership.refresh_from_db()
     if membership.role == Role.ADMIN and _admin_count(membership.project) == 1:
-        raise ValidationError({"user": ["The last admin of a project cannot be removed."]}, code="last_admin")
+        raise field_error("user", "The last admin of a project cannot be removed.", "last_admin")
     if membership.project.personal_owner_id == membership.user_id:
-        raise ValidationError(
-            {"user": ["The owner cannot leave their personal project."]}, code="personal_owner"
-        )
+        raise field_error("user", "The owner cannot leave their personal project.", "personal_owner")
     membership.delete()
 
 

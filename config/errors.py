@@ -95,8 +95,12 @@ def flatten_errors(detail: Any, field: str | None = None) -> list[dict[str, Any]
     if isinstance(detail, dict):
         out: list[dict[str, Any]] = []
         for key, value in detail.items():
-            name = None if key in ("non_field_errors", "__all__") else str(key)
-            path = f"{field}.{name}" if field and name else (name or field)
+            if key in ("non_field_errors", "__all__"):
+                path = field
+            elif isinstance(key, int) or str(key).isdigit():  # list items: DRF keys them by index
+                path = f"{field or ''}[{key}]"
+            else:
+                path = f"{field}.{key}" if field else str(key)
             out.extend(flatten_errors(value, path))
         return out
     if isinstance(detail, list):
@@ -190,3 +194,8 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
     from django.views.defaults import permission_denied
 
     return permission_denied(request, exception)  # type: ignore[arg-type]
+
+
+def field_error(field: str, message: str, code: str) -> DjangoValidationError:
+    """A Django ValidationError for one field that keeps its code through to the problem."""
+    return DjangoValidationError({field: [DjangoValidationError(message, code=code)]})

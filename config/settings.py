@@ -131,8 +131,10 @@ else:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
-        "TEST": {"NAME": os.environ.get("TASKFORGE_SQLITE_TEST_PATH") or None},
     }
+    # The test database is a file (beside the main one), not memory, so tests can start real
+    # gunicorn and worker processes against it.
+    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).with_suffix("")) + "-test.sqlite3"}
     Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,90 @@
+"""Real processes against the test database: gunicorn on loopback (and, later, workers).
+
+Use with ``@pytest.mark.django_db(transaction=True)`` so what the test writes is committed
+and visible to the subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_env() -> dict[str, str]:
+    """Environment that points a child process at the test database the suite is using."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["DJANGO_SETTINGS_MODULE"] = "config.test_settings"
+    env["TASKFORGE_TESTING"] = "1"
+    name = connection.settings_dict["NAME"]
+    if connection.vendor == "postgresql":
+        parts = urlsplit(os.environ["DATABASE_URL"])
+        env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
+    else:
+        env.pop("DATABASE_URL", None)
+        env["TASKFORGE_SQLITE_PATH"] = str(name)
+    env["DJANGO_SECRET_KEY"] = settings.SECRET_KEY
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run gunicorn (WSGI, ``workers`` processes) on a free loopback port; yield its base URL."""
+    port = free_port()
+    env = {**test_database_env(), **(extra_env or {})}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code < 600:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"gunicorn did not start:\n{out}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,97 @@
+"""Walks the URL conf: no API endpoint can escape tenancy, scopes or the 404 rule.
+
+Every view under /api/v1/ must inherit the shared base (``TaskforgeAPIMixin``), declare a
+valid scope object, and answer 404 on every verb for another project's object. A new
+model behind a detail route needs an entry in ``FOREIGN_OBJECTS`` or this test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from accounts.models import ApiKey, Membership, Project, User
+from accounts.scopes import SCOPE_OBJECTS
+from config.api import TaskforgeAPIMixin, TaskforgeViewSet
+from tests.factories import make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def walk(patterns: list[Any], prefix: str = "") -> Iterator[tuple[str, URLPattern]]:
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            yield from walk(entry.url_patterns, prefix + str(entry.pattern))
+        else:
+            yield prefix + str(entry.pattern), entry
+
+
+def api_routes() -> list[tuple[str, URLPattern]]:
+    return [(route, p) for route, p in walk(get_resolver().url_patterns) if route.startswith("api/v1/")]
+
+
+def foreign_api_key(owner: User) -> dict[str, Any]:
+    api_key, _ = make_key(owner)
+    return {"id": api_key.prefix}
+
+
+def foreign_project(owner: User) -> dict[str, Any]:
+    return {"pk": owner.personal_project.pk, "project_pk": owner.personal_project.pk}
+
+
+def foreign_membership(owner: User) -> dict[str, Any]:
+    return {"project_pk": owner.personal_project.pk, "user": owner.pk}
+
+
+# model -> builds an object owned by another user and returns the URL kwargs reaching it.
+FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
+    ApiKey: foreign_api_key,
+    Project: foreign_project,
+    Membership: foreign_membership,
+}
+
+
+def test_every_api_view_goes_through_the_base():
+    routes = api_routes()
+    assert routes, "no API routes found"
+    for route, pattern in routes:
+        cls = getattr(pattern.callback, "cls", None)
+        assert cls is not None, f"{route} is not a DRF view"
+        assert issubclass(cls, TaskforgeAPIMixin), f"{route}: {cls.__name__} bypasses the shared base"
+        assert cls.scope_object in SCOPE_OBJECTS, f"{route}: {cls.__name__} has no valid scope_object"
+
+
+def test_every_object_route_answers_404_for_another_projects_object(api, other_user):
+    checked = 0
+    for route, pattern in api_routes():
+        names = list(pattern.pattern.regex.groupindex)
+        if not names:
+            continue
+        cls = pattern.callback.cls
+        model = cls.queryset.model if issubclass(cls, TaskforgeViewSet) else None
+        assert model in FOREIGN_OBJECTS, f"{route}: add {model} to FOREIGN_OBJECTS"
+        kwargs_all = FOREIGN_OBJECTS[model](other_user)
+        kwargs = {name: kwargs_all[name] for name in names}
+        url = reverse(pattern.name, kwargs=kwargs)
+        methods = list(pattern.callback.actions) if hasattr(pattern.callback, "actions") else ["get"]
+        for method in methods:
+            response = getattr(api, method)(url, {}, format="json")
+            assert response.status_code == 404, f"{method.upper()} {url} -> {response.status_code}"
+            assert other_user.username not in response.content.decode()
+            checked += 1
+    assert checked >= 5
+
+
+def test_a_view_overriding_get_queryset_is_refused():
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="scoped_queryset"):
+
+        class Sneaky(TaskforgeViewSet):
+            scope_object = "task"
+
+            def get_queryset(self):  # pragma: no cover
+                return Project.objects.all()
