@@ -29,6 +29,7 @@ class Command(BaseCommand):
             return
         password = os.environ.get("TASKFORGE_OPERATOR_PASSWORD") or secrets.token_urlsafe(12)
         user = User.objects.create_superuser(username, f"{username}@localhost", password)
+        base = os.environ.get("TASKFORGE_BASE_URL", "http://127.0.0.1:8000")
         _, raw = services.api_key_create(owner=user, name="bootstrap", scopes=["*"])
         self.stdout.write(
             "\n".join(
@@ -38,7 +39,7 @@ class Command(BaseCommand):
                     "  Taskforge first run: store these now, they are not shown again.",
                     f"  Operator (admin at /admin/):  {username} / {password}",
                     f"  API key (all scopes):         {raw}",
-                    f'  Try:  curl -H "Authorization: Api-Key {raw}" http://127.0.0.1:8000/api/v1/me',
+                    f'  Try:  curl -H "Authorization: Api-Key {raw}" {base}/api/v1/me',
                     "=" * 72,
                     "",
                 ]
