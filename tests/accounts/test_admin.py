@@ -23,8 +23,14 @@ def user_objects():
 
 
 @pytest.mark.parametrize(
-    "url", ["/admin/", "/admin/accounts/user/", "/admin/accounts/project/", "/admin/accounts/apikey/",
-            "/admin/accounts/apikey/add/"]
+    "url",
+    [
+        "/admin/",
+        "/admin/accounts/user/",
+        "/admin/accounts/project/",
+        "/admin/accounts/apikey/",
+        "/admin/accounts/apikey/add/",
+    ],
 )
 def test_admin_pages_render(client, operator, url):
     client.force_login(operator)
@@ -58,7 +64,12 @@ def test_admin_user_created_in_admin_gets_personal_project(client, operator):
     client.force_login(operator)
     client.post(
         "/admin/accounts/user/add/",
-        {"username": "newbie", "password1": "a-Strong-pw-123", "password2": "a-Strong-pw-123", "usable_password": "true"},
+        {
+            "username": "newbie",
+            "password1": "a-Strong-pw-123",
+            "password2": "a-Strong-pw-123",
+            "usable_password": "true",
+        },
     )
     from accounts.models import User
 
@@ -76,4 +87,7 @@ def test_staff_sees_only_own_projects(client, db):
     page = client.get("/admin/accounts/project/").content.decode()
     assert shared.name in page
     assert str(stranger.personal_project) not in page
-    assert client.get(f"/admin/accounts/project/{stranger.personal_project.pk}/change/").status_code in (302, 404)
+    assert client.get(f"/admin/accounts/project/{stranger.personal_project.pk}/change/").status_code in (
+        302,
+        404,
+    )

@@ -32,7 +32,9 @@ def test_createapikey_prints_a_working_key_once(user):
 
 def test_createapikey_with_project_and_expiry(user):
     project = user.personal_project
-    raw, _ = run("createapikey", "--user", "alice", "--project", str(project.pk), "--expires", "2099-01-01T00:00:00Z")
+    raw, _ = run(
+        "createapikey", "--user", "alice", "--project", str(project.pk), "--expires", "2099-01-01T00:00:00Z"
+    )
     api_key = ApiKey.objects.get(prefix=raw.partition(".")[0])
     assert api_key.project == project
     assert api_key.expiry_date.year == 2099
