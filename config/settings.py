@@ -218,6 +218,14 @@ TASKFORGE_RATE_LIMIT_ANONYMOUS = os.environ.get("TASKFORGE_RATE_LIMIT_ANONYMOUS"
 TASKFORGE_RATE_LIMIT_ENABLED = env_bool("TASKFORGE_RATE_LIMIT_ENABLED", True)
 # How often an API key's last_used_at may be written (seconds).
 TASKFORGE_KEY_LAST_USED_INTERVAL = env_int("TASKFORGE_KEY_LAST_USED_INTERVAL", 60)
+# Executions and workers.
+# A running execution's lease; its worker renews it every third of this. A worker killed
+# with -9 is noticed (execution failed/worker_lost, retried if allowed) once it runs out.
+TASKFORGE_EXECUTION_LEASE_SECONDS = env_int("TASKFORGE_EXECUTION_LEASE_SECONDS", 30)
+# A worker whose heartbeat is older than this is shown as lost.
+TASKFORGE_WORKER_DEAD_AFTER = env_int("TASKFORGE_WORKER_DEAD_AFTER", 60)
+# How long ?wait=N may hold a request (seconds).
+TASKFORGE_MAX_WAIT_SECONDS = 60
 RATELIMIT_USE_CACHE = "default"
 
 # --- REST framework and OpenAPI -------------------------------------------------------------

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from executions import services
+from executions.models import Execution, ExecutionStatus, OutputChunk, Worker
+
+STATUS_COLORS = {
+    ExecutionStatus.QUEUED: "#6c757d",
+    ExecutionStatus.RUNNING: "#0d6efd",
+    ExecutionStatus.SUCCEEDED: "#198754",
+    ExecutionStatus.FAILED: "#dc3545",
+    ExecutionStatus.TIMED_OUT: "#fd7e14",
+    ExecutionStatus.CANCELLED: "#adb5bd",
+}
+
+
+def status_badge(status: str) -> str:
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:8px">{}</span>',
+        STATUS_COLORS.get(status, "#6c757d"),
+        status,
+    )
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    """Read-only history; output shown in a monospace block; cancel action."""
+
+    list_display = (
+        "__str__",
+        "badge",
+        "task",
+        "trigger",
+        "attempt",
+        "queued_at",
+        "duration_ms",
+        "exit_code",
+        "error",
+        "worker",
+    )
+    list_filter = ("status", "trigger", "error")
+    date_hierarchy = "queued_at"
+    search_fields = ("id", "task__name")
+    list_select_related = ("task", "worker")
+    actions = ("cancel",)
+    readonly_fields = ("output",)
+    exclude = ("secret_parameters", "claim_token")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return Execution.objects.visible_to(request.user).select_related("task", "worker")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, execution: Execution) -> str:
+        return status_badge(execution.status)
+
+    @admin.display(description="output")
+    def output(self, execution: Execution) -> str:
+        parts = []
+        for stream in ("stdout", "stderr"):
+            text = "".join(
+                OutputChunk.objects.filter(execution=execution, stream=stream)
+                .order_by("seq")
+                .values_list("data", flat=True)
+            )
+            truncated = getattr(execution, f"{stream}_truncated")
+            parts.append(
+                format_html(
+                    '<h4>{}{}</h4><pre style="max-height:30em;overflow:auto;background:#111;color:#eee;padding:8px">{}</pre>',
+                    stream,
+                    " (truncated)" if truncated else "",
+                    text,
+                )
+            )
+        return format_html("{}{}", *parts)
+
+    @admin.action(description="Cancel selected executions")
+    def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done = 0
+        for execution in queryset:
+            if not execution.is_final:
+                services.execution_cancel(execution=execution, actor=request.user)
+                done += 1
+        self.message_user(request, f"Cancelled {done} execution(s).", messages.SUCCESS)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "hostname",
+        "pid",
+        "concurrency",
+        "sandbox",
+        "started_at",
+        "last_heartbeat_at",
+        "stopped_at",
+    )
+    readonly_fields = [f.name for f in Worker._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from executions.models import Execution, ExecutionStatus, OutputChunk, Stream
+
+
+class WorkerSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    task = serializers.UUIDField(source="task_id", read_only=True)
+    project = serializers.UUIDField(source="project_id", read_only=True)
+    triggered_by = serializers.SerializerMethodField()
+    worker = WorkerSummarySerializer(read_only=True, allow_null=True)
+    retry_of = serializers.UUIDField(source="retry_of_id", read_only=True, allow_null=True)
+    cancel_requested = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Execution
+        fields = (
+            "id",
+            "task",
+            "project",
+            "number",
+            "attempt",
+            "retry_of",
+            "status",
+            "trigger",
+            "triggered_by",
+            "parameters",
+            "script_type",
+            "timeout_seconds",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "exit_code",
+            "error",
+            "error_detail",
+            "stdout_truncated",
+            "stderr_truncated",
+            "worker",
+            "sandbox",
+            "cancel_requested",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_triggered_by(self, execution: Execution) -> str | None:
+        user = execution.triggered_by
+        return user.get_username() if user is not None else None
+
+    def get_cancel_requested(self, execution: Execution) -> bool:
+        return execution.cancel_requested_at is not None
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    script = serializers.CharField(read_only=True)
+    stdout = serializers.SerializerMethodField()
+    stderr = serializers.SerializerMethodField()
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = (*ExecutionSerializer.Meta.fields, "script", "stdout", "stderr")
+        read_only_fields = fields
+
+    def _output(self, execution: Execution) -> dict[str, str]:
+        cached = getattr(execution, "_output", None)
+        if cached is None:
+            parts: dict[str, list[str]] = {Stream.STDOUT: [], Stream.STDERR: []}
+            for stream, data in execution.chunks.order_by("seq").values_list("stream", "data"):
+                parts[stream].append(data)
+            cached = {stream: "".join(texts) for stream, texts in parts.items()}
+            execution._output = cached  # type: ignore[attr-defined]
+        return cached
+
+    def get_stdout(self, execution: Execution) -> str:
+        return self._output(execution)[Stream.STDOUT]
+
+    def get_stderr(self, execution: Execution) -> str:
+        return self._output(execution)[Stream.STDERR]
+
+
+class ExecuteSerializer(serializers.Serializer):
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=3600, required=False, help_text="Override the task's timeout for this run."
+    )
+    parameters = serializers.DictField(
+        required=False, default=dict, help_text="Template parameters (validated against the task's template)."
+    )
+
+
+class LogChunkSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OutputChunk
+        fields = ("seq", "stream", "data")
+
+
+class LogSerializer(serializers.Serializer):
+    execution = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=ExecutionStatus.choices)
+    finished = serializers.BooleanField()
+    chunks = LogChunkSerializer(many=True)
+    next_offset = serializers.IntegerField(help_text="Pass as ?offset= to get what follows.")
+
+
+def log_payload(execution: Execution, offset: int, limit: int = 500) -> dict[str, Any]:
+    chunks = list(execution.chunks.filter(seq__gt=offset).order_by("seq")[:limit])
+    return {
+        "execution": execution.pk,
+        "status": execution.status,
+        "finished": execution.is_final,
+        "chunks": [{"seq": c.seq, "stream": c.stream, "data": c.data} for c in chunks],
+        "next_offset": chunks[-1].seq if chunks else offset,
+    }

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import django_filters
+
+from executions.models import Execution, ExecutionStatus, Trigger
+
+
+class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
+    """``status=failed,timed_out``: a comma list, each value validated (bad one -> 400)."""
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    status = CommaChoiceFilter(choices=ExecutionStatus.choices, help_text="Comma list of statuses.")
+    trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
+    task = django_filters.UUIDFilter(field_name="task_id")
+    project = django_filters.UUIDFilter(field_name="project_id")
+    queued_after = django_filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
+    queued_before = django_filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="lt")
+    finished_after = django_filters.IsoDateTimeFilter(field_name="finished_at", lookup_expr="gte")
+    finished_before = django_filters.IsoDateTimeFilter(field_name="finished_at", lookup_expr="lt")
+
+    class Meta:
+        model = Execution
+        fields = ("status", "trigger", "task", "project")

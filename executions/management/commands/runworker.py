@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from executions.worker import WorkerProcess
+
+
+class Command(BaseCommand):
+    help = "Run a worker: claim queued executions and run their scripts in the sandbox."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--concurrency", type=int, default=2, help="scripts run at once (default 2)")
+        parser.add_argument(
+            "--queue-poll",
+            type=float,
+            default=1.0,
+            help="seconds between queue polls (PostgreSQL also wakes on NOTIFY)",
+        )
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=30.0,
+            help="seconds running scripts get to finish on SIGTERM before they are killed",
+        )
+        parser.add_argument("--name", default=None, help="worker name (default host:pid)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["concurrency"] < 1:
+            from django.core.management.base import CommandError
+
+            raise CommandError("--concurrency must be at least 1")
+        worker = WorkerProcess(
+            concurrency=options["concurrency"],
+            poll_interval=options["queue_poll"],
+            grace=options["grace"],
+            name=options["name"],
+            on_event=lambda message: self.stdout.write(message),
+        )
+        worker.install_signal_handlers()
+        worker.run()

@@ -1,0 +1,456 @@
+"""Every write about executions and workers: enqueue, claim, output, finish, cancel, reap.
+
+Writes about a running execution are fenced by ``(status=running, claim_token=token)``: a
+worker that lost its lease (and whose execution another worker already failed and retried)
+changes nothing when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from accounts.models import ApiKey, User
+from config.errors import Conflict
+from executions.models import (
+    FINAL_STATUSES,
+    RETRYABLE_STATUSES,
+    ErrorCode,
+    Execution,
+    ExecutionStatus,
+    OutputChunk,
+    Trigger,
+    Worker,
+)
+from tasks.models import EventType, Status, Task
+from tasks.services import event_record, lock_skipping_locked, task_blockers
+
+logger = logging.getLogger("taskforge.executions")
+
+QUEUE_CHANNEL = "taskforge_queue"
+DONE_CHANNEL = "taskforge_done"
+RESULT_TAIL_CHARS = 4096
+
+# How an execution's status shows on its task (SPEC §5).
+TASK_STATUS_FOR = {
+    ExecutionStatus.QUEUED: Status.QUEUED,
+    ExecutionStatus.RUNNING: Status.RUNNING,
+    ExecutionStatus.SUCCEEDED: Status.COMPLETED,
+    ExecutionStatus.FAILED: Status.FAILED,
+    ExecutionStatus.TIMED_OUT: Status.FAILED,
+    ExecutionStatus.CANCELLED: Status.CANCELLED,
+}
+
+
+def notify(channel: str, payload: str = "") -> None:
+    """A LISTEN/NOTIFY wake-up hint, sent when the transaction commits (PostgreSQL only).
+
+    Correctness never depends on it: workers also poll, waiters also re-read.
+    """
+    if connection.vendor != "postgresql":
+        return
+
+    def send() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+
+    transaction.on_commit(send)
+
+
+def execution_event(
+    execution: Execution, type_: str, *, actor: User | None = None, api_key: ApiKey | None = None, **data: Any
+) -> None:
+    event_record(
+        type=type_,
+        project=execution.project_id,
+        task=execution.task_id,
+        actor=actor,
+        api_key=api_key,
+        data={
+            "execution_id": str(execution.pk),
+            "number": execution.number,
+            "status": execution.status,
+            **data,
+        },
+    )
+
+
+# --- Enqueue ----------------------------------------------------------------------------------
+def _next_number(task: Task) -> int:
+    return (Execution.objects.filter(task=task).aggregate(n=Max("number"))["n"] or 0) + 1
+
+
+@transaction.atomic
+def execution_enqueue(
+    *,
+    task: Task,
+    actor: User | None,
+    api_key: ApiKey | None = None,
+    trigger: str = Trigger.API,
+    timeout_seconds: int | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    secret_parameters: Mapping[str, Any] | None = None,
+    attempt: int = 1,
+    retry_of: Execution | None = None,
+) -> Execution:
+    """Queue a run of ``task``'s script. 409 when it has no script, is archived, is claimed
+    by an agent, or depends on tasks that are not completed."""
+    task = Task.objects.select_for_update().get(pk=task.pk)  # serialises numbering per task
+    if not task.script_content:
+        raise Conflict("This task has no script: it is a work item for agents to claim.", code="no_script")
+    if task.archived:
+        raise Conflict("This task is archived; unarchive it to run it.", code="archived")
+    if task.lease_expires_at is not None:
+        raise Conflict("An agent holds a claim on this task.", code="claimed")
+    blockers = task_blockers(task)
+    if blockers:
+        raise Conflict(
+            "The task depends on tasks that are not completed.",
+            code="blocked",
+            blockers=[str(b) for b in blockers],
+        )
+    if timeout_seconds is not None and not 1 <= timeout_seconds <= 3600:
+        from config.errors import field_error
+
+        raise field_error("timeout_seconds", "Must be between 1 and 3600.", "out_of_range")
+    execution = Execution.objects.create(
+        project_id=task.project_id,
+        task=task,
+        number=_next_number(task),
+        attempt=attempt,
+        retry_of=retry_of,
+        trigger=trigger,
+        triggered_by=actor if actor is not None and actor.is_authenticated else None,
+        triggered_by_key_prefix=api_key.prefix if api_key is not None else "",
+        parameters=dict(parameters or {}),
+        secret_parameters=dict(secret_parameters or {}),
+        script_type=task.script_type,
+        script=task.script_content,
+        timeout_seconds=timeout_seconds or task.timeout_seconds,
+        priority=task.priority,
+    )
+    execution_event(execution, EventType.EXECUTION_QUEUED, actor=actor, api_key=api_key, trigger=trigger)
+    _sync_task(task, actor=actor, api_key=api_key)
+    notify(QUEUE_CHANNEL, str(execution.pk))
+    return execution
+
+
+# --- The task follows its latest execution ---------------------------------------------------
+def _tail(execution: Execution, stream: str) -> str:
+    chunks = list(
+        OutputChunk.objects.filter(execution=execution, stream=stream)
+        .order_by("-seq")
+        .values_list("data", flat=True)[:64]
+    )
+    text = "".join(reversed(chunks))
+    return text[-RESULT_TAIL_CHARS:]
+
+
+def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None = None) -> None:
+    """Make ``task.status`` (and ``result`` once finished) follow its latest execution.
+
+    The caller holds the task's row lock (or SQLite's write lock).
+    """
+    latest = Execution.objects.filter(task_id=task.pk).order_by("-number").first()
+    if latest is None:
+        return
+    new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
+    fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now()}
+    if latest.is_final:
+        fields["result"] = {
+            "execution_id": str(latest.pk),
+            "number": latest.number,
+            "status": latest.status,
+            "exit_code": latest.exit_code,
+            "error": latest.error or None,
+            "stdout_tail": _tail(latest, "stdout"),
+            "stderr_tail": _tail(latest, "stderr"),
+        }
+    old_status = Task.objects.filter(pk=task.pk).values_list("status", flat=True).first()
+    Task.objects.filter(pk=task.pk).update(**fields)
+    if old_status != new_status:
+        event_record(
+            type=EventType.TASK_STATUS_CHANGED,
+            project=task.project_id,
+            task=task.pk,
+            actor=actor,
+            api_key=api_key,
+            data={
+                "from": old_status,
+                "to": new_status,
+                "reason": "execution",
+                "execution_id": str(latest.pk),
+            },
+        )
+        if new_status == Status.COMPLETED:
+            event_record(
+                type=EventType.TASK_COMPLETED,
+                project=task.project_id,
+                task=task.pk,
+                actor=None,
+                data={"execution_id": str(latest.pk), "exit_code": latest.exit_code},
+            )
+        elif new_status == Status.FAILED:
+            event_record(
+                type=EventType.TASK_FAILED,
+                project=task.project_id,
+                task=task.pk,
+                actor=None,
+                data={"execution_id": str(latest.pk), "exit_code": latest.exit_code, "error": latest.error},
+            )
+
+
+# --- Workers ------------------------------------------------------------------------------------
+def worker_register(*, concurrency: int, sandbox: str, name: str | None = None) -> Worker:
+    hostname = socket.gethostname()
+    pid = os.getpid()
+    return Worker.objects.create(
+        name=name or f"{hostname}:{pid}", hostname=hostname, pid=pid, concurrency=concurrency, sandbox=sandbox
+    )
+
+
+def worker_heartbeat(*, worker: Worker, running: Mapping[uuid.UUID, uuid.UUID]) -> set[uuid.UUID]:
+    """Renew the worker's heartbeat and the leases of its running executions.
+
+    ``running`` maps execution id -> claim token. Returns the ids whose lease this worker no
+    longer holds (another worker reaped them): the caller must stop those scripts.
+    """
+    now = timezone.now()
+    Worker.objects.filter(pk=worker.pk).update(last_heartbeat_at=now)
+    lease = now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS)
+    lost: set[uuid.UUID] = set()
+    for execution_id, token in running.items():
+        renewed = Execution.objects.filter(
+            pk=execution_id, status=ExecutionStatus.RUNNING, claim_token=token
+        ).update(lease_expires_at=lease)
+        if not renewed:
+            lost.add(execution_id)
+    return lost
+
+
+def worker_stop(*, worker: Worker) -> None:
+    Worker.objects.filter(pk=worker.pk).update(stopped_at=timezone.now())
+
+
+def cancel_requested(execution_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these running executions someone asked to cancel (one query)."""
+    ids = list(execution_ids)
+    if not ids:
+        return set()
+    return set(
+        Execution.objects.filter(pk__in=ids, cancel_requested_at__isnull=False).values_list("pk", flat=True)
+    )
+
+
+# --- Claim ------------------------------------------------------------------------------------
+def _running_count(task_id: uuid.UUID) -> int:
+    return Execution.objects.filter(task_id=task_id, status=ExecutionStatus.RUNNING).count()
+
+
+@transaction.atomic
+def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
+    """Claim the next queued execution this worker may start, or None.
+
+    Highest priority first, then oldest. Candidates are locked with SKIP LOCKED so workers
+    never wait for each other; the task row is then locked to respect its
+    ``max_concurrency`` (executions beyond it stay queued, in order) and its dependencies.
+    """
+    candidates = list(lock_skipping_locked(Execution.objects.claim_order())[:scan])
+    skipped_tasks: set[uuid.UUID] = set()
+    for candidate in candidates:
+        if candidate.task_id in skipped_tasks:
+            continue  # keep a task's executions in order: the oldest waits first
+        task = Task.objects.select_for_update().filter(pk=candidate.task_id).first()
+        if task is None:  # pragma: no cover - the cascade removes executions with their task
+            continue
+        if _running_count(task.pk) >= task.max_concurrency or task_blockers(task):
+            skipped_tasks.add(task.pk)
+            continue
+        now = timezone.now()
+        token = uuid.uuid4()
+        claimed = Execution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(
+            status=ExecutionStatus.RUNNING,
+            claim_token=token,
+            worker=worker,
+            started_at=now,
+            sandbox=worker.sandbox,
+            lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
+        )
+        if not claimed:  # pragma: no cover - the row lock prevents it
+            continue
+        candidate.refresh_from_db()
+        execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
+        _sync_task(task)
+        return candidate
+    return None
+
+
+# --- Output and finish ------------------------------------------------------------------------
+@transaction.atomic
+def execution_append_output(
+    *, execution_id: uuid.UUID, claim_token: uuid.UUID, chunks: list[tuple[int, str, str]]
+) -> bool:
+    """Store ``(seq, stream, text)`` chunks; False (nothing stored) if the claim was lost."""
+    held = (
+        Execution.objects.select_for_update()
+        .filter(pk=execution_id, status=ExecutionStatus.RUNNING, claim_token=claim_token)
+        .exists()
+    )
+    if not held:
+        return False
+    OutputChunk.objects.bulk_create(
+        [
+            OutputChunk(execution_id=execution_id, seq=seq, stream=stream, data=text)
+            for seq, stream, text in chunks
+        ]
+    )
+    return True
+
+
+@transaction.atomic
+def execution_finish(
+    *,
+    execution_id: uuid.UUID,
+    claim_token: uuid.UUID,
+    status: str,
+    exit_code: int | None = None,
+    error: str = "",
+    error_detail: str = "",
+    stdout_truncated: bool = False,
+    stderr_truncated: bool = False,
+) -> Execution | None:
+    """Record how a run ended; None if this worker no longer holds the claim."""
+    assert status in FINAL_STATUSES
+    execution = (
+        Execution.objects.select_for_update()
+        .filter(pk=execution_id, status=ExecutionStatus.RUNNING, claim_token=claim_token)
+        .first()
+    )
+    if execution is None:
+        return None
+    return _finish(
+        execution,
+        status=status,
+        exit_code=exit_code,
+        error=error,
+        error_detail=error_detail,
+        stdout_truncated=stdout_truncated,
+        stderr_truncated=stderr_truncated,
+    )
+
+
+def _finish(
+    execution: Execution,
+    *,
+    status: str,
+    actor: User | None = None,
+    api_key: ApiKey | None = None,
+    **fields: Any,
+) -> Execution:
+    task = Task.objects.select_for_update().get(pk=execution.task_id)
+    now = timezone.now()
+    execution.status = status
+    execution.finished_at = now
+    if execution.started_at:
+        execution.duration_ms = int((now - execution.started_at).total_seconds() * 1000)
+    for name, value in fields.items():
+        setattr(execution, name, value)
+    execution.lease_expires_at = None
+    execution.secret_parameters = {}
+    execution.save()
+    execution_event(
+        execution,
+        EventType.EXECUTION_FINISHED,
+        actor=actor,
+        api_key=api_key,
+        exit_code=execution.exit_code,
+        error=execution.error or None,
+        duration_ms=execution.duration_ms,
+    )
+    retry = None
+    if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
+        retry = _queue_retry(execution, task)
+    if retry is None:
+        _sync_task(task, actor=actor, api_key=api_key)
+    notify(DONE_CHANNEL, str(execution.pk))
+    return execution
+
+
+def _queue_retry(execution: Execution, task: Task) -> Execution:
+    retry = Execution.objects.create(
+        project_id=execution.project_id,
+        task_id=execution.task_id,
+        number=_next_number(task),
+        attempt=execution.attempt + 1,
+        retry_of=execution,
+        trigger=Trigger.RETRY,
+        parameters=execution.parameters,
+        secret_parameters=execution.secret_parameters,
+        script_type=execution.script_type,
+        script=execution.script,
+        timeout_seconds=execution.timeout_seconds,
+        priority=execution.priority,
+    )
+    execution_event(retry, EventType.EXECUTION_QUEUED, trigger=Trigger.RETRY, retry_of=str(execution.pk))
+    _sync_task(task)
+    notify(QUEUE_CHANNEL, str(retry.pk))
+    return retry
+
+
+# --- Cancel -----------------------------------------------------------------------------------
+@transaction.atomic
+def execution_cancel(*, execution: Execution, actor: User | None, api_key: ApiKey | None = None) -> Execution:
+    """Queued: cancelled at once. Running: flagged; its worker kills it within 2 s. Over: 409."""
+    execution = Execution.objects.select_for_update().get(pk=execution.pk)
+    if execution.status == ExecutionStatus.QUEUED:
+        return _finish(
+            execution,
+            status=ExecutionStatus.CANCELLED,
+            actor=actor,
+            api_key=api_key,
+            error=ErrorCode.CANCELLED,
+        )
+    if execution.status == ExecutionStatus.RUNNING:
+        if execution.cancel_requested_at is None:
+            execution.cancel_requested_at = timezone.now()
+            execution.save(update_fields=["cancel_requested_at"])
+            execution_event(execution, EventType.EXECUTION_CANCEL_REQUESTED, actor=actor, api_key=api_key)
+        return execution
+    raise Conflict(
+        f"The execution is {execution.status}; only queued or running executions can be cancelled.",
+        code="execution_finished",
+        status=execution.status,
+    )
+
+
+# --- Reaper -----------------------------------------------------------------------------------
+def reap_lost_executions() -> int:
+    """Fail running executions whose lease ran out (their worker died): error worker_lost,
+    retried when the task allows. Safe to run from every worker at once."""
+    reaped = 0
+    for execution_id in Execution.objects.lease_expired().values_list("pk", flat=True)[:100]:
+        with transaction.atomic():
+            execution = lock_skipping_locked(
+                Execution.objects.lease_expired().filter(pk=execution_id)
+            ).first()
+            if execution is None:
+                continue
+            logger.warning("Execution %s lost its worker (lease expired); marking it failed", execution.pk)
+            _finish(
+                execution,
+                status=ExecutionStatus.FAILED,
+                error=ErrorCode.WORKER_LOST,
+                error_detail="The worker stopped renewing the lease (killed or lost).",
+            )
+            reaped += 1
+    return reaped

@@ -1,0 +1,359 @@
+"""The worker: claims queued executions and runs their scripts in the sandbox.
+
+One process runs ``concurrency`` scripts at once, each in its own thread. Besides those:
+
+- the main loop claims work whenever a slot is free, woken by ``LISTEN/NOTIFY`` on
+  PostgreSQL (so a queued execution starts within milliseconds) and by a poll timer
+  (the only mechanism on SQLite, and the safety net everywhere: NOTIFY is a hint);
+- a housekeeping thread, twice a second, stores buffered output, reads cancel requests,
+  and every third of the lease renews the leases and the worker's heartbeat; every few
+  seconds it reaps executions whose worker died and agent claims whose lease expired.
+
+On SIGTERM/SIGINT the worker stops claiming, lets running scripts finish within ``grace``
+seconds, then kills them and marks them failed/worker_shutdown (retried when allowed).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection, connections
+
+from executions import services
+from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
+from executions.sandbox import RunResult, SandboxConfig, run_script
+
+logger = logging.getLogger("taskforge.worker")
+
+FLUSH_INTERVAL = 0.2
+CANCEL_POLL_INTERVAL = 0.5
+REAP_INTERVAL = 5.0
+FLUSH_BYTES = 64 * 1024
+
+
+@dataclass
+class Run:
+    """A script being run by this worker, and what the housekeeping thread knows of it."""
+
+    execution: Execution
+    token: uuid.UUID
+    stop_reason: str | None = None  # "cancelled" | "worker_shutdown" | "lease_lost"
+    seq: int = 0
+    pending: list[tuple[int, str, str]] = field(default_factory=list)
+    pending_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    decoders: dict[str, Any] = field(
+        default_factory=lambda: {
+            "stdout": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        }
+    )
+
+    def on_output(self, stream: str, data: bytes | str) -> None:
+        text = data if isinstance(data, str) else self.decoders[stream].decode(data)
+        if not text:
+            return
+        with self.lock:
+            self.seq += 1
+            self.pending.append((self.seq, stream, text))
+            self.pending_bytes += len(text)
+
+    def take(self) -> list[tuple[int, str, str]]:
+        with self.lock:
+            for stream, decoder in self.decoders.items():
+                rest = decoder.decode(b"", final=False)
+                if rest:
+                    self.seq += 1
+                    self.pending.append((self.seq, stream, rest))
+            chunks, self.pending, self.pending_bytes = self.pending, [], 0
+        return chunks
+
+    def should_cancel(self) -> str | None:
+        return self.stop_reason
+
+
+def _sandbox_label(config: SandboxConfig) -> str:
+    from executions.sandbox import bwrap_available
+
+    return "bwrap" if config.use_bwrap != "never" and bwrap_available() else "rlimits"
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        *,
+        concurrency: int = 2,
+        poll_interval: float = 1.0,
+        grace: float = 30.0,
+        name: str | None = None,
+        sandbox: SandboxConfig | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.grace = grace
+        self.name = name
+        self.sandbox = sandbox or SandboxConfig.from_settings()
+        self.on_event = on_event or (lambda message: logger.info("%s", message))
+        self.runs: dict[uuid.UUID, Run] = {}
+        self.runs_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.killing = threading.Event()
+        self.worker: Worker | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            if self.stopping.is_set():
+                self.on_event("second signal: killing running scripts now")
+                self.killing.set()
+            else:
+                self.on_event(
+                    f"signal {signum}: no new work; waiting up to {self.grace:g}s for running scripts"
+                )
+                self.stopping.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run(self) -> None:
+        """Run until stopped (signal or ``stopping``); returns after a clean shutdown."""
+        self.worker = services.worker_register(
+            concurrency=self.concurrency, sandbox=_sandbox_label(self.sandbox), name=self.name
+        )
+        self.on_event(
+            f"worker {self.worker.name} started: concurrency {self.concurrency}, sandbox {self.worker.sandbox}, "
+            f"{'LISTEN/NOTIFY' if connection.vendor == 'postgresql' else 'polling'} every {self.poll_interval:g}s"
+        )
+        helpers = [threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)]
+        if connection.vendor == "postgresql":
+            helpers.append(threading.Thread(target=self._listen, name="listen", daemon=True))
+        for thread in helpers:
+            thread.start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+            services.worker_stop(worker=self.worker)
+            self.on_event(f"worker {self.worker.name} stopped")
+            connections.close_all()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                while self._free_slots() > 0 and not self.stopping.is_set():
+                    if not self._claim_one():
+                        break
+            except Exception:
+                logger.exception("claiming failed; retrying")
+                close_old_connections()
+                time.sleep(1)
+            self.wake.wait(self.poll_interval)
+
+    def _free_slots(self) -> int:
+        self.threads = [t for t in self.threads if t.is_alive()]
+        return self.concurrency - len(self.threads)
+
+    def _claim_one(self) -> bool:
+        assert self.worker is not None
+        execution = services.execution_claim_next(worker=self.worker)
+        if execution is None:
+            return False
+        run = Run(execution=execution, token=execution.claim_token)
+        with self.runs_lock:
+            self.runs[execution.pk] = run
+        thread = threading.Thread(
+            target=self._execute_in_thread, args=(run,), name=f"run-{execution.pk}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+        return True
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.grace
+        while any(t.is_alive() for t in self.threads):
+            if self.killing.is_set() or time.monotonic() >= deadline:
+                with self.runs_lock:
+                    for run in self.runs.values():
+                        run.stop_reason = run.stop_reason or "worker_shutdown"
+            time.sleep(0.05)
+        for thread in self.threads:
+            thread.join()
+
+    def run_pending(self, limit: int = 100) -> int:
+        """Claim and run queued executions one by one in this thread until none is left
+        (or ``limit``); returns how many ran. For tests and one-shot use, no threads."""
+        if self.worker is None:
+            self.worker = services.worker_register(
+                concurrency=1, sandbox=_sandbox_label(self.sandbox), name=self.name
+            )
+        done = 0
+        while done < limit:
+            execution = services.execution_claim_next(worker=self.worker)
+            if execution is None:
+                break
+            self._execute(Run(execution=execution, token=execution.claim_token))
+            done += 1
+        return done
+
+    # --- running one script ------------------------------------------------------------------
+    def _execute_in_thread(self, run: Run) -> None:
+        try:
+            self._execute(run)
+        finally:
+            connections.close_all()
+            self.wake.set()
+
+    def _execute(self, run: Run) -> None:
+        execution = run.execution
+        self.on_event(f"execution {execution.pk} (task {execution.task_id} #{execution.number}) started")
+        try:
+            env = {
+                "TASKFORGE_EXECUTION_ID": str(execution.pk),
+                "TASKFORGE_TASK_ID": str(execution.task_id),
+            }
+            params = {**execution.parameters, **execution.secret_parameters}
+            for key, value in params.items():
+                env[f"PARAM_{str(key).upper()}"] = value if isinstance(value, str) else _json(value)
+            result = run_script(
+                script=execution.script,
+                script_type=execution.script_type,
+                timeout_seconds=execution.timeout_seconds,
+                env_extra=env,
+                params=params,
+                on_output=run.on_output,
+                should_cancel=run.should_cancel,
+                config=self.sandbox,
+            )
+            self._flush(run)
+            self._record(run, result)
+        except Exception as exc:
+            logger.exception("execution %s crashed in the worker", execution.pk)
+            try:
+                self._flush(run)
+                services.execution_finish(
+                    execution_id=execution.pk,
+                    claim_token=run.token,
+                    status=ExecutionStatus.FAILED,
+                    error=ErrorCode.SPAWN_FAILED,
+                    error_detail=f"worker error: {exc}"[:500],
+                )
+            except Exception:
+                logger.exception("could not record the failure of %s; the reaper will", execution.pk)
+        finally:
+            with self.runs_lock:
+                self.runs.pop(execution.pk, None)
+
+    def _record(self, run: Run, result: RunResult) -> None:
+        execution = run.execution
+        status, error = {
+            "succeeded": (ExecutionStatus.SUCCEEDED, ""),
+            "failed": (ExecutionStatus.FAILED, ErrorCode.NONZERO_EXIT),
+            "timed_out": (ExecutionStatus.TIMED_OUT, ErrorCode.TIMEOUT),
+            "spawn_failed": (ExecutionStatus.FAILED, ErrorCode.SPAWN_FAILED),
+        }.get(result.outcome, (ExecutionStatus.FAILED, ErrorCode.NONZERO_EXIT))
+        if result.outcome == "cancelled":
+            if run.stop_reason == "lease_lost":
+                self.on_event(f"execution {execution.pk} stopped: this worker lost its lease")
+                return
+            if run.stop_reason == "worker_shutdown":
+                status, error = ExecutionStatus.FAILED, ErrorCode.WORKER_SHUTDOWN
+            else:
+                status, error = ExecutionStatus.CANCELLED, ErrorCode.CANCELLED
+        finished = services.execution_finish(
+            execution_id=execution.pk,
+            claim_token=run.token,
+            status=status,
+            exit_code=result.exit_code,
+            error=error,
+            error_detail=(result.error or "")[:500],
+            stdout_truncated=result.stdout_truncated,
+            stderr_truncated=result.stderr_truncated,
+        )
+        outcome = finished.status if finished else "lost (another worker took over)"
+        self.on_event(f"execution {execution.pk} finished: {outcome} exit={result.exit_code}")
+
+    # --- housekeeping ------------------------------------------------------------------------
+    def _flush(self, run: Run) -> None:
+        chunks = run.take()
+        if chunks and not services.execution_append_output(
+            execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
+        ):
+            run.stop_reason = run.stop_reason or "lease_lost"
+
+    def _housekeeping(self) -> None:
+        lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)
+        last_lease = last_reap = last_cancel = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                with self.runs_lock:
+                    runs = list(self.runs.values())
+                for run in runs:
+                    if run.pending:
+                        self._flush(run)
+                if now - last_cancel >= CANCEL_POLL_INTERVAL and runs:
+                    last_cancel = now
+                    for execution_id in services.cancel_requested(r.execution.pk for r in runs):
+                        run = self.runs.get(execution_id)
+                        if run is not None and run.stop_reason is None:
+                            run.stop_reason = "cancelled"
+                if now - last_lease >= lease_every:
+                    last_lease = now
+                    assert self.worker is not None
+                    lost = services.worker_heartbeat(
+                        worker=self.worker, running={r.execution.pk: r.token for r in runs}
+                    )
+                    for execution_id in lost:
+                        run = self.runs.get(execution_id)
+                        if run is not None:
+                            run.stop_reason = run.stop_reason or "lease_lost"
+                if now - last_reap >= REAP_INTERVAL:
+                    last_reap = now
+                    services.reap_lost_executions()
+                    from tasks.services import reap_expired_claims
+
+                    reap_expired_claims()
+            except Exception:
+                logger.exception("housekeeping failed; retrying")
+                close_old_connections()
+                time.sleep(1)
+            time.sleep(FLUSH_INTERVAL)
+
+    def _listen(self) -> None:
+        """Wake the main loop on NOTIFY (a dedicated connection outside Django's pool)."""
+        import psycopg
+
+        while not self.stopping.is_set():
+            try:
+                params = connection.get_connection_params()
+                params.pop("cursor_factory", None)
+                params.pop("context", None)
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {services.QUEUE_CHANNEL}")
+                    self.wake.set()  # anything queued while we were not listening
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except Exception:
+                logger.exception("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
+                time.sleep(1)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)

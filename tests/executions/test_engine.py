@@ -1,0 +1,275 @@
+"""The execution engine in-process: enqueue, claim order, concurrency, fencing, retries,
+the task following its latest execution, and the API around it (real scripts)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import Role
+from executions import services
+from executions.models import ErrorCode, Execution, ExecutionStatus
+from tasks.models import Event, Status, Task
+
+pytestmark = pytest.mark.django_db
+
+
+def execute(api, task, body=None, **query):
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return api.post(f"/api/v1/tasks/{task.pk}/execute{'?' + qs if qs else ''}", body or {}, format="json")
+
+
+def test_execute_answers_at_once_with_location(api, make_task):
+    task = make_task()
+    response = execute(api, task)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["number"] == 1
+    assert response["Location"].endswith(f"/api/v1/tasks/{task.pk}/executions/{body['id']}")
+    task.refresh_from_db()
+    assert task.status == Status.QUEUED
+    assert list(Event.objects.filter(task=task).values_list("type", flat=True)) == [
+        "execution.queued",
+        "task.status_changed",
+    ]
+
+
+def test_python_script_runs_and_history_is_kept(api, make_task, inline_worker):
+    task = make_task("import sys\nprint('hello from python')\nprint('oops', file=sys.stderr)", "python")
+    execution_id = execute(api, task).json()["id"]
+    assert inline_worker.run_pending() == 1
+    detail = api.get(f"/api/v1/tasks/{task.pk}/executions/{execution_id}").json()
+    assert detail["status"] == "succeeded"
+    assert detail["exit_code"] == 0
+    assert detail["stdout"] == "hello from python\n"
+    assert detail["stderr"] == "oops\n"
+    assert detail["duration_ms"] is not None
+    assert detail["worker"]["name"]
+    task.refresh_from_db()
+    assert task.status == Status.COMPLETED
+    assert task.result["exit_code"] == 0
+    assert task.result["stdout_tail"] == "hello from python\n"
+    types = list(Event.objects.filter(task=task).values_list("type", flat=True))
+    assert types.count("execution.started") == 1
+    assert "execution.finished" in types
+    assert "task.completed" in types
+
+
+def test_failing_script_fails_with_exit_code(api, make_task, inline_worker):
+    task = make_task("echo before; exit 3")
+    execute(api, task)
+    inline_worker.run_pending()
+    execution = Execution.objects.get(task=task)
+    assert execution.status == ExecutionStatus.FAILED
+    assert execution.exit_code == 3
+    assert execution.error == ErrorCode.NONZERO_EXIT
+    task.refresh_from_db()
+    assert task.status == Status.FAILED
+
+
+def test_timeout(api, make_task, inline_worker):
+    task = make_task("echo start; sleep 20", timeout_seconds=1)
+    execute(api, task)
+    inline_worker.run_pending()
+    execution = Execution.objects.get(task=task)
+    assert execution.status == ExecutionStatus.TIMED_OUT
+    assert execution.error == ErrorCode.TIMEOUT
+
+
+def test_timeout_override_in_request(api, make_task, inline_worker):
+    task = make_task("sleep 20", timeout_seconds=600)
+    assert execute(api, task, {"timeout_seconds": 1}).json()["timeout_seconds"] == 1
+    inline_worker.run_pending()
+    assert Execution.objects.get(task=task).status == ExecutionStatus.TIMED_OUT
+
+
+def test_failed_execution_is_retried_up_to_max_retries(api, make_task, inline_worker):
+    task = make_task("exit 1", max_retries=2)
+    execute(api, task)
+    assert inline_worker.run_pending() == 3
+    runs = list(
+        Execution.objects.filter(task=task).order_by("number").values_list("attempt", "trigger", "status")
+    )
+    assert runs == [(1, "api", "failed"), (2, "retry", "failed"), (3, "retry", "failed")]
+    task.refresh_from_db()
+    assert task.status == Status.FAILED
+
+
+def test_script_is_snapshotted_when_queued(api, make_task, inline_worker):
+    task = make_task("echo first")
+    execute(api, task)
+    Task.objects.filter(pk=task.pk).update(script_content="echo second")
+    inline_worker.run_pending()
+    execution = Execution.objects.get(task=task)
+    assert execution.script == "echo first"
+    assert execution.chunks.get().data == "first\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"script_content": "", "script_type": ""}, "no-script"),
+        ({"archived": True}, "archived"),
+    ],
+)
+def test_cannot_execute(api, make_task, fields, code):
+    task = make_task(**{k: v for k, v in fields.items() if k == "archived"})
+    Task.objects.filter(pk=task.pk).update(**fields)
+    response = execute(api, task)
+    assert response.status_code == 409
+    assert response.json()["type"].endswith(code)
+    assert not Execution.objects.exists()
+
+
+def test_blocked_by_dependencies(api, make_task):
+    first = make_task(name="first")
+    second = make_task(name="second")
+    second.depends_on.add(first)
+    response = execute(api, second)
+    assert response.status_code == 409
+    assert response.json()["blockers"] == [str(first.pk)]
+    Task.objects.filter(pk=first.pk).update(status=Status.COMPLETED)
+    assert execute(api, second).status_code == 202
+
+
+def test_other_projects_task_is_404_and_viewer_403(api, other_api, make_task, key_client, team):
+    task = make_task()
+    assert execute(other_api, task).status_code == 404
+    assert other_api.get(f"/api/v1/tasks/{task.pk}/executions").status_code == 404
+    project, viewer = team(Role.VIEWER)
+    shared = make_task(in_project=project)
+    viewer_api = key_client(viewer)
+    assert viewer_api.get(f"/api/v1/tasks/{shared.pk}/executions").status_code == 200
+    assert execute(viewer_api, shared).status_code == 403
+    assert not Execution.objects.exists()
+
+
+def test_execute_needs_execution_write_scope(user, key_client, make_task):
+    task = make_task()
+    response = execute(key_client(user, ["execution:read", "task:write"]), task)
+    assert response.status_code == 403
+    assert response.json()["required_scope"] == "execution:write"
+
+
+def test_cancel_queued_then_finished_is_409(api, make_task):
+    task = make_task()
+    execution_id = execute(api, task).json()["id"]
+    url = f"/api/v1/tasks/{task.pk}/executions/{execution_id}"
+    response = api.delete(url)
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
+    again = api.delete(url)
+    assert again.status_code == 409
+    assert again.json()["status"] == "cancelled"
+
+
+def test_claim_order_priority_then_age(make_task, inline_worker):
+    low = make_task(name="low", priority=1)
+    high = make_task(name="high", priority=9)
+    services.execution_enqueue(task=low, actor=None)
+    services.execution_enqueue(task=high, actor=None)
+    worker = services.worker_register(concurrency=1, sandbox="test")
+    assert services.execution_claim_next(worker=worker).task_id == high.pk
+    assert services.execution_claim_next(worker=worker).task_id == low.pk
+
+
+def test_max_concurrency_keeps_the_rest_waiting_in_order(make_task):
+    task = make_task(max_concurrency=1)
+    first = services.execution_enqueue(task=task, actor=None)
+    second = services.execution_enqueue(task=task, actor=None)
+    worker = services.worker_register(concurrency=4, sandbox="test")
+    assert services.execution_claim_next(worker=worker).pk == first.pk
+    assert services.execution_claim_next(worker=worker) is None
+    first.refresh_from_db()
+    services.execution_finish(
+        execution_id=first.pk, claim_token=first.claim_token, status="succeeded", exit_code=0
+    )
+    assert services.execution_claim_next(worker=worker).pk == second.pk
+
+
+def test_writes_are_fenced_by_the_claim_token(make_task):
+    task = make_task()
+    execution = services.execution_enqueue(task=task, actor=None)
+    worker = services.worker_register(concurrency=1, sandbox="test")
+    claimed = services.execution_claim_next(worker=worker)
+    stranger = uuid.uuid4()
+    assert not services.execution_append_output(
+        execution_id=execution.pk, claim_token=stranger, chunks=[(1, "stdout", "x")]
+    )
+    assert (
+        services.execution_finish(execution_id=execution.pk, claim_token=stranger, status="succeeded") is None
+    )
+    assert (
+        services.execution_finish(
+            execution_id=execution.pk, claim_token=claimed.claim_token, status="succeeded", exit_code=0
+        )
+        is not None
+    )
+    # A late write from the token holder after the end changes nothing either.
+    assert (
+        services.execution_finish(execution_id=execution.pk, claim_token=claimed.claim_token, status="failed")
+        is None
+    )
+    execution.refresh_from_db()
+    assert execution.status == "succeeded"
+    assert not execution.chunks.exists()
+
+
+def test_reaper_fails_lost_executions_and_retries(make_task):
+    task = make_task(max_retries=1)
+    services.execution_enqueue(task=task, actor=None)
+    worker = services.worker_register(concurrency=1, sandbox="test")
+    claimed = services.execution_claim_next(worker=worker)
+    Execution.objects.filter(pk=claimed.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.reap_lost_executions() == 1
+    claimed.refresh_from_db()
+    assert claimed.status == ExecutionStatus.FAILED
+    assert claimed.error == ErrorCode.WORKER_LOST
+    retry = Execution.objects.get(retry_of=claimed)
+    assert retry.status == ExecutionStatus.QUEUED
+    assert retry.attempt == 2
+    task.refresh_from_db()
+    assert task.status == Status.QUEUED
+    assert services.reap_lost_executions() == 0
+
+
+def test_history_lists_newest_first_and_filters(api, make_task, inline_worker):
+    task = make_task("exit 0")
+    for _ in range(3):
+        execute(api, task)
+    inline_worker.run_pending()
+    listed = api.get(f"/api/v1/tasks/{task.pk}/executions").json()
+    assert [e["number"] for e in listed["results"]] == [3, 2, 1]
+    assert api.get("/api/v1/executions?status=succeeded").json()["count"] == 3
+    assert api.get("/api/v1/executions?status=failed,timed_out").json()["count"] == 0
+    assert api.get("/api/v1/executions?status=exploded").status_code == 400
+    assert api.get("/api/v1/executions?queued_after=yesterday").status_code == 400
+
+
+def test_log_from_offset(api, make_task, inline_worker):
+    task = make_task("echo one; echo two >&2; echo three")
+    execution_id = execute(api, task).json()["id"]
+    inline_worker.run_pending()
+    url = f"/api/v1/tasks/{task.pk}/executions/{execution_id}/log"
+    whole = api.get(url).json()
+    assert whole["finished"] is True
+    text = "".join(c["data"] for c in whole["chunks"] if c["stream"] == "stdout")
+    assert text == "one\nthree\n"
+    rest = api.get(f"{url}?offset={whole['next_offset']}").json()
+    assert rest["chunks"] == []
+    assert api.get(f"{url}?offset=-1").status_code == 400
+
+
+def test_wait_returns_the_finished_execution(api, make_task):
+    """?wait holds the request; with no worker running it answers 202 when N runs out."""
+    task = make_task()
+    response = execute(api, task, wait=1)
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert execute(api, task, wait=61).status_code == 400
