@@ -11,6 +11,8 @@ from rest_framework.response import Response
 
 from accounts.models import Project
 from config.api import TaskforgeAPIView
+from tasks.models import Status
+from tasks.selectors import task_status_counts
 
 
 class StatusView(TaskforgeAPIView):
@@ -24,6 +26,9 @@ class StatusView(TaskforgeAPIView):
                 "version": serializers.CharField(),
                 "timestamp": serializers.DateTimeField(),
                 "projects": serializers.IntegerField(),
+                "tasks": inline_serializer(
+                    "TaskCounts", {status: serializers.IntegerField() for status in Status.values}
+                ),
             },
         ),
     )
@@ -34,5 +39,6 @@ class StatusView(TaskforgeAPIView):
                 "version": settings.TASKFORGE_VERSION,
                 "timestamp": timezone.now(),
                 "projects": projects.count(),
+                "tasks": task_status_counts(user=request.user, api_key=self.api_key),
             }
         )

@@ -9,6 +9,7 @@ from config.status import StatusView
 api_v1 = [
     path("status", StatusView.as_view(), name="status"),
     path("", include("accounts.api.urls")),
+    path("", include("tasks.api.urls")),
 ]
 
 urlpatterns = [

@@ -48,3 +48,14 @@ class MembershipFactory(factory.django.DjangoModelFactory):
 def make_key(user: User, scopes: list[str] | None = None, **extra: Any) -> tuple[ApiKey, str]:
     """A real API key (hashed in the database) and its secret."""
     return ApiKey.objects.create_key(owner=user, name="test", scopes=scopes or ["*"], **extra)
+
+
+class TaskFactory(factory.django.DjangoModelFactory):
+    """A task row (no event): for tests that need data, not the create service."""
+
+    class Meta:
+        model = "tasks.Task"
+
+    project = factory.LazyAttribute(lambda t: t.created_by.personal_project)
+    created_by = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"task {n}")

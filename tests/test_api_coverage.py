@@ -16,7 +16,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from accounts.models import ApiKey, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
 from config.api import TaskforgeAPIMixin, TaskforgeViewSet
-from tests.factories import make_key
+from tasks.models import Task
+from tests.factories import TaskFactory, make_key
 
 pytestmark = pytest.mark.django_db
 
@@ -46,11 +47,16 @@ def foreign_membership(owner: User) -> dict[str, Any]:
     return {"project_pk": owner.personal_project.pk, "user": owner.pk}
 
 
+def foreign_task(owner: User) -> dict[str, Any]:
+    return {"pk": TaskFactory(created_by=owner).pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
     Project: foreign_project,
     Membership: foreign_membership,
+    Task: foreign_task,
 }
 
 

@@ -1,0 +1,256 @@
+"""Operators' UI for tasks. Every change goes through ``tasks.services``, with the operator as
+the actor, so the admin writes the same history the API does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, QuerySet
+from django.forms import BaseInlineFormSet, ModelForm
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from rest_framework.exceptions import APIException
+
+from accounts.models import Project
+from tasks import services
+from tasks.models import Event, Note, Status, Task
+
+STATUS_COLOURS = {
+    Status.PENDING: "#6b7280",
+    Status.QUEUED: "#2563eb",
+    Status.RUNNING: "#d97706",
+    Status.COMPLETED: "#16a34a",
+    Status.FAILED: "#dc2626",
+    Status.CANCELLED: "#374151",
+}
+
+
+def status_badge(status: str) -> str:
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
+        STATUS_COLOURS.get(status, "#6b7280"),
+        status,
+    )
+
+
+class ProjectTaskCountFilter(admin.SimpleListFilter):
+    """Projects the operator belongs to, each with its number of tasks."""
+
+    title = "project"
+    parameter_name = "project"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        projects = (
+            Project.objects.visible_to(request.user).annotate(task_count=Count("tasks")).order_by("name")
+        )
+        return [(str(p.pk), f"{p.name} ({p.task_count})") for p in projects]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(project_id=self.value()) if self.value() else queryset
+
+
+class NoteFormSet(BaseInlineFormSet):
+    def save_new(self, form: ModelForm, commit: bool = True) -> Note:
+        return services.note_create(
+            task=self.instance, actor=self.request.user, body=form.cleaned_data["body"]
+        )
+
+
+class NoteInline(admin.TabularInline):
+    model = Note
+    formset = NoteFormSet
+    extra = 1
+    fields = ("body", "author", "created_at")
+    readonly_fields = ("author", "created_at")
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.request = request
+        return formset
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # notes are a record: add, never edit
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class EventInline(admin.TabularInline):
+    model = Event
+    fields = ("created_at", "type", "actor", "actor_key_prefix", "data")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("-created_at", "-id")
+    verbose_name_plural = "history"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "badge",
+        "project",
+        "priority",
+        "script_type",
+        "agent",
+        "claimed_by",
+        "archived",
+        "created_at",
+    )
+    list_filter = ("status", ProjectTaskCountFilter, "script_type", "archived")
+    list_select_related = ("project", "claimed_by")
+    date_hierarchy = "created_at"
+    search_fields = ("name", "description", "agent")
+    readonly_fields = (
+        "id",
+        "badge",
+        "dependencies",
+        "result",
+        "claimed_by",
+        "claimed_by_key",
+        "claimed_at",
+        "lease_expires_at",
+        "parameters",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
+    fields = (
+        "id",
+        "project",
+        "name",
+        "description",
+        "badge",
+        ("script_type", "timeout_seconds"),
+        "script_content",
+        ("priority", "agent"),
+        "tags",
+        "metadata",
+        ("due_date", "estimated_hours"),
+        ("max_retries", "max_concurrency"),
+        "archived",
+        "dependencies",
+        "result",
+        ("claimed_by", "claimed_by_key"),
+        ("claimed_at", "lease_expires_at"),
+        "parameters",
+        ("created_by", "created_at", "updated_at"),
+    )
+    inlines = (NoteInline, EventInline)
+    actions = ("archive", "cancel", "back_to_pending")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Staff who are not superusers see only the tasks of projects they belong to.
+        return super().get_queryset(request).visible_to(request.user)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> tuple[str, ...]:
+        return (*self.readonly_fields, "project") if obj is not None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "project":
+            kwargs["queryset"] = Project.objects.visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="status", ordering="status")
+    def badge(self, task: Task) -> str:
+        return status_badge(task.status)
+
+    @admin.display(description="depends on")
+    def dependencies(self, task: Task) -> str:
+        items = task.depends_on.only("id", "name", "status") if task.pk else []
+        return format_html_join(", ", "{} {}", ((d.name, status_badge(d.status)) for d in items)) or "-"
+
+    def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
+        fields = {
+            name: form.cleaned_data[name] for name in services.WRITABLE_FIELDS if name in form.cleaned_data
+        }
+        if change:
+            changed = {name: value for name, value in fields.items() if name in form.changed_data}
+            services.task_update(task=obj, actor=request.user, fields=changed)
+            obj.refresh_from_db()
+            return
+        task = services.task_create(project=form.cleaned_data["project"], actor=request.user, **fields)
+        obj.pk = task.pk
+        obj._state.adding = False
+        obj.refresh_from_db()
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet, verb: str, change: Callable[[Task], Any]
+    ) -> None:
+        done, refused = 0, []
+        for task in queryset:
+            try:
+                change(task)
+                done += 1
+            except (APIException, ValidationError) as exc:
+                refused.append(f"{task.name}: {getattr(exc, 'detail', exc)}")
+        if done:
+            self.message_user(request, f"{verb} {done} task{'s' if done != 1 else ''}.", messages.SUCCESS)
+        for line in refused[:10]:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Archive selected tasks", permissions=["change"])
+    def archive(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(
+            request,
+            queryset,
+            "Archived",
+            lambda task: services.task_update(task=task, actor=request.user, fields={"archived": True}),
+        )
+
+    @admin.action(description="Cancel selected tasks", permissions=["change"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(
+            request,
+            queryset,
+            "Cancelled",
+            lambda task: services.task_move(
+                task=task, to_status=Status.CANCELLED, actor=request.user, reason="admin"
+            ),
+        )
+
+    @admin.action(description="Move selected tasks back to pending", permissions=["change"])
+    def back_to_pending(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(
+            request,
+            queryset,
+            "Moved back to pending",
+            lambda task: services.task_move(
+                task=task, to_status=Status.PENDING, actor=request.user, reason="admin"
+            ),
+        )
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """The outbox, read-only: who changed what, when."""
+
+    list_display = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix")
+    list_filter = ("type",)
+    list_select_related = ("project", "actor")
+    date_hierarchy = "created_at"
+    search_fields = ("type",)
+    readonly_fields = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix", "data")
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).visible_to(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,262 @@
+"""Task API shapes: input serializers validate, output serializers render. No side effects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from tasks.models import (
+    AGENT_MAX,
+    CONCURRENCY_MAX,
+    CONCURRENCY_MIN,
+    DESCRIPTION_MAX,
+    LEASE_DEFAULT,
+    LEASE_MAX,
+    LEASE_MIN,
+    NAME_MAX,
+    NOTE_MAX,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    RETRIES_MAX,
+    TAG_MAX,
+    TAGS_MAX,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    Event,
+    Note,
+    ScriptType,
+    Status,
+    Task,
+    validate_metadata,
+    validate_script_size,
+)
+
+
+def tag_field() -> serializers.CharField:
+    return serializers.CharField(
+        min_length=1,
+        max_length=TAG_MAX,
+        trim_whitespace=False,
+        validators=[
+            RegexValidator(r"^[A-Za-z0-9_.:-]*$", "Only A-Z a-z 0-9 _ . : - are allowed.", code="invalid_tag")
+        ],
+    )
+
+
+class TaskWriteSerializer(serializers.Serializer):
+    """What a client may set on create (POST), replace (PUT) or change (PATCH).
+
+    Read-only fields (status on create, result, claims, timestamps, ...) are not declared,
+    so a body that sends them has them ignored. Absent fields take the model defaults on
+    create and PUT (the service fills them in); PATCH leaves them alone.
+    """
+
+    project = serializers.UUIDField(
+        required=False, help_text="Defaults to the key's project, else your personal project."
+    )
+    name = serializers.CharField(max_length=NAME_MAX, help_text="1-255 characters after trimming.")
+    description = serializers.CharField(
+        max_length=DESCRIPTION_MAX, required=False, allow_blank=True, trim_whitespace=False
+    )
+    script_type = serializers.ChoiceField(
+        choices=ScriptType.choices, required=False, allow_blank=True, help_text="Required with a script."
+    )
+    script_content = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        validators=[validate_script_size],
+        help_text="At most 1 MiB of UTF-8. Without a script the task is a work item for agents.",
+    )
+    timeout_seconds = serializers.IntegerField(min_value=TIMEOUT_MIN, max_value=TIMEOUT_MAX, required=False)
+    priority = serializers.IntegerField(
+        min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False, help_text="10 runs first."
+    )
+    tags = serializers.ListField(
+        child=tag_field(),
+        max_length=TAGS_MAX,
+        required=False,
+        help_text="At most 32; when absent, a list of strings in metadata.tags is used.",
+    )
+    metadata = serializers.JSONField(
+        required=False, validators=[validate_metadata], help_text="A JSON object, at most 64 KiB."
+    )
+    agent = serializers.CharField(max_length=AGENT_MAX, required=False, allow_blank=True)
+    due_date = serializers.DateTimeField(required=False, allow_null=True)
+    estimated_hours = serializers.DecimalField(
+        max_digits=8, decimal_places=2, min_value=0, required=False, allow_null=True, coerce_to_string=False
+    )
+    depends_on = serializers.ListField(
+        child=serializers.UUIDField(),
+        required=False,
+        max_length=1000,
+        help_text="Ids of tasks in the same project.",
+    )
+    max_retries = serializers.IntegerField(min_value=0, max_value=RETRIES_MAX, required=False)
+    max_concurrency = serializers.IntegerField(
+        min_value=CONCURRENCY_MIN, max_value=CONCURRENCY_MAX, required=False
+    )
+    archived = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        script = attrs.get("script_content")
+        script_type = attrs.get("script_type")
+        instance: Task | None = self.context.get("task")
+        if instance is not None and self.partial:
+            script = instance.script_content if script is None else script
+            script_type = instance.script_type if script_type is None else script_type
+        if script and not script_type:
+            raise serializers.ValidationError(
+                {
+                    "script_type": serializers.ErrorDetail(
+                        "Required when script_content is given.", code="required"
+                    )
+                }
+            )
+        return attrs
+
+
+class TaskUpdateSerializer(TaskWriteSerializer):
+    status = serializers.ChoiceField(
+        choices=Status.choices,
+        required=False,
+        help_text="Changes only along allowed transitions (409 otherwise).",
+    )
+
+
+class UserRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class ClaimSerializer(serializers.Serializer):
+    user = UserRefSerializer()
+    api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key that claimed it.")
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    project = serializers.UUIDField(source="project_id")
+    depends_on = serializers.SerializerMethodField()
+    estimated_hours = serializers.DecimalField(
+        max_digits=8, decimal_places=2, allow_null=True, coerce_to_string=False
+    )
+    claimed_by = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+    has_script = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Task
+        fields = (
+            "id",
+            "project",
+            "name",
+            "description",
+            "status",
+            "script_type",
+            "script_content",
+            "has_script",
+            "timeout_seconds",
+            "priority",
+            "tags",
+            "metadata",
+            "agent",
+            "due_date",
+            "estimated_hours",
+            "depends_on",
+            "max_retries",
+            "max_concurrency",
+            "archived",
+            "result",
+            "claimed_by",
+            "claimed_at",
+            "lease_expires_at",
+            "parameters",
+            "created_by",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_depends_on(self, task: Task) -> list[str]:
+        return [str(dependency.pk) for dependency in task.depends_on.all()]
+
+    @extend_schema_field(ClaimSerializer(allow_null=True))
+    def get_claimed_by(self, task: Task) -> dict[str, Any] | None:
+        if task.claimed_by_id is None:
+            return None
+        key = task.claimed_by_key
+        return {
+            "user": {"id": task.claimed_by.pk, "username": task.claimed_by.get_username()},
+            "api_key": key.prefix if key is not None else None,
+        }
+
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_created_by(self, task: Task) -> dict[str, Any] | None:
+        user = task.created_by
+        return None if user is None else {"id": user.pk, "username": user.get_username()}
+
+
+class MoveSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Status.choices)
+
+
+class ClaimRequestSerializer(serializers.Serializer):
+    lease_seconds = serializers.IntegerField(
+        min_value=LEASE_MIN, max_value=LEASE_MAX, default=LEASE_DEFAULT, help_text="10-86400, default 300."
+    )
+
+
+class ClaimNextSerializer(ClaimRequestSerializer):
+    tags = serializers.ListField(
+        child=tag_field(), required=False, max_length=TAGS_MAX, help_text="All must match."
+    )
+    agent = serializers.CharField(max_length=AGENT_MAX, required=False, allow_blank=True)
+    project = serializers.UUIDField(required=False)
+    priority_min = serializers.IntegerField(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False)
+
+
+class CompleteSerializer(serializers.Serializer):
+    result = serializers.JSONField(required=False, allow_null=True, help_text="Any JSON, at most 1 MiB.")
+
+
+class FailSerializer(serializers.Serializer):
+    error = serializers.CharField(max_length=10_000, help_text="Why the task failed.")
+
+
+class NoteCreateSerializer(serializers.Serializer):
+    body = serializers.CharField(max_length=NOTE_MAX)
+
+
+class NoteSerializer(serializers.ModelSerializer):
+    author = serializers.SerializerMethodField()
+    api_key = serializers.CharField(source="author_key_prefix", allow_blank=True)
+
+    class Meta:
+        model = Note
+        fields = ("id", "task", "author", "api_key", "body", "created_at")
+        read_only_fields = fields
+
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_author(self, note: Note) -> dict[str, Any] | None:
+        user = note.author
+        return None if user is None else {"id": user.pk, "username": user.get_username()}
+
+
+class EventSerializer(serializers.ModelSerializer):
+    task = serializers.UUIDField(source="task_id", allow_null=True)
+    actor = serializers.SerializerMethodField()
+    api_key = serializers.CharField(source="actor_key_prefix", allow_blank=True)
+
+    class Meta:
+        model = Event
+        fields = ("id", "type", "task", "actor", "api_key", "data", "created_at")
+        read_only_fields = fields
+
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_actor(self, event: Event) -> dict[str, Any] | None:
+        user = event.actor
+        return None if user is None else {"id": user.pk, "username": user.get_username()}

@@ -1,0 +1,279 @@
+"""Tasks over HTTP: a thin viewset; every write is one call to ``tasks.services``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.api import TaskforgeViewSet
+from config.openapi import ProblemSerializer
+from tasks import services
+from tasks.api.pagination import TaskPagination
+from tasks.api.serializers import (
+    ClaimNextSerializer,
+    ClaimRequestSerializer,
+    CompleteSerializer,
+    EventSerializer,
+    FailSerializer,
+    MoveSerializer,
+    NoteCreateSerializer,
+    NoteSerializer,
+    TaskSerializer,
+    TaskUpdateSerializer,
+    TaskWriteSerializer,
+)
+from tasks.filters import TaskFilter
+from tasks.models import Task
+from tasks.selectors import project_for_new_task
+
+CONFLICT = OpenApiResponse(ProblemSerializer, description="Conflict with the task's state (see `code`).")
+CREATE_EXAMPLE = OpenApiExample(
+    "Nightly backup",
+    value={
+        "name": "Nightly backup",
+        "script_type": "bash",
+        "script_content": "pg_dump mydb > /tmp/backup.sql",
+        "timeout_seconds": 600,
+        "priority": 7,
+        "tags": ["backup", "nightly"],
+        "metadata": {"owner": "ops"},
+    },
+    request_only=True,
+)
+AGENT_EXAMPLE = OpenApiExample(
+    "Work item for an agent",
+    value={"name": "Review PR #42", "agent": "reviewer", "tags": ["review"], "priority": 8},
+    request_only=True,
+)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List tasks (filter, sort, paginate by page or cursor)"),
+    retrieve=extend_schema(summary="A task"),
+)
+@extend_schema(tags=["tasks"])
+class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+    """Tasks of the caller's projects, their history and the agent claim protocol."""
+
+    queryset = Task.objects.all()
+    serializer_class = TaskSerializer
+    filterset_class = TaskFilter
+    pagination_class = TaskPagination
+    scope_object = "task"
+    lookup_value_regex = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+    def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.for_api()
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        # List filters (archived=false by default among them) narrow the list only, never the
+        # lookup of one task.
+        if self.action != "list":
+            return queryset
+        return super().filter_queryset(queryset)
+
+    def _render(self, task: Task, status_code: int = status.HTTP_200_OK, **kwargs: Any) -> Response:
+        # Read back through the caller's queryset: tenancy is checked again after the write.
+        task = self.get_queryset().get(pk=task.pk)
+        return Response(TaskSerializer(task).data, status=status_code, **kwargs)
+
+    @extend_schema(
+        summary="Create a task",
+        request=TaskWriteSerializer,
+        responses={201: TaskSerializer},
+        examples=[CREATE_EXAMPLE, AGENT_EXAMPLE],
+    )
+    def create(self, request: Request) -> Response:
+        incoming = TaskWriteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        project = project_for_new_task(
+            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
+        )
+        self.require_role(project)
+        task = services.task_create(project=project, actor=request.user, api_key=self.api_key, **fields)
+        location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
+        return self._render(task, status.HTTP_201_CREATED, headers={"Location": location})
+
+    def _update(self, request: Request, *, partial: bool) -> Response:
+        task = self.get_object()
+        incoming = TaskUpdateSerializer(data=request.data, partial=partial, context={"task": task})
+        incoming.is_valid(raise_exception=True)
+        task = services.task_update(
+            task=task,
+            actor=request.user,
+            api_key=self.api_key,
+            fields=dict(incoming.validated_data),
+            replace=not partial,
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Replace a task (fields not given return to their defaults)",
+        request=TaskUpdateSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._update(request, partial=False)
+
+    @extend_schema(
+        summary="Change some fields of a task",
+        request=TaskUpdateSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._update(request, partial=True)
+
+    @extend_schema(
+        summary="Delete a task (409 while queued or running)", responses={204: None, 409: CONFLICT}
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.task_delete(task=self.get_object(), actor=request.user, api_key=self.api_key)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Move a task to another status",
+        description="Any status the state machine allows; otherwise 409 with `allowed`.",
+        request=MoveSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def move(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        incoming = MoveSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        task = services.task_move(
+            task=task, to_status=incoming.validated_data["status"], actor=request.user, api_key=self.api_key
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Claim a task (agents)",
+        description="Only pending, unclaimed tasks whose dependencies are completed; "
+        "409 otherwise (with `blockers` when dependencies are unfinished).",
+        request=ClaimRequestSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def claim(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        incoming = ClaimRequestSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        task = services.task_claim(
+            task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Claim the next task (agents)",
+        description="The highest-priority, then oldest, claimable task matching the filters; "
+        "204 when there is none.",
+        request=ClaimNextSerializer,
+        responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing to claim.")},
+    )
+    @action(detail=False, methods=["post"], url_path="claim-next")
+    def claim_next(self, request: Request) -> Response:
+        incoming = ClaimNextSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        filters = dict(incoming.validated_data)
+        if filters.get("project") is not None:
+            project = project_for_new_task(
+                user=request.user, api_key=self.api_key, project_id=filters["project"]
+            )
+            self.require_role(project)
+        task = services.task_claim_next(actor=request.user, api_key=self.api_key, **filters)
+        if task is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return self._render(task)
+
+    @extend_schema(
+        summary="Extend the claimer's lease",
+        request=ClaimRequestSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def heartbeat(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        incoming = ClaimRequestSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        task = services.task_heartbeat(
+            task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Finish a claimed task with a result",
+        request=CompleteSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def complete(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        incoming = CompleteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        task = services.task_complete(
+            task=task, actor=request.user, api_key=self.api_key, result=incoming.validated_data.get("result")
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Give up a claimed task with an error",
+        request=FailSerializer,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def fail(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        incoming = FailSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        task = services.task_fail(
+            task=task, actor=request.user, api_key=self.api_key, error=incoming.validated_data["error"]
+        )
+        return self._render(task)
+
+    @extend_schema(
+        summary="Hand a claimed task back (pending)",
+        request=None,
+        responses={200: TaskSerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str | None = None) -> Response:
+        task = services.task_release(task=self.get_object(), actor=request.user, api_key=self.api_key)
+        return self._render(task)
+
+    @extend_schema(
+        methods=["GET"], summary="Notes on a task, oldest first", responses=NoteSerializer(many=True)
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Add a note",
+        request=NoteCreateSerializer,
+        responses={201: NoteSerializer},
+        examples=[OpenApiExample("Note", value={"body": "Waiting on the vendor."}, request_only=True)],
+    )
+    @action(detail=True, methods=["get", "post"], pagination_class=TaskPagination)
+    def notes(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        if request.method == "POST":
+            incoming = NoteCreateSerializer(data=request.data)
+            incoming.is_valid(raise_exception=True)
+            note = services.note_create(
+                task=task, actor=request.user, api_key=self.api_key, body=incoming.validated_data["body"]
+            )
+            return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
+        page = self.paginate_queryset(task.notes.select_related("author").order_by("created_at", "id"))
+        return self.get_paginated_response(NoteSerializer(page, many=True).data)
+
+    @extend_schema(summary="The task's history (events), oldest first", responses=EventSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        page = self.paginate_queryset(task.events.select_related("actor").order_by("created_at", "id"))
+        return self.get_paginated_response(EventSerializer(page, many=True).data)

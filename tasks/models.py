@@ -1,0 +1,420 @@
+"""Tasks, their notes and their history (the events outbox).
+
+The task state machine is data: ``TRANSITIONS`` beside ``Status``; ``tasks.services.task_move``
+is the one function that applies it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import connection, models
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership, Project, ProjectScopedQuerySet, Role, User
+
+# --- Limits (SPEC §3) ----------------------------------------------------------------------
+NAME_MAX = 255
+DESCRIPTION_MAX = 10_000
+SCRIPT_MAX_BYTES = 1024 * 1024
+METADATA_MAX_BYTES = 64 * 1024
+RESULT_MAX_BYTES = 1024 * 1024
+TAGS_MAX = 32
+TAG_MAX = 64
+TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+AGENT_MAX = 64
+TIMEOUT_MIN, TIMEOUT_MAX, TIMEOUT_DEFAULT = 1, 3600, 60
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 10, 5
+RETRIES_MAX = 10
+CONCURRENCY_MIN, CONCURRENCY_MAX = 1, 100
+LEASE_MIN, LEASE_MAX, LEASE_DEFAULT = 10, 86_400, 300
+NOTE_MAX = 10_000
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# The state machine: status -> statuses it may move to. pending -> running is how a claim
+# starts; the finished states may be sent round again (pending to claim, queued to execute).
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    Status.PENDING: (Status.QUEUED, Status.RUNNING, Status.CANCELLED),
+    Status.QUEUED: (Status.RUNNING, Status.CANCELLED),
+    Status.RUNNING: (Status.COMPLETED, Status.FAILED, Status.CANCELLED),
+    Status.COMPLETED: (Status.PENDING, Status.QUEUED),
+    Status.FAILED: (Status.PENDING, Status.QUEUED),
+    Status.CANCELLED: (Status.PENDING, Status.QUEUED),
+}
+TERMINAL: frozenset[str] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+# A task in these states is being worked on: it cannot be deleted.
+ACTIVE: frozenset[str] = frozenset({Status.QUEUED, Status.RUNNING})
+
+
+def allowed_targets(status: str) -> tuple[str, ...]:
+    return TRANSITIONS[Status(status)]
+
+
+class ScriptType(models.TextChoices):
+    PYTHON = "python", "Python"
+    BASH = "bash", "Bash"
+
+
+class EventType(models.TextChoices):
+    TASK_CREATED = "task.created"
+    TASK_UPDATED = "task.updated"
+    TASK_DELETED = "task.deleted"
+    TASK_STATUS_CHANGED = "task.status_changed"
+    TASK_CLAIMED = "task.claimed"
+    TASK_RELEASED = "task.released"
+    TASK_LEASE_EXPIRED = "task.lease_expired"
+    TASK_COMPLETED = "task.completed"
+    TASK_FAILED = "task.failed"
+    TASK_NOTE_ADDED = "task.note_added"
+
+
+# --- Validators (shared by the model, hence full_clean(), the admin and the API) ------------
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def validate_script_size(value: str) -> None:
+    size = len(value.encode("utf-8"))
+    if size > SCRIPT_MAX_BYTES:
+        raise ValidationError(
+            "The script is %(size)d bytes of UTF-8; the limit is %(limit)d (1 MiB).",
+            code="max_bytes",
+            params={"size": size, "limit": SCRIPT_MAX_BYTES},
+        )
+
+
+def validate_metadata(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("Must be a JSON object.", code="not_an_object")
+    size = json_size(value)
+    if size > METADATA_MAX_BYTES:
+        raise ValidationError(
+            "Serialized metadata is %(size)d bytes; the limit is %(limit)d (64 KiB).",
+            code="max_bytes",
+            params={"size": size, "limit": METADATA_MAX_BYTES},
+        )
+
+
+def validate_tag(value: Any) -> None:
+    if not isinstance(value, str) or not TAG_RE.match(value):
+        raise ValidationError(
+            "A tag is 1-64 characters of A-Z a-z 0-9 _ . : - (got %(value)r).",
+            code="invalid_tag",
+            params={"value": value},
+        )
+
+
+def validate_tags(value: Any) -> None:
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of strings.", code="not_a_list")
+    if len(value) > TAGS_MAX:
+        raise ValidationError(
+            "At most %(limit)d tags (got %(count)d).",
+            code="max_items",
+            params={"limit": TAGS_MAX, "count": len(value)},
+        )
+    for tag in value:
+        validate_tag(tag)
+
+
+def validate_not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be empty (after trimming whitespace).", code="blank")
+
+
+# --- Indexes ----------------------------------------------------------------------------------
+class CoveringIndex(models.Index):
+    """An index with INCLUDE columns on PostgreSQL, a plain index elsewhere.
+
+    SQLite has no covering indexes. Django drops ``include`` there by itself but also warns
+    (models.W040) on every management command, so the extra columns are kept in
+    ``covering`` and become ``include`` only when the SQL is built on a database that has them.
+    """
+
+    def __init__(self, *args: Any, covering: tuple[str, ...] | list[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.covering = tuple(covering)
+
+    def deconstruct(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        path, args, kwargs = super().deconstruct()
+        kwargs["covering"] = self.covering
+        return path, args, kwargs
+
+    def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        index: models.Index = self
+        if self.covering and schema_editor.connection.features.supports_covering_indexes:
+            index = copy.copy(self)
+            index.include = self.covering
+        return models.Index.create_sql(index, model, schema_editor, using=using, **kwargs)
+
+
+# --- Tasks --------------------------------------------------------------------------------------
+def tags_contain(queryset: models.QuerySet, tag: str) -> models.QuerySet:
+    """Rows whose ``tags`` JSON list holds ``tag``: the one vendor switch for tag filters.
+
+    PostgreSQL answers ``tags @> '["tag"]'`` (jsonb containment). SQLite has no JSON
+    containment lookup in Django, so it asks ``json_each`` for an equal element
+    (exact and case-sensitive, like PostgreSQL).
+    """
+    if connection.vendor == "postgresql":
+        return queryset.filter(tags__contains=[tag])
+    table = queryset.model._meta.db_table
+    has_tag = RawSQL(  # noqa: S611 - the table name is ours; the tag is a bound parameter
+        f'EXISTS (SELECT 1 FROM json_each("{table}"."tags") WHERE json_each.value = %s)',  # noqa: S608
+        (tag,),
+        output_field=models.BooleanField(),
+    )
+    return queryset.filter(has_tag)
+
+
+def writable_projects(user: User, api_key: ApiKey | None = None) -> models.QuerySet:
+    """Projects where ``user`` may write (member or admin), narrowed to the key's project."""
+    projects = Project.objects.visible_to(user, api_key)
+    if user.is_superuser:
+        return projects
+    roles = Membership.objects.filter(user=user, role__in=(Role.MEMBER, Role.ADMIN))
+    return projects.filter(pk__in=roles.values("project_id"))
+
+
+def _unfinished_dependencies() -> models.QuerySet:
+    """Dependency links of the outer task whose target is not completed (for Exists())."""
+    return Task.depends_on.through.objects.filter(from_task=OuterRef("pk")).exclude(
+        to_task__status=Status.COMPLETED
+    )
+
+
+class TaskQuerySet(ProjectScopedQuerySet):
+    def writable_by(self, user: User, api_key: ApiKey | None = None) -> TaskQuerySet:
+        """Tasks in projects where the caller is at least a member."""
+        return self.filter(project__in=writable_projects(user, api_key).values("pk"))
+
+    def with_tags(self, tags: list[str]) -> TaskQuerySet:
+        """Tasks carrying every one of ``tags``."""
+        queryset = self
+        for tag in tags:
+            queryset = tags_contain(queryset, tag)
+        return queryset
+
+    def blocked(self) -> TaskQuerySet:
+        """Tasks with at least one dependency that is not completed."""
+        return self.filter(Exists(_unfinished_dependencies()))
+
+    def claimable(self) -> TaskQuerySet:
+        """Tasks an agent may claim now: pending, unclaimed, not archived, dependencies done."""
+        return self.filter(status=Status.PENDING, claimed_by__isnull=True, archived=False).exclude(
+            Exists(_unfinished_dependencies())
+        )
+
+    def claim_order(self) -> TaskQuerySet:
+        """The order claim-next hands tasks out in: highest priority, then oldest."""
+        return self.order_by("-priority", "created_at", "id")
+
+    def lease_expired(self, now: datetime | None = None) -> TaskQuerySet:
+        return self.filter(status=Status.RUNNING, lease_expires_at__lt=now or timezone.now())
+
+    def for_api(self) -> TaskQuerySet:
+        return self.select_related("created_by", "claimed_by", "claimed_by_key").prefetch_related(
+            models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id"))
+        )
+
+
+class Task(models.Model):
+    """A unit of work: a script for the workers to run, or a work item for agents to claim."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # db_index=False: task_list_idx leads with project_id.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    name = models.CharField(max_length=NAME_MAX, validators=[validate_not_blank])
+    description = models.TextField(blank=True, max_length=DESCRIPTION_MAX)
+    script_type = models.CharField(max_length=10, choices=ScriptType.choices, blank=True)
+    script_content = models.TextField(blank=True, validators=[validate_script_size])
+    timeout_seconds = models.PositiveIntegerField(
+        default=TIMEOUT_DEFAULT,
+        validators=[MinValueValidator(TIMEOUT_MIN), MaxValueValidator(TIMEOUT_MAX)],
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=PRIORITY_DEFAULT,
+        validators=[MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)],
+        help_text="0-10; 10 runs first.",
+    )
+    tags = models.JSONField(default=list, blank=True, validators=[validate_tags])
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
+    agent = models.CharField(max_length=AGENT_MAX, blank=True, help_text="Agent meant to handle it.")
+    due_date = models.DateTimeField(null=True, blank=True)
+    estimated_hours = models.DecimalField(
+        max_digits=8, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    depends_on = models.ManyToManyField("self", symmetrical=False, related_name="dependents", blank=True)
+    max_retries = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(RETRIES_MAX)])
+    max_concurrency = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(CONCURRENCY_MIN), MaxValueValidator(CONCURRENCY_MAX)]
+    )
+    archived = models.BooleanField(default=False)
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, editable=False)
+    result = models.JSONField(null=True, blank=True, editable=False)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="claimed_tasks",
+        editable=False,
+    )
+    claimed_by_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Filled by templates (a later slice adds the template link itself).
+    parameters = models.JSONField(default=dict, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="created_tasks",
+        editable=False,
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [
+            # The task list: one project, newest first. Status and tags ride along on
+            # PostgreSQL so the common filters are checked in the index (measured: better than
+            # a GIN index on tags, and better than putting status before created_at).
+            CoveringIndex(
+                fields=["project", "-created_at", "-id"],
+                covering=("status", "tags"),
+                name="task_list_idx",
+            ),
+            # claim-next: pending tasks of a project by priority, then age.
+            models.Index(
+                fields=["project", "-priority", "created_at", "id"],
+                condition=Q(status="pending"),
+                name="task_claim_idx",
+            ),
+            # The reaper: running tasks whose lease ran out.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(lease_expires_at__isnull=False),
+                name="task_lease_idx",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(priority__gte=PRIORITY_MIN, priority__lte=PRIORITY_MAX),
+                name="task_priority_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout_seconds__gte=TIMEOUT_MIN, timeout_seconds__lte=TIMEOUT_MAX),
+                name="task_timeout_range",
+            ),
+            models.CheckConstraint(condition=Q(status__in=Status.values), name="task_status_valid"),
+            # A lease exists only while a claim is running.
+            models.CheckConstraint(
+                condition=Q(lease_expires_at__isnull=True) | Q(status=Status.RUNNING),
+                name="task_lease_only_running",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.script_content and not self.script_type:
+            raise ValidationError(
+                {"script_type": ValidationError("Required when script_content is given.", code="required")}
+            )
+
+    @property
+    def has_script(self) -> bool:
+        return bool(self.script_content)
+
+    @property
+    def is_claimed(self) -> bool:
+        return self.lease_expires_at is not None
+
+
+class Note(models.Model):
+    """A comment on a task (by a person or an agent)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="notes", db_index=False)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_key_prefix = models.CharField(max_length=16, blank=True)
+    body = models.TextField(max_length=NOTE_MAX, validators=[validate_not_blank])
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        indexes = [models.Index(fields=["task", "created_at"], name="note_task_idx")]
+
+    def __str__(self) -> str:
+        return f"Note on {self.task_id}"
+
+
+class EventQuerySet(ProjectScopedQuerySet):
+    project_field = "project"
+
+
+class Event(models.Model):
+    """One entry of the outbox: a change, written in the same transaction as the change.
+
+    The task link has no database constraint and is never cascaded, so a task's history
+    (``task_id``) outlives the task, for the audit trail and the webhook dispatcher.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="events")
+    task = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,  # event_task_idx leads with task_id
+        related_name="events",
+    )
+    type = models.CharField(max_length=64, choices=EventType.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_key_prefix = models.CharField(max_length=16, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("created_at", "id")
+        indexes = [
+            models.Index(fields=["task", "created_at"], name="event_task_idx"),
+            models.Index(fields=["created_at"], name="event_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.task_id or ''}"

@@ -1,0 +1,631 @@
+"""Every write to tasks, notes and their history.
+
+The API, the admin, management commands and the worker call these functions and nothing
+else, so each rule lives here once. Each change and its event (the outbox) are written in
+one transaction. Claims are guarded by conditional UPDATEs whose row count says who won, so
+two agents racing for one task cannot both get it, on PostgreSQL or SQLite.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, Project, User
+from config.errors import Conflict
+from tasks.models import (
+    ACTIVE,
+    LEASE_DEFAULT,
+    LEASE_MAX,
+    LEASE_MIN,
+    RESULT_MAX_BYTES,
+    TRANSITIONS,
+    Event,
+    EventType,
+    Note,
+    Status,
+    Task,
+    json_size,
+    validate_tags,
+)
+
+# Fields a client may set; everything else on a task is read-only.
+WRITABLE_FIELDS: tuple[str, ...] = (
+    "name",
+    "description",
+    "script_type",
+    "script_content",
+    "timeout_seconds",
+    "priority",
+    "tags",
+    "metadata",
+    "agent",
+    "due_date",
+    "estimated_hours",
+    "max_retries",
+    "max_concurrency",
+    "archived",
+)
+CLAIM_CLEARED: dict[str, Any] = {
+    "claimed_by": None,
+    "claimed_by_key": None,
+    "claimed_at": None,
+    "lease_expires_at": None,
+}
+
+
+def field_error(field: str, message: str, code: str) -> ValidationError:
+    """A ValidationError that names its field and rule (rendered as a 400 problem)."""
+    return ValidationError({field: ValidationError(message, code=code)})
+
+
+# --- Events (the outbox) ------------------------------------------------------------------------
+def event_record(
+    *,
+    type: str,
+    project: Project | uuid.UUID,
+    task: Task | uuid.UUID | None,
+    actor: User | None,
+    api_key: ApiKey | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Append one event. Call it inside the transaction that makes the change."""
+    return Event.objects.create(
+        type=type,
+        project_id=project.pk if isinstance(project, Project) else project,
+        task_id=task.pk if isinstance(task, Task) else task,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_key_prefix=api_key.prefix if api_key is not None else "",
+        data=data or {},
+    )
+
+
+def _status_event(
+    task: Task, old: str, new: str, *, reason: str, actor: User | None, api_key: ApiKey | None
+) -> None:
+    event_record(
+        type=EventType.TASK_STATUS_CHANGED,
+        project=task.project_id,
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        data={"from": old, "to": new, "reason": reason},
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# --- Create, update, delete ---------------------------------------------------------------------
+def _tag_fallback(fields: dict[str, Any]) -> dict[str, Any]:
+    """SPEC §3: when ``tags`` is absent and ``metadata.tags`` is a list of strings, use it."""
+    metadata = fields.get("metadata")
+    if "tags" in fields or not isinstance(metadata, dict):
+        return fields
+    candidate = metadata.get("tags")
+    if isinstance(candidate, list) and all(isinstance(tag, str) for tag in candidate):
+        try:
+            validate_tags(candidate)
+        except ValidationError as exc:
+            raise ValidationError({"metadata.tags": exc.error_list}) from None
+        fields = {**fields, "tags": list(dict.fromkeys(candidate))}
+    return fields
+
+
+def _normalize(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - set(WRITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"not writable task fields: {sorted(unknown)}")
+    fields = _tag_fallback(fields)
+    if isinstance(fields.get("name"), str):
+        fields["name"] = fields["name"].strip()
+    if isinstance(fields.get("tags"), list):
+        fields["tags"] = list(dict.fromkeys(fields["tags"]))  # drop duplicates, keep order
+    return fields
+
+
+def _dependency_cycle(task_id: uuid.UUID, targets: Iterable[uuid.UUID]) -> list[uuid.UUID] | None:
+    """The path ``target -> ... -> task`` if making ``task`` depend on ``targets`` closes a cycle.
+
+    Breadth-first over the dependency links, one query per level.
+    """
+    through = Task.depends_on.through
+    parent: dict[uuid.UUID, uuid.UUID | None] = dict.fromkeys(targets)
+    frontier = list(parent)
+    while frontier and task_id not in parent:
+        edges = through.objects.filter(from_task_id__in=frontier).values_list("from_task_id", "to_task_id")
+        frontier = []
+        for source, target in edges:
+            if target not in parent:
+                parent[target] = source
+                frontier.append(target)
+    if task_id not in parent:
+        return None
+    path = [task_id]
+    step = parent[task_id]
+    while step is not None:
+        path.append(step)
+        step = parent[step]
+    return path[::-1]
+
+
+def _set_dependencies(task: Task, ids: list[uuid.UUID]) -> bool:
+    """Point ``task`` at ``ids`` (tasks of its project, no cycle). True when that changed."""
+    wanted = list(dict.fromkeys(ids))
+    if task.pk in wanted:
+        raise field_error("depends_on", "A task cannot depend on itself.", "cycle")
+    found = set(Task.objects.filter(project_id=task.project_id, pk__in=wanted).values_list("pk", flat=True))
+    missing = [str(pk) for pk in wanted if pk not in found]
+    if missing:
+        raise field_error(
+            "depends_on", f"No task in this project has the id(s): {', '.join(missing)}.", "does_not_exist"
+        )
+    current = set(task.depends_on.values_list("pk", flat=True))
+    if current == set(wanted):
+        return False
+    cycle = _dependency_cycle(task.pk, set(wanted) - current)
+    if cycle:
+        chain = " -> ".join(str(pk) for pk in [task.pk, *cycle])
+        raise field_error("depends_on", f"This would create a dependency cycle: {chain}.", "cycle")
+    task.depends_on.set(wanted)
+    return True
+
+
+@transaction.atomic
+def task_create(
+    *,
+    project: Project,
+    actor: User,
+    api_key: ApiKey | None = None,
+    depends_on: list[uuid.UUID] | None = None,
+    **fields: Any,
+) -> Task:
+    """Create a task in ``project`` (the caller's right to write there is checked by the caller)."""
+    task = Task(project=project, created_by=actor, **_normalize(fields))
+    task.full_clean()
+    task.save()
+    if depends_on:
+        _set_dependencies(task, depends_on)
+    event_record(
+        type=EventType.TASK_CREATED,
+        project=project,
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        data={"name": task.name, "status": task.status, "priority": task.priority},
+    )
+    return task
+
+
+@transaction.atomic
+def task_update(
+    *,
+    task: Task,
+    actor: User,
+    api_key: ApiKey | None = None,
+    fields: dict[str, Any],
+    replace: bool = False,
+) -> Task:
+    """Change a task's writable fields; ``status`` goes through ``task_move``.
+
+    With ``replace`` (PUT) the fields not given go back to their defaults; without it (PATCH)
+    they are left alone. The project cannot change.
+    """
+    fields = dict(fields)
+    to_status = fields.pop("status", None)
+    depends_on = fields.pop("depends_on", None)
+    project = fields.pop("project", None)
+    if project is not None and getattr(project, "pk", project) != task.project_id:
+        raise field_error("project", "A task cannot move to another project.", "immutable")
+    if replace:
+        for name in WRITABLE_FIELDS:
+            if name not in fields and not (name == "tags" and "metadata" in fields):
+                fields[name] = Task._meta.get_field(name).get_default()
+        depends_on = [] if depends_on is None else depends_on
+    fields = _normalize(fields)
+    if replace and "tags" not in fields:
+        fields["tags"] = []
+
+    task = Task.objects.select_for_update().get(pk=task.pk)
+    changed = [name for name, value in fields.items() if getattr(task, name) != value]
+    for name in changed:
+        setattr(task, name, fields[name])
+    if changed:
+        task.updated_at = timezone.now()
+        task.full_clean()
+        task.save(update_fields=[*changed, "updated_at"])
+    if depends_on is not None and _set_dependencies(task, depends_on):
+        changed.append("depends_on")
+        if len(changed) == 1:
+            task.updated_at = timezone.now()
+            task.save(update_fields=["updated_at"])
+    if changed:
+        event_record(
+            type=EventType.TASK_UPDATED,
+            project=task.project_id,
+            task=task,
+            actor=actor,
+            api_key=api_key,
+            data={"fields": changed},
+        )
+    if to_status is not None and to_status != task.status:
+        task = task_move(task=task, to_status=to_status, actor=actor, api_key=api_key)
+    return task
+
+
+@transaction.atomic
+def task_delete(*, task: Task, actor: User, api_key: ApiKey | None = None) -> None:
+    """Delete a task that is not queued or running (409 otherwise). Its history stays."""
+    task = Task.objects.select_for_update().get(pk=task.pk)
+    if task.status in ACTIVE:
+        raise Conflict(
+            f"The task is {task.status}; cancel it before deleting it.",
+            code="task_active",
+            current_status=task.status,
+        )
+    event_record(
+        type=EventType.TASK_DELETED,
+        project=task.project_id,
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        data={"name": task.name, "status": task.status},
+    )
+    task.delete()
+
+
+# --- The state machine --------------------------------------------------------------------------
+def _transition_fields(to_status: str) -> dict[str, Any]:
+    """Columns that change with the status: a claim ends when its task leaves running."""
+    if to_status in (Status.PENDING, Status.QUEUED):
+        return dict(CLAIM_CLEARED)
+    # Finished (or moved to running by hand): the lease ends; claimed_by stays as the record
+    # of who did the work.
+    return {"lease_expires_at": None}
+
+
+@transaction.atomic
+def task_move(
+    *,
+    task: Task,
+    to_status: str,
+    actor: User | None,
+    api_key: ApiKey | None = None,
+    reason: str = "move",
+) -> Task:
+    """Move ``task`` to ``to_status`` if ``TRANSITIONS`` allows it; 409 listing the allowed ones."""
+    if to_status not in Status.values:
+        raise field_error(
+            "status", f"Unknown status {to_status!r}; one of {', '.join(Status.values)}.", "invalid_choice"
+        )
+    current = Task.objects.select_for_update().get(pk=task.pk)
+    allowed = TRANSITIONS[Status(current.status)]
+    if to_status not in allowed:
+        raise Conflict(
+            f"A {current.status} task cannot move to {to_status}; allowed: {', '.join(allowed) or 'none'}.",
+            code="invalid_transition",
+            current_status=current.status,
+            allowed=list(allowed),
+        )
+    old = current.status
+    updated = Task.objects.filter(pk=current.pk, status=old).update(
+        status=to_status, updated_at=timezone.now(), **_transition_fields(to_status)
+    )
+    if not updated:  # pragma: no cover - the row lock (or SQLite's write lock) prevents it
+        raise Conflict("The task changed meanwhile; try again.", code="concurrent_change")
+    current.refresh_from_db()
+    _status_event(current, old, to_status, reason=reason, actor=actor, api_key=api_key)
+    return current
+
+
+# --- The agent claim protocol -------------------------------------------------------------------
+def lock_skipping_locked(queryset: models.QuerySet) -> models.QuerySet:
+    """``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL).
+
+    SQLite has no row locks; there the IMMEDIATE transaction already holds the write lock, so
+    the pick and the conditional UPDATE after it cannot interleave with another claimer.
+    """
+    if connection.features.has_select_for_update_skip_locked:
+        return queryset.select_for_update(skip_locked=True, of=("self",))
+    return queryset
+
+
+def _check_lease(lease_seconds: int) -> timedelta:
+    if not LEASE_MIN <= lease_seconds <= LEASE_MAX:
+        raise field_error(
+            "lease_seconds", f"Must be between {LEASE_MIN} and {LEASE_MAX} seconds.", "out_of_range"
+        )
+    return timedelta(seconds=lease_seconds)
+
+
+def task_blockers(task: Task) -> list[uuid.UUID]:
+    """Ids of the tasks ``task`` depends on that are not completed yet."""
+    return list(
+        task.depends_on.exclude(status=Status.COMPLETED)
+        .order_by("created_at", "id")
+        .values_list("pk", flat=True)
+    )
+
+
+def _claim_values(actor: User, api_key: ApiKey | None, lease: timedelta) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "status": Status.RUNNING,
+        "claimed_by": actor,
+        "claimed_by_key": api_key,
+        "claimed_at": now,
+        "lease_expires_at": now + lease,
+        "updated_at": now,
+    }
+
+
+def _claimed(task_id: uuid.UUID, *, actor: User, api_key: ApiKey | None, reason: str) -> Task:
+    task = Task.objects.get(pk=task_id)
+    data = {"lease_expires_at": _iso(task.lease_expires_at), "by": actor.get_username()}
+    event_record(
+        type=EventType.TASK_CLAIMED,
+        project=task.project_id,
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        data=data,
+    )
+    _status_event(task, Status.PENDING, Status.RUNNING, reason=reason, actor=actor, api_key=api_key)
+    return task
+
+
+def _not_claimable(task: Task) -> Conflict:
+    """Explain why a claim on ``task`` lost or could not start."""
+    task.refresh_from_db()
+    if task.status == Status.RUNNING and task.lease_expires_at is not None:
+        return Conflict(
+            "The task is already claimed.",
+            code="already_claimed",
+            current_status=task.status,
+            lease_expires_at=_iso(task.lease_expires_at),
+        )
+    if task.status != Status.PENDING:
+        return Conflict(
+            f"Only pending tasks can be claimed; this one is {task.status}.",
+            code="not_claimable",
+            current_status=task.status,
+        )
+    if task.archived:
+        return Conflict("Archived tasks cannot be claimed.", code="not_claimable", current_status=task.status)
+    blockers = task_blockers(task)
+    if blockers:
+        return Conflict(
+            f"The task waits for {len(blockers)} unfinished dependenc{'y' if len(blockers) == 1 else 'ies'}.",
+            code="blocked_by_dependencies",
+            current_status=task.status,
+            blockers=[str(pk) for pk in blockers],
+        )
+    return Conflict(
+        "The task is already claimed.", code="already_claimed", current_status=task.status
+    )  # pragma: no cover
+
+
+def task_claim(
+    *, task: Task, actor: User, api_key: ApiKey | None = None, lease_seconds: int = LEASE_DEFAULT
+) -> Task:
+    """Claim one task for ``actor``: exactly one of any number of racing claimers wins."""
+    lease = _check_lease(lease_seconds)
+    if task.status == Status.RUNNING and task.lease_expires_at and task.lease_expires_at < timezone.now():
+        reap_expired_claims(task_ids=[task.pk])  # a lapsed claim is free to take
+    with transaction.atomic():
+        won = Task.objects.filter(pk=task.pk).claimable().update(**_claim_values(actor, api_key, lease))
+        if not won:
+            raise _not_claimable(task)
+        return _claimed(task.pk, actor=actor, api_key=api_key, reason="claim")
+
+
+def task_claim_next(
+    *,
+    actor: User,
+    api_key: ApiKey | None = None,
+    tags: list[str] | None = None,
+    agent: str | None = None,
+    project: uuid.UUID | None = None,
+    priority_min: int | None = None,
+    lease_seconds: int = LEASE_DEFAULT,
+) -> Task | None:
+    """Claim the highest-priority, oldest claimable task matching the filters, or None.
+
+    One short transaction picks a candidate (skipping rows other claimers hold on
+    PostgreSQL) and claims it with a conditional UPDATE. Tasks whose dependencies are not
+    completed are skipped.
+    """
+    lease = _check_lease(lease_seconds)
+    if Task.objects.lease_expired().exists():
+        reap_expired_claims()
+    candidates = Task.objects.writable_by(actor, api_key).claimable()
+    if tags:
+        candidates = candidates.with_tags(tags)
+    if agent:
+        candidates = candidates.filter(agent=agent)
+    if project is not None:
+        candidates = candidates.filter(project_id=project)
+    if priority_min is not None:
+        candidates = candidates.filter(priority__gte=priority_min)
+    candidates = candidates.claim_order()
+    for _attempt in range(10):
+        with transaction.atomic():
+            pk = lock_skipping_locked(candidates).values_list("pk", flat=True).first()
+            if pk is None:
+                return None
+            if Task.objects.filter(pk=pk).claimable().update(**_claim_values(actor, api_key, lease)):
+                return _claimed(pk, actor=actor, api_key=api_key, reason="claim_next")
+        # Lost a race for that row (only possible without row locks): take the next one.
+    return None  # pragma: no cover - ten lost races in a row
+
+
+def _claimer_guard(task: Task, actor: User) -> models.QuerySet:
+    """The task, still running and claimed by ``actor`` (any of their keys or sessions)."""
+    return Task.objects.filter(
+        pk=task.pk, status=Status.RUNNING, claimed_by=actor, lease_expires_at__isnull=False
+    )
+
+
+def _not_claimer(task: Task, actor: User) -> Conflict:
+    task.refresh_from_db()
+    if task.status != Status.RUNNING or task.lease_expires_at is None:
+        return Conflict(
+            f"The task is not claimed (it is {task.status}).", code="not_claimed", current_status=task.status
+        )
+    return Conflict(
+        "The task is claimed by someone else; only the claimer may do this.",
+        code="not_claimer",
+        current_status=task.status,
+    )
+
+
+def task_heartbeat(
+    *, task: Task, actor: User, api_key: ApiKey | None = None, lease_seconds: int = LEASE_DEFAULT
+) -> Task:
+    """The claimer extends its lease to ``lease_seconds`` from now.
+
+    Not recorded as an event: agents beat every few seconds and the outbox would fill with
+    them; the claim, its end and a lapsed lease are recorded.
+    """
+    lease = _check_lease(lease_seconds)
+    if not _claimer_guard(task, actor).update(lease_expires_at=timezone.now() + lease):
+        raise _not_claimer(task, actor)
+    task.refresh_from_db()
+    return task
+
+
+def _finish_claim(
+    *,
+    task: Task,
+    actor: User,
+    api_key: ApiKey | None,
+    to_status: str,
+    event: str,
+    values: dict[str, Any],
+    data: dict[str, Any],
+) -> Task:
+    with transaction.atomic():
+        if not _claimer_guard(task, actor).update(status=to_status, updated_at=timezone.now(), **values):
+            raise _not_claimer(task, actor)
+        task.refresh_from_db()
+        event_record(type=event, project=task.project_id, task=task, actor=actor, api_key=api_key, data=data)
+        _status_event(
+            task, Status.RUNNING, to_status, reason=event.removeprefix("task."), actor=actor, api_key=api_key
+        )
+    return task
+
+
+def task_complete(*, task: Task, actor: User, api_key: ApiKey | None = None, result: Any = None) -> Task:
+    """The claimer finishes the task; ``result`` (any JSON, ≤ 1 MiB) is stored."""
+    if json_size(result) > RESULT_MAX_BYTES:
+        raise field_error("result", "The result is larger than 1 MiB serialized.", "max_bytes")
+    return _finish_claim(
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        to_status=Status.COMPLETED,
+        event=EventType.TASK_COMPLETED,
+        values={"result": result, "lease_expires_at": None},
+        data={},
+    )
+
+
+def task_fail(*, task: Task, actor: User, api_key: ApiKey | None = None, error: str) -> Task:
+    """The claimer gives up; ``error`` is stored as ``result = {"error": ...}``."""
+    if not error.strip():
+        raise field_error("error", "Say why the task failed.", "blank")
+    return _finish_claim(
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        to_status=Status.FAILED,
+        event=EventType.TASK_FAILED,
+        values={"result": {"error": error}, "lease_expires_at": None},
+        data={"error": error[:1000]},
+    )
+
+
+def task_release(*, task: Task, actor: User, api_key: ApiKey | None = None) -> Task:
+    """The claimer hands the task back: pending again, claim cleared.
+
+    running -> pending is an edge only the claim protocol takes (release, lapsed lease); it is
+    not in ``TRANSITIONS``, which is what ``move`` allows.
+    """
+    return _finish_claim(
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        to_status=Status.PENDING,
+        event=EventType.TASK_RELEASED,
+        values=dict(CLAIM_CLEARED),
+        data={},
+    )
+
+
+def reap_expired_claims(
+    *, now: datetime | None = None, task_ids: list[uuid.UUID] | None = None, limit: int = 500
+) -> int:
+    """Return claims whose lease ran out to ``pending`` and record why. Returns how many.
+
+    Safe to run from any number of processes at once: each task is taken back by a
+    conditional UPDATE that only one of them can win.
+    """
+    now = now or timezone.now()
+    expired = Task.objects.lease_expired(now)
+    if task_ids is not None:
+        expired = expired.filter(pk__in=task_ids)
+    reaped = 0
+    with transaction.atomic():
+        rows = list(
+            lock_skipping_locked(expired.order_by("lease_expires_at")).values_list(
+                "pk", "project_id", "claimed_by_id", "lease_expires_at"
+            )[:limit]
+        )
+        for pk, project_id, claimer_id, lease_expires_at in rows:
+            back = Task.objects.filter(pk=pk, status=Status.RUNNING, lease_expires_at__lt=now).update(
+                status=Status.PENDING, updated_at=now, **CLAIM_CLEARED
+            )
+            if not back:
+                continue
+            reaped += 1
+            event_record(
+                type=EventType.TASK_LEASE_EXPIRED,
+                project=project_id,
+                task=pk,
+                actor=None,
+                data={"claimed_by": claimer_id, "lease_expired_at": _iso(lease_expires_at)},
+            )
+            event_record(
+                type=EventType.TASK_STATUS_CHANGED,
+                project=project_id,
+                task=pk,
+                actor=None,
+                data={"from": Status.RUNNING, "to": Status.PENDING, "reason": "lease_expired"},
+            )
+    return reaped
+
+
+# --- Notes --------------------------------------------------------------------------------------
+@transaction.atomic
+def note_create(*, task: Task, actor: User, api_key: ApiKey | None = None, body: str) -> Note:
+    note = Note(
+        task=task, author=actor, author_key_prefix=api_key.prefix if api_key else "", body=body.strip()
+    )
+    note.full_clean(exclude=["task", "author"])
+    note.save()
+    event_record(
+        type=EventType.TASK_NOTE_ADDED,
+        project=task.project_id,
+        task=task,
+        actor=actor,
+        api_key=api_key,
+        data={"note": note.pk},
+    )
+    return note
