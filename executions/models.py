@@ -51,6 +51,7 @@ class ErrorCode(models.TextChoices):
     WORKER_LOST = "worker_lost", "Worker lost"
     WORKER_SHUTDOWN = "worker_shutdown", "Worker shut down"
     SPAWN_FAILED = "spawn_failed", "Could not start the script"
+    KILLED_BY_SIGNAL = "killed_by_signal", "Killed by a signal (e.g. a resource limit)"
     LEASE_LOST = "lease_lost", "Lease lost"
 
 

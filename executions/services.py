@@ -165,7 +165,7 @@ def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None 
     if latest is None:
         return
     new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
-    fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now()}
+    fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now(), "last_execution": latest}
     if latest.is_final:
         fields["result"] = {
             "execution_id": str(latest.pk),

@@ -78,7 +78,10 @@ class Run:
         return chunks
 
     def should_cancel(self) -> str | None:
-        return self.stop_reason
+        # The sandbox knows two reasons; a lost lease stops the script like a cancel.
+        if self.stop_reason is None:
+            return None
+        return "worker_shutdown" if self.stop_reason == "worker_shutdown" else "cancelled"
 
 
 def _sandbox_label(config: SandboxConfig) -> str:
@@ -259,27 +262,26 @@ class WorkerProcess:
 
     def _record(self, run: Run, result: RunResult) -> None:
         execution = run.execution
+        if run.stop_reason == "lease_lost":
+            self.on_event(f"execution {execution.pk} stopped: this worker lost its lease")
+            return
         status, error = {
             "succeeded": (ExecutionStatus.SUCCEEDED, ""),
             "failed": (ExecutionStatus.FAILED, ErrorCode.NONZERO_EXIT),
             "timed_out": (ExecutionStatus.TIMED_OUT, ErrorCode.TIMEOUT),
+            "cancelled": (ExecutionStatus.CANCELLED, ErrorCode.CANCELLED),
+            "killed": (ExecutionStatus.FAILED, ErrorCode.WORKER_SHUTDOWN),
             "spawn_failed": (ExecutionStatus.FAILED, ErrorCode.SPAWN_FAILED),
-        }.get(result.outcome, (ExecutionStatus.FAILED, ErrorCode.NONZERO_EXIT))
-        if result.outcome == "cancelled":
-            if run.stop_reason == "lease_lost":
-                self.on_event(f"execution {execution.pk} stopped: this worker lost its lease")
-                return
-            if run.stop_reason == "worker_shutdown":
-                status, error = ExecutionStatus.FAILED, ErrorCode.WORKER_SHUTDOWN
-            else:
-                status, error = ExecutionStatus.CANCELLED, ErrorCode.CANCELLED
+        }[result.outcome]
+        if result.outcome == "failed" and result.exit_code is None:
+            error = ErrorCode.KILLED_BY_SIGNAL
         finished = services.execution_finish(
             execution_id=execution.pk,
             claim_token=run.token,
             status=status,
             exit_code=result.exit_code,
             error=error,
-            error_detail=(result.error or "")[:500],
+            error_detail=(result.error_detail or "")[:500],
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,
         )

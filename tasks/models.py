@@ -85,6 +85,10 @@ class EventType(models.TextChoices):
     TASK_COMPLETED = "task.completed"
     TASK_FAILED = "task.failed"
     TASK_NOTE_ADDED = "task.note_added"
+    EXECUTION_QUEUED = "execution.queued"
+    EXECUTION_STARTED = "execution.started"
+    EXECUTION_FINISHED = "execution.finished"
+    EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
 
 
 # --- Validators (shared by the model, hence full_clean(), the admin and the API) ------------
@@ -232,7 +236,9 @@ class TaskQuerySet(ProjectScopedQuerySet):
         return self.filter(status=Status.RUNNING, lease_expires_at__lt=now or timezone.now())
 
     def for_api(self) -> TaskQuerySet:
-        return self.select_related("created_by", "claimed_by", "claimed_by_key").prefetch_related(
+        return self.select_related(
+            "created_by", "claimed_by", "claimed_by_key", "last_execution"
+        ).prefetch_related(
             models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id"))
         )
 
@@ -285,6 +291,10 @@ class Task(models.Model):
     )
     claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The latest execution (denormalised by the execution services so lists need one join).
+    last_execution = models.ForeignKey(
+        "executions.Execution", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
     # Filled by templates (a later slice adds the template link itself).
     parameters = models.JSONField(default=dict, blank=True, editable=False)
     created_by = models.ForeignKey(

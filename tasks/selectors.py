@@ -9,7 +9,7 @@ from django.db.models import Count
 
 from accounts.models import ApiKey, Project, User
 from tasks.models import Status, Task
-from tasks.services import field_error
+from config.errors import field_error
 
 
 def project_for_new_task(*, user: User, api_key: ApiKey | None, project_id: uuid.UUID | None) -> Project:

@@ -18,7 +18,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
-from config.errors import Conflict
+from config.errors import Conflict, field_error
 from tasks.models import (
     ACTIVE,
     LEASE_DEFAULT,
@@ -58,11 +58,6 @@ CLAIM_CLEARED: dict[str, Any] = {
     "claimed_at": None,
     "lease_expires_at": None,
 }
-
-
-def field_error(field: str, message: str, code: str) -> ValidationError:
-    """A ValidationError that names its field and rule (rendered as a 400 problem)."""
-    return ValidationError({field: ValidationError(message, code=code)})
 
 
 # --- Events (the outbox) ------------------------------------------------------------------------
@@ -264,7 +259,7 @@ def task_update(
 def task_delete(*, task: Task, actor: User, api_key: ApiKey | None = None) -> None:
     """Delete a task that is not queued or running (409 otherwise). Its history stays."""
     task = Task.objects.select_for_update().get(pk=task.pk)
-    if task.status in ACTIVE:
+    if task.status in ACTIVE or task.executions.active().exists():
         raise Conflict(
             f"The task is {task.status}; cancel it before deleting it.",
             code="task_active",

@@ -137,8 +137,19 @@ class ClaimSerializer(serializers.Serializer):
     api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key that claimed it.")
 
 
+class LastExecutionSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    queued_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
 class TaskSerializer(serializers.ModelSerializer):
     project = serializers.UUIDField(source="project_id")
+    last_execution = LastExecutionSerializer(read_only=True, allow_null=True)
     depends_on = serializers.SerializerMethodField()
     estimated_hours = serializers.DecimalField(
         max_digits=8, decimal_places=2, allow_null=True, coerce_to_string=False
@@ -174,6 +185,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "claimed_at",
             "lease_expires_at",
             "parameters",
+            "last_execution",
             "created_by",
             "created_at",
             "updated_at",
