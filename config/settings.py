@@ -293,3 +293,20 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# --- Sandbox for task scripts (executions/sandbox.py, SandboxConfig.from_settings) -----------
+# "auto" uses bubblewrap when it is installed and works; "always" refuses to run scripts without
+# it (outcome spawn_failed); "never" skips it (resource limits and the user drop still apply).
+TASKFORGE_SANDBOX_BWRAP = os.environ.get("TASKFORGE_SANDBOX_BWRAP", "auto").strip().lower() or "auto"
+if TASKFORGE_SANDBOX_BWRAP not in {"auto", "always", "never"}:
+    raise ImproperlyConfigured(
+        f"TASKFORGE_SANDBOX_BWRAP must be auto, always or never, got {TASKFORGE_SANDBOX_BWRAP!r}"
+    )
+TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES = env_int("TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES", 1024**3)
+TASKFORGE_SANDBOX_FILE_SIZE_BYTES = env_int("TASKFORGE_SANDBOX_FILE_SIZE_BYTES", 64 * 1024**2)
+TASKFORGE_SANDBOX_OPEN_FILES = env_int("TASKFORGE_SANDBOX_OPEN_FILES", 256)
+TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS = env_int("TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS", 5)
+TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES = env_int("TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES", 1024**2)
+TASKFORGE_SANDBOX_KILL_GRACE_SECONDS = env_int("TASKFORGE_SANDBOX_KILL_GRACE_SECONDS", 5)
+# The user scripts run as when the worker runs as root.
+TASKFORGE_SANDBOX_USER = os.environ.get("TASKFORGE_SANDBOX_USER", "nobody")

@@ -1,0 +1,986 @@
+"""Run one task script in a sandbox: the only place where Taskforge executes user code.
+
+The worker calls :func:`run_script` once per execution, from one of its threads, and turns the
+returned :class:`RunResult` into database writes. This module knows nothing about Django models;
+the only Django touch point is :meth:`SandboxConfig.from_settings`, which reads the
+``TASKFORGE_SANDBOX_*`` settings lazily.
+
+Public API
+==========
+
+``SandboxConfig``
+    Frozen dataclass of limits and knobs. ``SandboxConfig()`` gives the SPEC defaults without
+    touching Django; ``SandboxConfig.from_settings(**overrides)`` reads the settings.
+
+``run_script(*, script, script_type, timeout_seconds, on_output, should_cancel, env_extra=None,
+params=None, on_started=None, config=None) -> RunResult``
+    Runs the script to the end and returns. It never raises for anything that happens to the
+    script (spawn failures included: outcome ``spawn_failed``). It raises ``ValueError`` for
+    programming errors in its arguments (unknown ``script_type``, an ``env_extra`` key outside the
+    allow-list, params that are not JSON), before anything is created. An exception raised by one
+    of the worker's callbacks is re-raised *after* the process group has been killed and the work
+    directory removed, so a failing callback never leaves a script running unsupervised.
+
+    * ``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``, ``data`` non-empty
+      ``bytes`` of at most ``config.chunk_bytes``. Chunks are flushed at least every
+      ``config.flush_interval_seconds`` so a UI can follow live. Chunks never split a UTF-8
+      character (an incomplete trailing sequence is held back until its remaining bytes arrive),
+      so the worker can decode each chunk on its own with ``errors="replace"``. At most
+      ``config.output_cap_bytes`` are delivered per stream; the rest is read and discarded.
+    * ``should_cancel()``: polled every ``config.cancel_poll_seconds`` (0.25 s) while the script
+      runs. Return ``None`` to continue, ``"cancelled"`` (a user cancelled the execution: outcome
+      ``cancelled``) or ``"worker_shutdown"`` (the worker is stopping: outcome ``killed``, error
+      ``worker_shutdown``). Either stops the run within ``cancel_poll_seconds +
+      cancel_grace_seconds`` (about 1.25 s by default, inside the SPEC's 2 s).
+    * ``on_started(pid)``: called once the process exists, with its pid, which is also its
+      process-group id.
+
+``RunResult``
+    ``outcome`` is one of ``succeeded`` (exit 0), ``failed`` (non-zero exit, or death by a signal
+    the sandbox did not send, such as SIGXCPU or an out-of-memory kill), ``timed_out``,
+    ``cancelled``, ``killed`` (stopped for ``worker_shutdown``) or ``spawn_failed``. ``error`` uses
+    the SPEC's codes (``timeout``, ``cancelled``, ``worker_shutdown``, ``spawn_failed``) and is
+    ``None`` otherwise; ``error_detail`` is human-readable text for logs.
+
+How the sandbox is built, and why
+=================================
+
+* **Work directory**: ``tempfile.mkdtemp`` per run, HOME is the directory itself and TMPDIR a
+  ``tmp`` directory inside it; the script (``script.py``/``script.sh``) and ``params.json`` are
+  written there. It is removed in a ``finally`` in every case.
+* **Environment**: built from scratch (never ``os.environ``): PATH, LANG, HOME, TMPDIR,
+  TASKFORGE_PARAMS_FILE, plus ``env_extra`` keys matching ``PARAM_*``,
+  ``TASKFORGE_EXECUTION_ID`` and ``TASKFORGE_TASK_ID``. Anything else is a ``ValueError``.
+  (Under bwrap, its ``--chdir`` also sets PWD to the work directory.)
+* **Interpreters**: Python scripts run with the *system* ``python3`` found on the sandbox PATH
+  (``config.python``), not ``sys.executable``: the worker's interpreter lives in a virtualenv
+  (often under a home directory the unprivileged user cannot read, and outside what bubblewrap
+  exposes) and would hand the script Django and every installed package. Python runs with
+  ``-u`` so output is live without the script flushing. Bash scripts run with ``/bin/bash``.
+* **Resource limits** are applied by a tiny trampoline, ``python3 -I -S -c <code>``, that runs
+  *in the child* before exec'ing the real command: ``setrlimit`` for RLIMIT_AS, RLIMIT_FSIZE,
+  RLIMIT_NOFILE, RLIMIT_CORE (0) and RLIMIT_CPU (ceil(timeout) + ``cpu_extra_seconds``, soft;
+  hard one second later, so the script first gets a catchable SIGXCPU). Why not the
+  alternatives: ``preexec_fn`` runs Python code between fork and exec and can deadlock when other
+  threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)`` after spawn races
+  with the script, which is already running; the ``prlimit`` binary would work but adds a
+  dependency on util-linux's option syntax and cannot report failures precisely. The trampoline
+  reports any failure through a close-on-exec pipe (the same trick ``subprocess`` uses): if the
+  pipe closes empty, the exec happened. It also restores SIGPIPE/SIGXFSZ to their defaults
+  (Python ignores them, and ignored signals survive exec), sets a parent-death signal (the
+  script dies if the worker is killed with SIGKILL; its own children need the PID namespace of
+  bwrap for that) and, without bwrap, ``no_new_privs`` so setuid binaries cannot regain root.
+* **Unprivileged user**: when the worker runs as root, ``subprocess.Popen(user=, group=,
+  extra_groups=[])`` drops to ``config.unprivileged_user`` in the child. Those arguments are
+  implemented in C between fork and exec, so unlike ``preexec_fn`` they are safe with threads.
+  The work directory and its files are chowned to that user (mode 0700/0600).
+* **Process group**: ``start_new_session=True`` gives the child its own session and process group
+  (pgid == pid), and no controlling terminal (no TIOCSTI injection into an operator's shell).
+  Stopping means SIGTERM to the group, then SIGKILL after a grace (``kill_grace_seconds`` for
+  timeouts, ``cancel_grace_seconds`` for cancellation and shutdown). When the main process
+  exits, whatever it left in its group is SIGKILLed before the process is reaped (``waitid`` with
+  ``WNOWAIT``), so the group id can never be recycled under us.
+* **Bubblewrap** (``use_bwrap``: ``auto`` = when ``bwrap`` is on PATH and a cached probe shows it
+  works; ``always`` = required, otherwise ``spawn_failed``; ``never``): ``--unshare-all`` (no
+  network: only a loopback inside a fresh network namespace; own PID, IPC, UTS, cgroup and user
+  namespaces), read-only binds of /usr, /bin, /sbin, /lib*, /etc, a fresh /proc, /dev and /tmp,
+  the work directory bound read-write at the same path, ``--cap-drop ALL``, ``--die-with-parent``
+  and ``--new-session``. The trampoline runs *outside* bwrap (limits and user drop apply to bwrap
+  and are inherited by everything inside; bwrap then runs unprivileged and uses a user
+  namespace, so the sandbox never holds real root). Because of ``--new-session`` the sandboxed
+  processes form their own group, whose id bwrap reports on ``--json-status-fd``; SIGTERM goes to
+  that group only, so the script gets its real grace period (signalling the outer bwrap would
+  make it die and take the sandbox down with SIGKILL at once). SIGKILL goes to that group first
+  (the namespace's init dies and the kernel kills everything inside), then to the outer bwrap if
+  it lingers. bwrap reports a sandbox killed by signal N as exit code 128 + N.
+
+Known limits (documented, not solved here): without bubblewrap, concurrent runs share the same
+unprivileged uid (so one script could inspect another's processes), and a process that calls
+``setsid()`` escapes the group kill; with bubblewrap the PID namespace closes both holes. There is
+no process-count or memory cgroup; RLIMIT_AS bounds each process, not the group. The trampoline
+needs ``python3`` even for bash scripts. bwrap leaves its exited init for PID 1 to reap, and so
+does killing a group for grandchildren: run workers in containers under an init (``docker
+--init``, tini) so such zombies are collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import pwd
+import re
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+logger = logging.getLogger(__name__)
+
+ScriptType = Literal["python", "bash"]
+BwrapMode = Literal["auto", "always", "never"]
+StreamName = Literal["stdout", "stderr"]
+StopReason = Literal["cancelled", "worker_shutdown"]
+Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "killed", "spawn_failed"]
+
+BWRAP_MODES: tuple[str, ...] = get_args(BwrapMode)
+SCRIPT_TYPES: tuple[str, ...] = get_args(ScriptType)
+STOP_REASONS: tuple[str, ...] = get_args(StopReason)
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_LANG = "C.UTF-8"
+PARAMS_FILE_NAME = "params.json"
+SCRIPT_FILE_NAMES: dict[str, str] = {"python": "script.py", "bash": "script.sh"}
+
+# Keys the worker may pass in env_extra; everything else in the environment is set here.
+ALLOWED_EXTRA_ENV = frozenset({"TASKFORGE_EXECUTION_ID", "TASKFORGE_TASK_ID"})
+PARAM_ENV_RE = re.compile(r"PARAM_[A-Za-z0-9_]+")
+
+# Exit status of the trampoline when it could not set up the child (never reached after exec).
+TRAMPOLINE_FAILED = 127
+
+# System directories bwrap exposes read-only; symlinks (merged /usr) are recreated as symlinks.
+BWRAP_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Limits and knobs for one run; the defaults are the SPEC's (section 5, "Sandbox")."""
+
+    use_bwrap: BwrapMode = "auto"
+    address_space_bytes: int = 1 * GIB
+    file_size_bytes: int = 64 * MIB
+    open_files: int = 256
+    # RLIMIT_CPU = ceil(timeout_seconds) + this: a safety net for CPU-bound scripts whose wall
+    # clock timeout could be missed (e.g. the worker stalls); normally the timeout fires first.
+    cpu_extra_seconds: int = 5
+    output_cap_bytes: int = 1 * MIB
+    kill_grace_seconds: float = 5.0
+    # Cancellation must reach the script within 2 s: poll interval + this grace stays well below.
+    cancel_grace_seconds: float = 1.0
+    cancel_poll_seconds: float = 0.25
+    flush_interval_seconds: float = 0.1
+    chunk_bytes: int = 64 * KIB
+    # After the main process exits, how long to keep reading pipes still held open by processes
+    # that escaped the group (without bwrap). Within the group, everything is killed at once.
+    post_exit_drain_seconds: float = 1.0
+    unprivileged_user: str = "nobody"
+    python: str = "python3"
+    bash: str = "/bin/bash"
+    path: str = SAFE_PATH
+    work_root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.use_bwrap not in BWRAP_MODES:
+            raise ValueError(f"use_bwrap must be one of {BWRAP_MODES}, got {self.use_bwrap!r}")
+        for name in (
+            "address_space_bytes",
+            "file_size_bytes",
+            "open_files",
+            "output_cap_bytes",
+            "chunk_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.cpu_extra_seconds < 0:
+            raise ValueError("cpu_extra_seconds must not be negative")
+        for name in (
+            "kill_grace_seconds",
+            "cancel_grace_seconds",
+            "cancel_poll_seconds",
+            "flush_interval_seconds",
+            "post_exit_drain_seconds",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> SandboxConfig:
+        """Build from Django's ``TASKFORGE_SANDBOX_*`` settings; missing settings keep defaults."""
+        from django.conf import settings  # keeps this module importable without Django
+
+        names = {
+            "use_bwrap": "TASKFORGE_SANDBOX_BWRAP",
+            "address_space_bytes": "TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES",
+            "file_size_bytes": "TASKFORGE_SANDBOX_FILE_SIZE_BYTES",
+            "open_files": "TASKFORGE_SANDBOX_OPEN_FILES",
+            "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
+            "output_cap_bytes": "TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES",
+            "kill_grace_seconds": "TASKFORGE_SANDBOX_KILL_GRACE_SECONDS",
+            "unprivileged_user": "TASKFORGE_SANDBOX_USER",
+        }
+        values: dict[str, Any] = {}
+        for attr, setting in names.items():
+            if hasattr(settings, setting):
+                values[attr] = getattr(settings, setting)
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What happened to one run; the worker maps it onto the execution row."""
+
+    outcome: Outcome
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    error_detail: str | None
+    stdout_bytes: int
+    stderr_bytes: int
+    stdout_truncated: bool
+    stderr_truncated: bool
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: int
+    pid: int | None
+    sandboxed_with_bwrap: bool
+    # True when a stop needed SIGKILL because the group outlived the grace period.
+    killed_with_sigkill: bool
+    # Already removed when the result is returned; kept for logs.
+    work_dir: str | None
+
+
+OutputCallback = Callable[[StreamName, bytes], None]
+CancelCallback = Callable[[], StopReason | None]
+StartedCallback = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Output capture
+# --------------------------------------------------------------------------------------------
+
+
+def utf8_safe_cut(data: bytes | bytearray, limit: int) -> int:
+    """Largest ``n <= limit`` such that ``data[:n]`` does not end inside a UTF-8 character.
+
+    Only an *incomplete* sequence at the cut is held back; invalid bytes are passed through (the
+    reader replaces them), so arbitrary binary output still makes progress.
+    """
+    limit = min(limit, len(data))
+    for back in range(1, min(4, limit) + 1):
+        index = limit - back
+        byte = data[index]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        if byte >= 0xF0:
+            needed = 4
+        elif byte >= 0xE0:
+            needed = 3
+        elif byte >= 0xC0:
+            needed = 2
+        else:
+            needed = 1
+        if index + needed > limit and index > 0:
+            return index
+        return limit
+    return limit
+
+
+class _OutputStream:
+    """One captured stream: caps, chunks and time-based flushing, with O(chunk) memory."""
+
+    def __init__(self, name: StreamName, config: SandboxConfig, on_output: OutputCallback) -> None:
+        self.name: StreamName = name
+        self._cap = config.output_cap_bytes
+        self._chunk = config.chunk_bytes
+        self._flush_interval = config.flush_interval_seconds
+        self._on_output = on_output
+        self._pending = bytearray()
+        self._pending_since: float | None = None
+        self.captured = 0  # bytes accepted (delivered or pending), never above the cap
+        self.truncated = False
+        self.eof = False
+        self.head = bytearray()  # first bytes, for error details (bwrap's own messages)
+
+    def feed(self, data: bytes, now: float) -> None:
+        if len(self.head) < 2 * KIB:
+            self.head += data[: 2 * KIB - len(self.head)]
+        if self.truncated:
+            return  # keep draining the pipe, but drop the bytes
+        room = self._cap - self.captured
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        if data:
+            if self._pending_since is None:
+                self._pending_since = now
+            self._pending += data
+            self.captured += len(data)
+        if self.truncated:
+            # Nothing will ever complete a character cut by the cap: drop its first bytes.
+            keep = utf8_safe_cut(self._pending, len(self._pending))
+            self.captured -= len(self._pending) - keep
+            del self._pending[keep:]
+        self.flush(now, final=self.truncated)
+
+    def flush(self, now: float, *, final: bool = False) -> None:
+        while len(self._pending) >= self._chunk:
+            self._emit(utf8_safe_cut(self._pending, self._chunk), now)
+        if not self._pending:
+            return
+        if final:
+            self._emit(len(self._pending), now)
+        elif self._pending_since is not None and now - self._pending_since >= self._flush_interval:
+            self._emit(utf8_safe_cut(self._pending, len(self._pending)), now)
+
+    def next_flush_at(self) -> float | None:
+        if self._pending_since is None:
+            return None
+        return self._pending_since + self._flush_interval
+
+    def _emit(self, size: int, now: float) -> None:
+        if size <= 0:
+            # Only an incomplete character is pending: wait for its remaining bytes.
+            return
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        self._pending_since = now if self._pending else None
+        self._on_output(self.name, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Child setup: trampoline, user, bwrap
+# --------------------------------------------------------------------------------------------
+
+# Runs in the child as ``python3 -I -S -c TRAMPOLINE <err_fd> <spec_json> <argv...>``; keep it
+# small and stdlib-only. ``-I -S``: ignore PYTHON* variables and site-packages, start fast.
+TRAMPOLINE = """
+import os, sys
+err_fd = int(sys.argv[1])
+os.set_inheritable(err_fd, False)
+try:
+    import json, resource, signal
+    spec = json.loads(sys.argv[2])
+    for name, soft, hard in spec["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if spec["no_new_privs"] and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != spec["parent"]:
+        raise RuntimeError("worker exited before the script started")
+    os.execv(sys.argv[3], sys.argv[3:])
+except BaseException as exc:
+    os.write(err_fd, (type(exc).__name__ + ": " + str(exc)).encode("utf-8", "replace"))
+    os._exit(127)
+"""
+
+
+class _SpawnError(Exception):
+    """Setup failed before or while starting the child: becomes outcome ``spawn_failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RunAs:
+    uid: int
+    gid: int
+
+
+def _resolve_executable(name: str, path: str) -> str:
+    if os.path.isabs(name):
+        if os.access(name, os.X_OK) and os.path.isfile(name):
+            return name
+        raise _SpawnError(f"interpreter {name} is missing or not executable")
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise _SpawnError(f"interpreter {name!r} not found on PATH {path}")
+    return found
+
+
+def _run_as(config: SandboxConfig) -> _RunAs | None:
+    """The user to drop to: only when we are root (otherwise we could not, and need not)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(config.unprivileged_user)
+    except KeyError as exc:
+        raise _SpawnError(f"unprivileged user {config.unprivileged_user!r} does not exist") from exc
+    if entry.pw_uid == 0:
+        raise _SpawnError(f"unprivileged user {config.unprivileged_user!r} is root")
+    return _RunAs(uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def _user_kwargs(run_as: _RunAs | None) -> dict[str, Any]:
+    if run_as is None:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
+def _bwrap_base_args(bwrap: str) -> list[str]:
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+    for path in BWRAP_SYSTEM_PATHS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs
+    return args
+
+
+def _bwrap_args(bwrap: str, work_dir: str, status_fd: int) -> list[str]:
+    return [
+        *_bwrap_base_args(bwrap),
+        "--bind",
+        work_dir,
+        work_dir,
+        "--chdir",
+        work_dir,
+        "--json-status-fd",
+        str(status_fd),
+        "--",
+    ]
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[tuple[str, int | None], str | None] = {}
+
+
+def _probe_bwrap(bwrap: str, run_as: _RunAs | None) -> str | None:
+    """Whether bwrap works here, as the user the runs will use: ``None`` if it does, else why.
+
+    Cached per process: a bwrap that is installed but blocked (no user namespaces in a container,
+    seccomp) fails the same way every time, and the probe costs a process start.
+    """
+    key = (bwrap, run_as.uid if run_as else None)
+    with _probe_lock:
+        if key in _probe_cache:
+            return _probe_cache[key]
+        try:
+            completed = subprocess.run(
+                [*_bwrap_base_args(bwrap), "--", "/bin/true"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+                check=False,
+                env={"PATH": SAFE_PATH, "LANG": SANDBOX_LANG},
+                start_new_session=True,
+                **_user_kwargs(run_as),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            problem: str | None = f"{type(exc).__name__}: {exc}"
+        else:
+            problem = None
+            if completed.returncode != 0:
+                message = completed.stderr.decode("utf-8", "replace").strip()
+                problem = f"exit {completed.returncode}: {message[:500]}"
+        if problem is not None:
+            logger.warning("bubblewrap at %s is not usable: %s", bwrap, problem)
+        _probe_cache[key] = problem
+        return problem
+
+
+def _choose_bwrap(config: SandboxConfig, run_as: _RunAs | None) -> str | None:
+    """Path of a working bwrap, ``None`` to run without; ``_SpawnError`` when required but broken."""
+    if config.use_bwrap == "never":
+        return None
+    bwrap = shutil.which("bwrap", path=config.path)
+    if bwrap is None:
+        if config.use_bwrap == "always":
+            raise _SpawnError("bubblewrap is required (use_bwrap='always') but bwrap is not installed")
+        return None
+    problem = _probe_bwrap(bwrap, run_as)
+    if problem is not None:
+        if config.use_bwrap == "always":
+            raise _SpawnError(f"bubblewrap is required (use_bwrap='always') but does not work: {problem}")
+        return None
+    return bwrap
+
+
+def _rlimits(config: SandboxConfig, timeout_seconds: float) -> list[tuple[str, int, int]]:
+    cpu = math.ceil(timeout_seconds) + config.cpu_extra_seconds
+    return [
+        ("RLIMIT_AS", config.address_space_bytes, config.address_space_bytes),
+        ("RLIMIT_FSIZE", config.file_size_bytes, config.file_size_bytes),
+        ("RLIMIT_NOFILE", config.open_files, config.open_files),
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_CPU", cpu, cpu + 1),
+    ]
+
+
+def _validate_env_extra(env_extra: Mapping[str, str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for key, value in env_extra.items():
+        if key not in ALLOWED_EXTRA_ENV and not PARAM_ENV_RE.fullmatch(key):
+            raise ValueError(
+                f"environment variable {key!r} is not allowed in the sandbox "
+                "(only PARAM_*, TASKFORGE_EXECUTION_ID, TASKFORGE_TASK_ID)"
+            )
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"environment variable {key!r} must be a string without NUL bytes")
+        env[key] = value
+    return env
+
+
+def _write_file(path: str, content: bytes, run_as: _RunAs | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, content)  # small files: one write suffices on a regular file
+        if run_as is not None:
+            os.fchown(fd, run_as.uid, run_as.gid)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the work dir even if the script made parts of it read-only or unsearchable."""
+
+    def retry_writable(function: Callable[..., Any], failed: str, _exc: BaseException) -> None:
+        parent = os.path.dirname(failed)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, stat.S_IRWXU)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IRWXU)
+        with contextlib.suppress(FileNotFoundError):
+            function(failed)
+
+    try:
+        shutil.rmtree(path, onexc=retry_writable)
+    except OSError:
+        logger.exception("could not remove sandbox work dir %s", path)
+
+
+# --------------------------------------------------------------------------------------------
+# Supervision
+# --------------------------------------------------------------------------------------------
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _parent_of(pid: int) -> int | None:
+    """Parent pid from /proc: checks that a pid bwrap reported really is its sandbox child, so
+    nothing written to the status pipe can make the worker signal an unrelated group."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may contain anything.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child exited, *without* reaping it (its pid stays reserved as our pgid)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_pid == pid
+
+
+@dataclass(slots=True)
+class _Supervisor:
+    process: subprocess.Popen[bytes]
+    config: SandboxConfig
+    timeout_seconds: float
+    should_cancel: CancelCallback
+    streams: dict[int, _OutputStream]
+    err_fd: int
+    status_fd: int | None
+    bwrap: bool
+    stop_reason: Literal["timeout", "cancelled", "worker_shutdown"] | None = None
+    killed_with_sigkill: bool = False
+    trampoline_error: bytearray = field(default_factory=bytearray)
+    sandbox_pgid: int | None = None  # bwrap's inner group, once reported
+    _status_buffer: bytearray = field(default_factory=bytearray)
+    _kill_at: float | None = None
+    _sandbox_killed: bool = False
+
+    def run(self) -> int:
+        """Supervise until the child exits and its output is drained; return its wait status."""
+        start = time.monotonic()
+        deadline = start + self.timeout_seconds
+        next_cancel_poll = start + self.config.cancel_poll_seconds
+        exited_at: float | None = None
+        selector = selectors.DefaultSelector()
+        # A pidfd becomes readable when the child exits, so exits are seen at once rather than at
+        # the next 0.1 s tick (Linux >= 5.3; without it the tick still catches the exit).
+        pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(self.process.pid)
+        try:
+            for fd in (*self.streams, self.err_fd, self.status_fd, pidfd):
+                if fd is not None:
+                    os.set_blocking(fd, False)
+                    selector.register(fd, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                wake = [now + 0.1]
+                if exited_at is not None:
+                    wake.append(exited_at + self.config.post_exit_drain_seconds)
+                elif self.stop_reason is None:
+                    wake += [next_cancel_poll, deadline]
+                elif self._kill_at is not None:
+                    wake.append(self._kill_at)
+                wake += [t for s in self.streams.values() if (t := s.next_flush_at()) is not None]
+                for key, _events in selector.select(max(0.0, min(wake) - now)):
+                    if key.fd == pidfd:
+                        selector.unregister(pidfd)  # stays readable: look once, then poll waitid
+                    else:
+                        self._read(selector, int(key.fd))
+                now = time.monotonic()
+                for stream in self.streams.values():
+                    stream.flush(now)
+
+                if exited_at is None and _has_exited(self.process.pid):
+                    exited_at = now
+                    # Anything the script left behind in its group dies with it; the zombie
+                    # still holds the pgid, so this cannot hit a recycled group.
+                    _killpg(self.process.pid, signal.SIGKILL)
+                if exited_at is not None:
+                    drained = all(s.eof for s in self.streams.values())
+                    if drained or now >= exited_at + self.config.post_exit_drain_seconds:
+                        break
+                    continue
+
+                if self.stop_reason is None:
+                    if now >= deadline:
+                        self._stop("timeout", self.config.kill_grace_seconds, now)
+                    elif now >= next_cancel_poll:
+                        next_cancel_poll = now + self.config.cancel_poll_seconds
+                        reason = self.should_cancel()
+                        if reason is not None:
+                            if reason not in STOP_REASONS:
+                                raise ValueError(f"should_cancel returned {reason!r}")
+                            self._stop(reason, self.config.cancel_grace_seconds, now)
+                elif self._kill_at is not None and now >= self._kill_at:
+                    self.killed_with_sigkill = True
+                    logger.info("sandboxed pid %s outlived its grace: SIGKILL", self.process.pid)
+                    if not self._sandbox_killed and self._signal_sandbox(signal.SIGKILL):
+                        # Kill the namespace first: the outer bwrap then exits by itself and
+                        # reports it (128 + 9); it gets SIGKILL too if it lingers.
+                        self._sandbox_killed = True
+                        self._kill_at = now + 1.0
+                    else:
+                        self._kill_at = None
+                        _killpg(self.process.pid, signal.SIGKILL)
+            # The trampoline's error and bwrap's status may still sit unread in their pipes.
+            with contextlib.suppress(OSError):
+                while chunk := os.read(self.err_fd, 4096):
+                    self.trampoline_error += chunk[: 4 * KIB]
+            if self.status_fd is not None:
+                with contextlib.suppress(OSError):
+                    while self.sandbox_pgid is None and (chunk := os.read(self.status_fd, 4096)):
+                        self._status_buffer += chunk
+                        self._parse_status()
+        finally:
+            selector.close()
+            if pidfd is not None:
+                os.close(pidfd)
+        final = time.monotonic()
+        for stream in self.streams.values():
+            stream.flush(final, final=True)
+        return self.process.wait()
+
+    def _read(self, selector: selectors.BaseSelector, fd: int) -> None:
+        try:
+            data = os.read(fd, self.config.chunk_bytes)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            selector.unregister(fd)
+            if fd in self.streams:
+                self.streams[fd].eof = True
+            return
+        if fd in self.streams:
+            self.streams[fd].feed(data, time.monotonic())
+        elif fd == self.err_fd:
+            self.trampoline_error += data[: 4 * KIB]
+        elif fd == self.status_fd:
+            self._status_buffer += data[: 64 * KIB]
+            self._parse_status()
+
+    def _parse_status(self) -> None:
+        """Pick bwrap's first ``child-pid`` line: the id of the sandbox's own process group.
+
+        bwrap writes it before the script starts, so a script writing to an inherited copy of the
+        pipe cannot come first; ``_signal_sandbox`` checks the parentage again before signalling.
+        """
+        while self.sandbox_pgid is None and b"\n" in self._status_buffer:
+            line, _, rest = bytes(self._status_buffer).partition(b"\n")
+            self._status_buffer = bytearray(rest)
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                child = message.get("child-pid") if isinstance(message, dict) else None
+                if isinstance(child, int) and child > 1:
+                    self.sandbox_pgid = child
+        if self.sandbox_pgid is not None:
+            self._status_buffer.clear()
+
+    def _stop(
+        self, reason: Literal["timeout", "cancelled", "worker_shutdown"], grace: float, now: float
+    ) -> None:
+        self.stop_reason = reason
+        self._kill_at = now + grace
+        logger.info("stopping sandboxed pid %s: %s", self.process.pid, reason)
+        # Only the sandboxed processes under bwrap: the outer bwrap must survive to give them
+        # their grace (it would die of SIGTERM and take the sandbox down with SIGKILL at once).
+        if not self._signal_sandbox(signal.SIGTERM):
+            _killpg(self.process.pid, signal.SIGTERM)
+
+    def _signal_sandbox(self, sig: int) -> bool:
+        """Signal bwrap's inner group; False when there is none (no bwrap, not started, gone)."""
+        if self.sandbox_pgid is None or _parent_of(self.sandbox_pgid) != self.process.pid:
+            return False
+        _killpg(self.sandbox_pgid, sig)
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def run_script(
+    *,
+    script: str,
+    script_type: ScriptType,
+    timeout_seconds: float,
+    on_output: OutputCallback,
+    should_cancel: CancelCallback,
+    env_extra: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    on_started: StartedCallback | None = None,
+    config: SandboxConfig | None = None,
+) -> RunResult:
+    """Run ``script`` in a fresh sandbox and wait for it; see the module docstring for the contract."""
+    config = config or SandboxConfig()
+    if script_type not in SCRIPT_TYPES:
+        raise ValueError(f"script_type must be one of {SCRIPT_TYPES}, got {script_type!r}")
+    if not timeout_seconds > 0:
+        raise ValueError("timeout_seconds must be positive")
+    extra_env = _validate_env_extra(env_extra or {})
+    try:
+        params_json = json.dumps(dict(params or {}), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"params must be JSON-serialisable: {exc}") from exc
+
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    work_dir: str | None = None
+    pid: int | None = None
+    bwrap: str | None = None
+    cleanup_fds: list[int] = []
+
+    def result(outcome: Outcome, **fields: Any) -> RunResult:
+        values: dict[str, Any] = {
+            "exit_code": None,
+            "signal": None,
+            "error": None,
+            "error_detail": None,
+            "stdout_bytes": 0,
+            "stderr_bytes": 0,
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "killed_with_sigkill": False,
+        }
+        values.update(fields)
+        return RunResult(
+            outcome=outcome,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            duration_ms=round((time.monotonic() - started) * 1000),
+            pid=pid,
+            sandboxed_with_bwrap=bwrap is not None,
+            work_dir=work_dir,
+            **values,
+        )
+
+    def spawn_failed(detail: str) -> RunResult:
+        logger.warning("sandbox spawn failed: %s", detail)
+        return result("spawn_failed", error="spawn_failed", error_detail=detail)
+
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        try:
+            run_as = _run_as(config)
+            interpreter = _resolve_executable(config.python, config.path)
+            command = (
+                [interpreter, "-u"]
+                if script_type == "python"
+                else [_resolve_executable(config.bash, config.path)]
+            )
+            bwrap = _choose_bwrap(config, run_as)
+
+            work_dir = tempfile.mkdtemp(prefix="taskforge-run-", dir=config.work_root)
+            tmp_dir = os.path.join(work_dir, "tmp")
+            os.mkdir(tmp_dir, 0o700)
+            script_path = os.path.join(work_dir, SCRIPT_FILE_NAMES[script_type])
+            params_path = os.path.join(work_dir, PARAMS_FILE_NAME)
+            _write_file(script_path, script.encode("utf-8", "replace"), run_as)
+            _write_file(params_path, params_json, run_as)
+            if run_as is not None:
+                for directory in (work_dir, tmp_dir):
+                    os.chown(directory, run_as.uid, run_as.gid)
+
+            env = {
+                **extra_env,
+                "PATH": config.path,
+                "LANG": SANDBOX_LANG,
+                "HOME": work_dir,
+                "TMPDIR": tmp_dir,
+                "TASKFORGE_PARAMS_FILE": params_path,
+            }
+            err_read, err_write = os.pipe()
+            cleanup_fds += [err_read, err_write]
+            pass_fds = [err_write]
+            status_read: int | None = None
+            prefix: list[str] = []
+            if bwrap is not None:
+                status_read, status_write = os.pipe()
+                cleanup_fds += [status_read, status_write]
+                pass_fds.append(status_write)
+                prefix = _bwrap_args(bwrap, work_dir, status_write)
+            spec = {
+                "rlimits": _rlimits(config, timeout_seconds),
+                "parent": os.getpid(),
+                # bwrap sets no_new_privs inside the sandbox itself; setting it before a setuid
+                # bwrap (some distributions) would stop bwrap from working.
+                "no_new_privs": bwrap is None,
+            }
+            argv = [
+                interpreter,
+                "-I",
+                "-S",
+                "-c",
+                TRAMPOLINE,
+                str(err_write),
+                json.dumps(spec),
+                *prefix,
+                *command,
+                script_path,
+            ]
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=work_dir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=pass_fds,
+                **_user_kwargs(run_as),
+            )
+        except _SpawnError as exc:
+            return spawn_failed(str(exc))
+        except (OSError, subprocess.SubprocessError) as exc:
+            return spawn_failed(f"{type(exc).__name__}: {exc}")
+
+        pid = process.pid
+        # Only the child may hold the write ends, so EOF on them means it exec'd/exited.
+        for fd in pass_fds:
+            os.close(fd)
+            cleanup_fds.remove(fd)
+        if on_started is not None:
+            on_started(pid)
+
+        if process.stdout is None or process.stderr is None:  # pragma: no cover - PIPE was asked for
+            raise RuntimeError("subprocess pipes missing")
+        streams = {
+            process.stdout.fileno(): _OutputStream("stdout", config, on_output),
+            process.stderr.fileno(): _OutputStream("stderr", config, on_output),
+        }
+        supervisor = _Supervisor(
+            process=process,
+            config=config,
+            timeout_seconds=timeout_seconds,
+            should_cancel=should_cancel,
+            streams=streams,
+            err_fd=err_read,
+            status_fd=status_read,
+            bwrap=bwrap is not None,
+        )
+        status = supervisor.run()
+        out, err = streams[process.stdout.fileno()], streams[process.stderr.fileno()]
+        fields: dict[str, Any] = {
+            "stdout_bytes": out.captured,
+            "stderr_bytes": err.captured,
+            "stdout_truncated": out.truncated,
+            "stderr_truncated": err.truncated,
+            "killed_with_sigkill": supervisor.killed_with_sigkill,
+        }
+        if status < 0:
+            fields["signal"] = -status
+        else:
+            fields["exit_code"] = status
+
+        if supervisor.trampoline_error and status == TRAMPOLINE_FAILED:
+            return spawn_failed(supervisor.trampoline_error.decode("utf-8", "replace"))
+        if bwrap is not None and supervisor.sandbox_pgid is None and supervisor.stop_reason is None:
+            # bwrap exited before starting the sandbox: its own message is on stderr.
+            message = err.head.decode("utf-8", "replace").strip()
+            return spawn_failed(f"bubblewrap failed to start the sandbox: {message or status}")
+        if supervisor.stop_reason == "timeout":
+            detail = f"timed out after {timeout_seconds:g} s"
+            return result("timed_out", error="timeout", error_detail=detail, **fields)
+        if supervisor.stop_reason == "cancelled":
+            return result("cancelled", error="cancelled", error_detail="cancelled while running", **fields)
+        if supervisor.stop_reason == "worker_shutdown":
+            return result(
+                "killed", error="worker_shutdown", error_detail="stopped by worker shutdown", **fields
+            )
+        if status == 0:
+            return result("succeeded", **fields)
+        detail = f"exit code {status}" if status > 0 else f"killed by {_signal_name(-status)}"
+        return result("failed", error_detail=detail, **fields)
+    finally:
+        if process is not None:
+            if process.returncode is None:
+                # Only reached when a callback raised: never leave the script unsupervised.
+                _killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+        for fd in cleanup_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if work_dir is not None:
+            _remove_tree(work_dir)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
