@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from accounts.models import Project
 from config.api import TaskforgeAPIView
+from executions.selectors import queue_summary
 from tasks.models import Status
 from tasks.selectors import task_status_counts
 
@@ -29,6 +30,34 @@ class StatusView(TaskforgeAPIView):
                 "tasks": inline_serializer(
                     "TaskCounts", {status: serializers.IntegerField() for status in Status.values}
                 ),
+                "executions": inline_serializer(
+                    "QueueDepth",
+                    {"queued": serializers.IntegerField(), "running": serializers.IntegerField()},
+                ),
+                "running": inline_serializer(
+                    "RunningExecution",
+                    {
+                        "id": serializers.UUIDField(),
+                        "task": serializers.UUIDField(),
+                        "number": serializers.IntegerField(),
+                        "worker": serializers.CharField(allow_null=True),
+                        "started_at": serializers.DateTimeField(),
+                        "age_seconds": serializers.FloatField(),
+                    },
+                    many=True,
+                ),
+                "workers": inline_serializer(
+                    "WorkerStatus",
+                    {
+                        "id": serializers.UUIDField(),
+                        "name": serializers.CharField(),
+                        "concurrency": serializers.IntegerField(),
+                        "isolation": serializers.CharField(),
+                        "started_at": serializers.DateTimeField(),
+                        "last_heartbeat_at": serializers.DateTimeField(),
+                    },
+                    many=True,
+                ),
             },
         ),
     )
@@ -40,5 +69,6 @@ class StatusView(TaskforgeAPIView):
                 "timestamp": timezone.now(),
                 "projects": projects.count(),
                 "tasks": task_status_counts(user=request.user, api_key=self.api_key),
+                **queue_summary(user=request.user, api_key=self.api_key),
             }
         )

@@ -10,6 +10,10 @@ from django.utils.html import format_html
 from executions import services
 from executions.models import Execution, ExecutionStatus, OutputChunk, Worker
 
+OUTPUT_BLOCK = (
+    '<h4>{}{}</h4><pre style="max-height:30em;overflow:auto;background:#111;color:#eee;'
+    'padding:8px;white-space:pre-wrap">{}</pre>'
+)
 STATUS_COLORS = {
     ExecutionStatus.QUEUED: "#6c757d",
     ExecutionStatus.RUNNING: "#0d6efd",
@@ -77,7 +81,7 @@ class ExecutionAdmin(admin.ModelAdmin):
             truncated = getattr(execution, f"{stream}_truncated")
             parts.append(
                 format_html(
-                    '<h4>{}{}</h4><pre style="max-height:30em;overflow:auto;background:#111;color:#eee;padding:8px">{}</pre>',
+                    OUTPUT_BLOCK,
                     stream,
                     " (truncated)" if truncated else "",
                     text,

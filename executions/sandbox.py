@@ -984,3 +984,14 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def describe_isolation(config: SandboxConfig) -> str:
+    """What isolation runs get with ``config``, for the worker's start-up log and its row:
+    ``bwrap`` or ``rlimits`` (plus ``+user`` when scripts drop to the unprivileged user)."""
+    try:
+        run_as = _run_as(config)
+        kind = "bwrap" if _choose_bwrap(config, run_as) else "rlimits"
+    except _SpawnError as exc:
+        return f"broken: {exc}"[:32]
+    return f"{kind}+user" if run_as else kind

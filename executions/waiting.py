@@ -29,12 +29,14 @@ class _Dispatcher:
         self.lock = threading.Lock()
         self.waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     def ensure_started(self) -> None:
         if connection.vendor != "postgresql":
             return
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
+                self.stopping.clear()
                 self.thread = threading.Thread(target=self._listen, name="done-listener", daemon=True)
                 self.thread.start()
 
@@ -44,15 +46,23 @@ class _Dispatcher:
         from executions.services import DONE_CHANNEL
 
         params = connection.get_connection_params()
-        while True:
+        while not self.stopping.is_set():
             try:
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {DONE_CHANNEL}")
-                    for note in conn.notifies():
-                        self.wake(note.payload)
+                    while not self.stopping.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self.wake(note.payload)
             except Exception:
                 logger.exception("done-listener lost its connection; reconnecting in 1s")
                 time.sleep(1)
+
+    def stop(self) -> None:
+        """Stop listening and close the connection (tests, before dropping the database)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+            self.thread = None
 
     def wake(self, key: str) -> None:
         with self.lock:

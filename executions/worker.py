@@ -30,7 +30,7 @@ from django.db import close_old_connections, connection, connections
 
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
-from executions.sandbox import RunResult, SandboxConfig, run_script
+from executions.sandbox import RunResult, SandboxConfig, describe_isolation, run_script
 
 logger = logging.getLogger("taskforge.worker")
 
@@ -84,12 +84,6 @@ class Run:
         return "worker_shutdown" if self.stop_reason == "worker_shutdown" else "cancelled"
 
 
-def _sandbox_label(config: SandboxConfig) -> str:
-    from executions.sandbox import bwrap_available
-
-    return "bwrap" if config.use_bwrap != "never" and bwrap_available() else "rlimits"
-
-
 class WorkerProcess:
     def __init__(
         self,
@@ -134,11 +128,12 @@ class WorkerProcess:
     def run(self) -> None:
         """Run until stopped (signal or ``stopping``); returns after a clean shutdown."""
         self.worker = services.worker_register(
-            concurrency=self.concurrency, sandbox=_sandbox_label(self.sandbox), name=self.name
+            concurrency=self.concurrency, sandbox=describe_isolation(self.sandbox), name=self.name
         )
+        wakeup = "LISTEN/NOTIFY + polling" if connection.vendor == "postgresql" else "polling"
         self.on_event(
-            f"worker {self.worker.name} started: concurrency {self.concurrency}, sandbox {self.worker.sandbox}, "
-            f"{'LISTEN/NOTIFY' if connection.vendor == 'postgresql' else 'polling'} every {self.poll_interval:g}s"
+            f"worker {self.worker.name} started: concurrency {self.concurrency}, "
+            f"isolation {self.worker.sandbox}, {wakeup} every {self.poll_interval:g}s"
         )
         helpers = [threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)]
         if connection.vendor == "postgresql":
@@ -201,7 +196,7 @@ class WorkerProcess:
         (or ``limit``); returns how many ran. For tests and one-shot use, no threads."""
         if self.worker is None:
             self.worker = services.worker_register(
-                concurrency=1, sandbox=_sandbox_label(self.sandbox), name=self.name
+                concurrency=1, sandbox=describe_isolation(self.sandbox), name=self.name
             )
         done = 0
         while done < limit:

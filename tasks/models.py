@@ -238,9 +238,7 @@ class TaskQuerySet(ProjectScopedQuerySet):
     def for_api(self) -> TaskQuerySet:
         return self.select_related(
             "created_by", "claimed_by", "claimed_by_key", "last_execution"
-        ).prefetch_related(
-            models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id"))
-        )
+        ).prefetch_related(models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id")))
 
 
 class Task(models.Model):
@@ -293,7 +291,12 @@ class Task(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The latest execution (denormalised by the execution services so lists need one join).
     last_execution = models.ForeignKey(
-        "executions.Execution", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+        "executions.Execution",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
     )
     # Filled by templates (a later slice adds the template link itself).
     parameters = models.JSONField(default=dict, blank=True, editable=False)

@@ -8,8 +8,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import Count
 
 from accounts.models import ApiKey, Project, User
-from tasks.models import Status, Task
 from config.errors import field_error
+from tasks.models import Status, Task
 
 
 def project_for_new_task(*, user: User, api_key: ApiKey | None, project_id: uuid.UUID | None) -> Project:

@@ -17,6 +17,15 @@ def _clean_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_listeners(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    # Torn down before the test database is dropped: the ?wait listener holds a connection.
+    yield
+    from executions.waiting import dispatcher
+
+    dispatcher.stop()
+
+
 @pytest.fixture
 def user(db: Any) -> User:
     return UserFactory(username="alice")

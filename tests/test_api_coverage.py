@@ -16,6 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from accounts.models import ApiKey, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
 from config.api import TaskforgeAPIMixin, TaskforgeViewSet
+from executions.models import Execution
 from tasks.models import Task
 from tests.factories import TaskFactory, make_key
 
@@ -51,11 +52,20 @@ def foreign_task(owner: User) -> dict[str, Any]:
     return {"pk": TaskFactory(created_by=owner).pk}
 
 
+def foreign_execution(owner: User) -> dict[str, Any]:
+    from executions.services import execution_enqueue
+
+    task = TaskFactory(created_by=owner, script_type="bash", script_content="echo secret-output")
+    execution = execution_enqueue(task=task, actor=owner)
+    return {"task_pk": task.pk, "pk": execution.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
     Project: foreign_project,
     Membership: foreign_membership,
+    Execution: foreign_execution,
     Task: foreign_task,
 }
 

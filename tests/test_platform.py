@@ -122,10 +122,17 @@ def test_rate_limit_holds_across_gunicorn_processes(user):
 
 
 def test_health_is_public_and_healthy(client):
+    no_worker = client.get("/health").json()
+    assert no_worker["status"] == "degraded"
+    assert no_worker["components"]["workers"] == "degraded"
+    from executions.services import worker_register
+
+    worker_register(concurrency=1, sandbox="test")
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
+    assert body["components"]["workers"] == "healthy"
     assert body["components"]["database"] == "healthy"
     assert body["components"]["cache"] == "healthy"
     assert {"timestamp", "uptime", "version"} <= body.keys()

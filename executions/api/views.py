@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -56,7 +55,6 @@ def execution_url(request: Request, execution: Execution) -> str:
 def queued_response(request: Request, execution: Execution, wait: int) -> Response:
     """202 with the execution (finished: 200) and its Location; waits first if asked."""
     if wait:
-        close_old_connections()
         execution = wait_until_final(execution.pk, wait)
     execution = Execution.objects.select_related("worker", "triggered_by").get(pk=execution.pk)
     code = status.HTTP_200_OK if execution.is_final and wait else status.HTTP_202_ACCEPTED
@@ -138,8 +136,8 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
             202: ExecutionSerializer,
             409: OpenApiResponse(description="Already finished"),
         },
-        description="Cancel: a queued execution is cancelled at once (200); a running one is killed within 2 s "
-        "(202, `cancel_requested: true`); a finished one answers 409.",
+        description="Cancel: a queued execution is cancelled at once (200); a running one is killed "
+        "within 2 s (202, `cancel_requested: true`); a finished one answers 409.",
     )
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         execution = services.execution_cancel(
@@ -153,8 +151,8 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
             OpenApiParameter("offset", int, description="Return chunks after this one (next_offset).")
         ],
         responses={200: LogSerializer},
-        description="Output from an offset. With `Accept: text/event-stream`, a live Server-Sent Events stream "
-        "(`event: chunk` with the chunk as JSON, then `event: end`) until the execution ends.",
+        description="Output from an offset. With `Accept: text/event-stream`, a live Server-Sent Events "
+        "stream (`event: chunk` with the chunk as JSON, then `event: end`) until the execution ends.",
     )
     def log(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         execution = self.get_object()
@@ -173,20 +171,18 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
 def _sse(execution_id: Any, offset: int) -> Iterator[str]:
     """Server-Sent Events: every new chunk, then an end event; a comment line keeps proxies awake."""
     last_beat = time.monotonic()
-    try:
-        while True:
-            execution = Execution.objects.get(pk=execution_id)
-            payload = log_payload(execution, offset)
-            for chunk in payload["chunks"]:
-                yield f"id: {chunk['seq']}\nevent: chunk\ndata: {json.dumps(chunk)}\n\n"
-            offset = payload["next_offset"]
-            if payload["finished"] and not payload["chunks"]:
-                yield f"event: end\ndata: {json.dumps({'status': execution.status, 'exit_code': execution.exit_code})}\n\n"
-                return
-            if time.monotonic() - last_beat > 15:
-                last_beat = time.monotonic()
-                yield ": keep-alive\n\n"
-            if not payload["chunks"]:
-                wait_until_final(execution_id, 0.25)
-    finally:
-        close_old_connections()
+    while True:
+        execution = Execution.objects.get(pk=execution_id)
+        payload = log_payload(execution, offset)
+        for chunk in payload["chunks"]:
+            yield f"id: {chunk['seq']}\nevent: chunk\ndata: {json.dumps(chunk)}\n\n"
+        offset = payload["next_offset"]
+        if payload["finished"] and not payload["chunks"]:
+            end = {"status": execution.status, "exit_code": execution.exit_code}
+            yield f"event: end\ndata: {json.dumps(end)}\n\n"
+            return
+        if time.monotonic() - last_beat > 15:
+            last_beat = time.monotonic()
+            yield ": keep-alive\n\n"
+        if not payload["chunks"]:
+            wait_until_final(execution_id, 0.25)

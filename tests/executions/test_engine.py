@@ -273,3 +273,16 @@ def test_wait_returns_the_finished_execution(api, make_task):
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
     assert execute(api, task, wait=61).status_code == 400
+
+
+def test_status_shows_queue_running_and_workers(api, other_api, make_task):
+    task = make_task()
+    services.execution_enqueue(task=task, actor=None)
+    services.execution_enqueue(task=make_task(name="second"), actor=None)
+    worker = services.worker_register(concurrency=2, sandbox="rlimits")
+    running = services.execution_claim_next(worker=worker)
+    body = api.get("/api/v1/status").json()
+    assert body["executions"] == {"queued": 1, "running": 1}
+    assert [r["id"] for r in body["running"]] == [str(running.pk)]
+    assert [w["name"] for w in body["workers"]] == [worker.name]
+    assert other_api.get("/api/v1/status").json()["executions"] == {"queued": 0, "running": 0}

@@ -49,7 +49,6 @@ def _clean_cache() -> None:
     """Override the suite-wide cache reset: sandbox tests touch neither the cache nor the database."""
 
 
-
 @functools.cache
 def bwrap_problem() -> str | None:
     """Why bubblewrap cannot be tested here, or None when it works."""
