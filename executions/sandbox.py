@@ -97,7 +97,8 @@ How the sandbox is built, and why
 Known limits (documented, not solved here): without bubblewrap, concurrent runs share the same
 unprivileged uid (so one script could inspect another's processes), and a process that calls
 ``setsid()`` escapes the group kill; with bubblewrap the PID namespace closes both holes. There is
-no process-count or memory cgroup; RLIMIT_AS bounds each process, not the group. The trampoline
+no memory cgroup: RLIMIT_AS bounds each process, not the group, and RLIMIT_NPROC (applied only
+when dropping to the unprivileged user) counts that user's processes across all runs. The trampoline
 needs ``python3`` even for bash scripts. bwrap leaves its exited init for PID 1 to reap, and so
 does killing a group for grandchildren: run workers in containers under an init (``docker
 --init``, tini) so such zombies are collected.
@@ -170,6 +171,8 @@ class SandboxConfig:
     address_space_bytes: int = 1 * GIB
     file_size_bytes: int = 64 * MIB
     open_files: int = 256
+    # Processes of the unprivileged user at once, across all runs (RLIMIT_NPROC is per uid).
+    max_processes: int = 512
     # RLIMIT_CPU = ceil(timeout_seconds) + this: a safety net for CPU-bound scripts whose wall
     # clock timeout could be missed (e.g. the worker stalls); normally the timeout fires first.
     cpu_extra_seconds: int = 5
@@ -196,6 +199,7 @@ class SandboxConfig:
             "address_space_bytes",
             "file_size_bytes",
             "open_files",
+            "max_processes",
             "output_cap_bytes",
             "chunk_bytes",
         ):
@@ -223,6 +227,7 @@ class SandboxConfig:
             "address_space_bytes": "TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES",
             "file_size_bytes": "TASKFORGE_SANDBOX_FILE_SIZE_BYTES",
             "open_files": "TASKFORGE_SANDBOX_OPEN_FILES",
+            "max_processes": "TASKFORGE_SANDBOX_MAX_PROCESSES",
             "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
             "output_cap_bytes": "TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES",
             "kill_grace_seconds": "TASKFORGE_SANDBOX_KILL_GRACE_SECONDS",
@@ -516,15 +521,23 @@ def _choose_bwrap(config: SandboxConfig, run_as: _RunAs | None) -> str | None:
     return bwrap
 
 
-def _rlimits(config: SandboxConfig, timeout_seconds: float) -> list[tuple[str, int, int]]:
+def _rlimits(
+    config: SandboxConfig, timeout_seconds: float, run_as: _RunAs | None
+) -> list[tuple[str, int, int]]:
     cpu = math.ceil(timeout_seconds) + config.cpu_extra_seconds
-    return [
+    limits = [
         ("RLIMIT_AS", config.address_space_bytes, config.address_space_bytes),
         ("RLIMIT_FSIZE", config.file_size_bytes, config.file_size_bytes),
         ("RLIMIT_NOFILE", config.open_files, config.open_files),
         ("RLIMIT_CORE", 0, 0),
         ("RLIMIT_CPU", cpu, cpu + 1),
     ]
+    if run_as is not None:
+        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for the
+        # dedicated unprivileged user (a fork bomb stops there, the worker is untouched).
+        # Running as an ordinary user, it would count that user's other processes too.
+        limits.append(("RLIMIT_NPROC", config.max_processes, config.max_processes))
+    return limits
 
 
 def _validate_env_extra(env_extra: Mapping[str, str]) -> dict[str, str]:
@@ -871,7 +884,7 @@ def run_script(
                 pass_fds.append(status_write)
                 prefix = _bwrap_args(bwrap, work_dir, status_write)
             spec = {
-                "rlimits": _rlimits(config, timeout_seconds),
+                "rlimits": _rlimits(config, timeout_seconds, run_as),
                 "parent": os.getpid(),
                 # bwrap sets no_new_privs inside the sandbox itself; setting it before a setuid
                 # bwrap (some distributions) would stop bwrap from working.

@@ -286,3 +286,80 @@ def test_status_shows_queue_running_and_workers(api, other_api, make_task):
     assert [r["id"] for r in body["running"]] == [str(running.pk)]
     assert [w["name"] for w in body["workers"]] == [worker.name]
     assert other_api.get("/api/v1/status").json()["executions"] == {"queued": 0, "running": 0}
+
+
+def test_output_over_the_cap_is_truncated_and_flagged(api, make_task):
+    from executions.sandbox import SandboxConfig
+    from executions.worker import WorkerProcess
+
+    task = make_task("head -c 3000000 /dev/zero | tr '\\0' 'x'; echo done >&2")
+    execution_id = execute(api, task).json()["id"]
+    WorkerProcess(sandbox=SandboxConfig.from_settings(output_cap_bytes=100_000)).run_pending()
+    execution = Execution.objects.get(pk=execution_id)
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    assert execution.stdout_truncated is True
+    assert execution.stderr_truncated is False
+    stored = "".join(execution.chunks.filter(stream="stdout").values_list("data", flat=True))
+    assert stored == "x" * 100_000
+    detail = api.get(f"/api/v1/tasks/{task.pk}/executions/{execution_id}").json()
+    assert detail["stdout_truncated"] is True
+    assert detail["stderr"] == "done\n"
+
+
+def test_script_cannot_read_the_workers_environment(api, make_task, inline_worker, monkeypatch):
+    """Neither its own environment nor /proc/<pid>/environ of the worker (or anyone) shows
+    the server's variables."""
+    monkeypatch.setenv("TASKFORGE_CANARY_SECRET", "canary-7f3a")
+    task = make_task(
+        "env | grep -c canary-7f3a || true\n"
+        "for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; done | tr '\\0' '\\n' | grep -c canary-7f3a || true"
+    )
+    execution_id = execute(api, task).json()["id"]
+    inline_worker.run_pending()
+    execution = Execution.objects.get(pk=execution_id)
+    stdout = "".join(execution.chunks.filter(stream="stdout").values_list("data", flat=True))
+    assert stdout.split() == ["0", "0"]
+
+
+def test_fork_bomb_is_contained_and_the_worker_survives(api, make_task):
+    import os as _os
+
+    from executions.sandbox import SandboxConfig
+    from executions.worker import WorkerProcess
+
+    if _os.geteuid() != 0:
+        pytest.skip("RLIMIT_NPROC applies only when the worker drops to the unprivileged user (root)")
+    task = make_task("bomb() { bomb | bomb & }; bomb; sleep 2; echo survived-fork-limit", timeout_seconds=4)
+    execution_id = execute(api, task).json()["id"]
+    WorkerProcess(sandbox=SandboxConfig.from_settings(max_processes=64)).run_pending()
+    execution = Execution.objects.get(pk=execution_id)
+    assert execution.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.TIMED_OUT, ExecutionStatus.FAILED)
+    # The worker (this process) is fine and runs the next script normally.
+    follow_up = make_task("echo still-here", name="after")
+    execute(api, follow_up)
+    WorkerProcess(sandbox=SandboxConfig.from_settings()).run_pending()
+    assert Execution.objects.get(task=follow_up).chunks.get().data == "still-here\n"
+
+
+def test_memory_hog_is_stopped(api, make_task, inline_worker):
+    task = make_task("x = bytearray(3 * 1024**3)\nprint('allocated')", "python")
+    execution_id = execute(api, task).json()["id"]
+    inline_worker.run_pending()
+    execution = Execution.objects.get(pk=execution_id)
+    assert execution.status == ExecutionStatus.FAILED
+    assert "MemoryError" in "".join(execution.chunks.filter(stream="stderr").values_list("data", flat=True))
+
+
+def test_sse_log_stream_replays_and_ends(api, make_task, inline_worker):
+    task = make_task("echo one; echo two")
+    execution_id = execute(api, task).json()["id"]
+    inline_worker.run_pending()
+    response = api.get(
+        f"/api/v1/tasks/{task.pk}/executions/{execution_id}/log", HTTP_ACCEPT="text/event-stream"
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    body = b"".join(response.streaming_content).decode()
+    assert "event: chunk" in body
+    assert '"data": "one\\ntwo\\n"' in body or ('"one\\n"' in body and '"two\\n"' in body)
+    assert body.rstrip().endswith('data: {"status": "succeeded", "exit_code": 0}')

@@ -114,3 +114,54 @@ def test_two_workers_never_run_an_execution_twice(make_task):
     for execution in Execution.objects.filter(pk__in=ids):
         assert execution.chunks.get().data == f"{execution.pk}\n"
     assert Execution.objects.filter(pk__in=ids).values("worker").distinct().count() == 2
+
+
+def test_sse_follows_a_running_script_over_http(user, make_task):
+    import httpx
+
+    from tests.factories import make_key
+    from tests.live import gunicorn
+
+    _, raw = make_key(user)
+    task = make_task("echo first; sleep 1; echo second")
+    headers = {"Authorization": f"Api-Key {raw}"}
+    with (
+        gunicorn(workers=1) as base,
+        worker(),
+        httpx.Client(base_url=base, headers=headers, timeout=30) as http,
+    ):
+        execution_id = http.post(f"/api/v1/tasks/{task.pk}/execute", json={}).json()["id"]
+        url = f"/api/v1/tasks/{task.pk}/executions/{execution_id}/log"
+        events = []
+        with http.stream("GET", url, headers={"Accept": "text/event-stream"}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+    assert events[0] == '{"seq": 1, "stream": "stdout", "data": "first\\n"}'
+    assert '"second\\n"' in events[-2]
+    assert events[-1] == '{"status": "succeeded", "exit_code": 0}'
+
+
+@pytest.mark.parametrize(("script", "code"), [("echo ok", 0), ("echo bad >&2; exit 7", 7)])
+def test_trigger_wait_exits_with_the_scripts_code(make_task, script, code):
+    import subprocess
+    import sys
+
+    from tests.live import ROOT, test_database_env
+
+    task = make_task(script)
+    with worker():
+        done = subprocess.run(
+            [sys.executable, "manage.py", "trigger", str(task.pk), "--wait"],
+            cwd=ROOT,
+            env=test_database_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == code, done.stderr
+    if code == 0:
+        assert done.stdout == "ok\n"
+    else:
+        assert "bad" in done.stderr
