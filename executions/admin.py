@@ -14,22 +14,14 @@ OUTPUT_BLOCK = (
     '<h4>{}{}</h4><pre style="max-height:30em;overflow:auto;background:#111;color:#eee;'
     'padding:8px;white-space:pre-wrap">{}</pre>'
 )
-STATUS_COLORS = {
-    ExecutionStatus.QUEUED: "#6c757d",
-    ExecutionStatus.RUNNING: "#0d6efd",
-    ExecutionStatus.SUCCEEDED: "#198754",
-    ExecutionStatus.FAILED: "#dc3545",
-    ExecutionStatus.TIMED_OUT: "#fd7e14",
-    ExecutionStatus.CANCELLED: "#adb5bd",
+EXECUTION_COLOURS = {
+    ExecutionStatus.QUEUED: "#2563eb",
+    ExecutionStatus.RUNNING: "#d97706",
+    ExecutionStatus.SUCCEEDED: "#16a34a",
+    ExecutionStatus.FAILED: "#dc2626",
+    ExecutionStatus.TIMED_OUT: "#b45309",
+    ExecutionStatus.CANCELLED: "#374151",
 }
-
-
-def status_badge(status: str) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:8px">{}</span>',
-        STATUS_COLORS.get(status, "#6c757d"),
-        status,
-    )
 
 
 @admin.register(Execution)
@@ -48,7 +40,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "error",
         "worker",
     )
-    list_filter = ("status", "trigger", "error")
+    list_filter = ("status", "trigger", "error", "finished_at")
     date_hierarchy = "queued_at"
     search_fields = ("id", "task__name")
     list_select_related = ("task", "worker")
@@ -67,7 +59,9 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def badge(self, execution: Execution) -> str:
-        return status_badge(execution.status)
+        from tasks.admin import status_badge
+
+        return status_badge(execution.status, EXECUTION_COLOURS)
 
     @admin.display(description="output")
     def output(self, execution: Execution) -> str:

@@ -180,6 +180,12 @@ class Execution(models.Model):
                 fields=["lease_expires_at"], condition=Q(status="running"), name="execution_lease_idx"
             ),
             models.Index(fields=["task", "-number"], name="execution_task_idx"),
+            # The dashboard's "failures in the last 24 h".
+            models.Index(
+                fields=["-finished_at"],
+                condition=Q(status__in=("failed", "timed_out")),
+                name="execution_failures_idx",
+            ),
             models.Index(fields=["project", "-queued_at", "-id"], name="execution_list_idx"),
         ]
 

@@ -11,10 +11,13 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import APIException
 
 from accounts.models import Project
+from executions.models import Execution, Trigger
+from executions.services import execution_enqueue
 from tasks import services
 from tasks.models import Event, Note, Status, Task
 
@@ -28,10 +31,10 @@ STATUS_COLOURS = {
 }
 
 
-def status_badge(status: str) -> str:
+def status_badge(status: str, colours: dict[str, str] = STATUS_COLOURS) -> str:
     return format_html(
         '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
-        STATUS_COLOURS.get(status, "#6b7280"),
+        colours.get(status, "#6b7280"),
         status,
     )
 
@@ -94,6 +97,30 @@ class EventInline(admin.TabularInline):
         return False
 
 
+class ExecutionInline(admin.TabularInline):
+    """The task's latest executions, newest first, each linking to its page with the output."""
+
+    model = Execution
+    fk_name = "task"
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-number",)
+    fields = ("link", "badge", "trigger", "attempt", "queued_at", "duration_ms", "exit_code", "error")
+    readonly_fields = fields
+
+    @admin.display(description="execution")
+    def link(self, execution: Execution) -> str:
+        url = reverse("admin:executions_execution_change", args=[execution.pk])
+        return format_html('<a href="{}">#{}</a>', url, execution.number)
+
+    @admin.display(description="status")
+    def badge(self, execution: Execution) -> str:
+        from executions.admin import EXECUTION_COLOURS
+
+        return status_badge(execution.status, EXECUTION_COLOURS)
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
     list_display = (
@@ -146,8 +173,12 @@ class TaskAdmin(admin.ModelAdmin):
         "parameters",
         ("created_by", "created_at", "updated_at"),
     )
-    inlines = (NoteInline, EventInline)
-    actions = ("archive", "cancel", "back_to_pending")
+    inlines = (ExecutionInline, NoteInline, EventInline)
+    actions = ("execute", "archive", "cancel", "back_to_pending")
+
+    def get_inlines(self, request: HttpRequest, obj: Task | None) -> tuple[type, ...]:
+        # A task being added has no executions yet.
+        return self.inlines if obj is not None else tuple(i for i in self.inlines if i is not ExecutionInline)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # Staff who are not superusers see only the tasks of projects they belong to.
@@ -198,6 +229,15 @@ class TaskAdmin(admin.ModelAdmin):
             self.message_user(request, f"{verb} {done} task{'s' if done != 1 else ''}.", messages.SUCCESS)
         for line in refused[:10]:
             self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Execute selected tasks now", permissions=["change"])
+    def execute(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(
+            request,
+            queryset,
+            "Queued an execution of",
+            lambda task: execution_enqueue(task=task, actor=request.user, trigger=Trigger.ADMIN),
+        )
 
     @admin.action(description="Archive selected tasks", permissions=["change"])
     def archive(self, request: HttpRequest, queryset: QuerySet) -> None:

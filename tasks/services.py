@@ -310,6 +310,18 @@ def task_move(
             allowed=list(allowed),
         )
     old = current.status
+    if to_status == Status.CANCELLED:
+        # Cancelling a task cancels its queued and running executions too (a running script is
+        # killed by its worker within 2 s).
+        from executions.services import execution_cancel
+
+        active = list(current.executions.active())
+        for execution in active:
+            execution_cancel(execution=execution, actor=actor, api_key=api_key)
+        if active:
+            current.refresh_from_db()
+            if current.status == to_status:  # the task followed its cancelled execution
+                return current
     updated = Task.objects.filter(pk=current.pk, status=old).update(
         status=to_status, updated_at=timezone.now(), **_transition_fields(to_status)
     )

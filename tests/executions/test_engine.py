@@ -312,7 +312,8 @@ def test_script_cannot_read_the_workers_environment(api, make_task, inline_worke
     monkeypatch.setenv("TASKFORGE_CANARY_SECRET", "canary-7f3a")
     task = make_task(
         "env | grep -c canary-7f3a || true\n"
-        "for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; done | tr '\\0' '\\n' | grep -c canary-7f3a || true"
+        "for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; done"
+        " | tr '\\0' '\\n' | grep -c canary-7f3a || true"
     )
     execution_id = execute(api, task).json()["id"]
     inline_worker.run_pending()
@@ -363,3 +364,49 @@ def test_sse_log_stream_replays_and_ends(api, make_task, inline_worker):
     assert "event: chunk" in body
     assert '"data": "one\\ntwo\\n"' in body or ('"one\\n"' in body and '"two\\n"' in body)
     assert body.rstrip().endswith('data: {"status": "succeeded", "exit_code": 0}')
+
+
+def test_admin_dashboard_and_execution_pages(client, user, make_task, inline_worker):
+    user.is_staff = True
+    user.is_superuser = True
+    user.save()
+    client.force_login(user)
+    task = make_task("echo '<b>not bold</b>'; exit 2")
+    services.execution_enqueue(task=task, actor=user)
+    inline_worker.run_pending()
+    execution = Execution.objects.get(task=task)
+    page = client.get("/admin/").content.decode()
+    assert "Failed in the last 24 h" in page
+    assert "?status__exact=failed&amp;finished_at__gte=" in page
+    failed_link = page.split("?status__exact=failed&amp;finished_at__gte=")[1].split('"')[0]
+    from urllib.parse import unquote
+
+    listing = client.get(
+        "/admin/executions/execution/", {"status__exact": "failed", "finished_at__gte": unquote(failed_link)}
+    )
+    assert listing.status_code == 200
+    assert str(task.name) in listing.content.decode()
+    detail = client.get(f"/admin/executions/execution/{execution.pk}/change/").content.decode()
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in detail
+    task_page = client.get(f"/admin/tasks/task/{task.pk}/change/").content.decode()
+    assert f"/admin/executions/execution/{execution.pk}/change/" in task_page
+    response = client.post("/admin/tasks/task/", {"action": "execute", "_selected_action": [task.pk]})
+    assert response.status_code == 302
+    assert Execution.objects.filter(task=task, trigger="admin").count() == 1
+
+
+def test_cancelling_the_task_cancels_its_queued_execution(api, make_task):
+    task = make_task()
+    execution_id = execute(api, task).json()["id"]
+    response = api.post(f"/api/v1/tasks/{task.pk}/move", {"status": "cancelled"}, format="json")
+    assert response.status_code == 200, response.json()
+    assert Execution.objects.get(pk=execution_id).status == ExecutionStatus.CANCELLED
+    assert api.delete(f"/api/v1/tasks/{task.pk}").status_code == 204
+
+
+def test_delete_is_409_while_an_execution_is_active(api, make_task):
+    task = make_task()
+    execute(api, task)
+    response = api.delete(f"/api/v1/tasks/{task.pk}")
+    assert response.status_code == 409
+    assert Task.objects.filter(pk=task.pk).exists()

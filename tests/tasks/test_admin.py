@@ -57,6 +57,8 @@ def test_add_and_change_go_through_the_services(admin_client, operator):
         "notes-INITIAL_FORMS": 0,
         "events-TOTAL_FORMS": 0,
         "events-INITIAL_FORMS": 0,
+        "executions-TOTAL_FORMS": 0,
+        "executions-INITIAL_FORMS": 0,
     }
     response = admin_client.post("/admin/tasks/task/add/", form)
     assert response.status_code == 302, response.content.decode()[:2000]
