@@ -109,7 +109,9 @@ class ProjectScopedQuerySet(models.QuerySet):
         projects = Project.objects.visible_to(user, api_key)
         if user.is_superuser and (api_key is None or api_key.project_id is None):
             return self
-        return self.filter(**{f"{self.project_field}__in": projects.values("pk")})
+        # Resolve the ids first: a literal list lets the planner use per-project statistics and
+        # the (project_id, …) indexes, where an IN (subquery) made it misjudge big projects.
+        return self.filter(**{f"{self.project_field}__in": list(projects.values_list("pk", flat=True))})
 
 
 class MembershipQuerySet(ProjectScopedQuerySet):
