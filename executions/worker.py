@@ -51,6 +51,10 @@ class Run:
     pending: list[tuple[int, str, str]] = field(default_factory=list)
     pending_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while chunks are taken and stored, so the final flush (before the finish is
+    # recorded) waits for a housekeeping flush in progress: no chunk can land after the
+    # finish, where the fence would reject it.
+    flush_lock: threading.Lock = field(default_factory=threading.Lock)
     decoders: dict[str, Any] = field(
         default_factory=lambda: {
             "stdout": codecs.getincrementaldecoder("utf-8")(errors="replace"),
@@ -285,11 +289,12 @@ class WorkerProcess:
 
     # --- housekeeping ------------------------------------------------------------------------
     def _flush(self, run: Run) -> None:
-        chunks = run.take()
-        if chunks and not services.execution_append_output(
-            execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
-        ):
-            run.stop_reason = run.stop_reason or "lease_lost"
+        with run.flush_lock:
+            chunks = run.take()
+            if chunks and not services.execution_append_output(
+                execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
+            ):
+                run.stop_reason = run.stop_reason or "lease_lost"
 
     def _housekeeping(self) -> None:
         lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)

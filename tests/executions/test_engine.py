@@ -410,3 +410,34 @@ def test_delete_is_409_while_an_execution_is_active(api, make_task):
     response = api.delete(f"/api/v1/tasks/{task.pk}")
     assert response.status_code == 409
     assert Task.objects.filter(pk=task.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_in_progress_finishes_before_the_final_one(make_task):
+    """The housekeeping thread's flush and the run's final flush are serialised: output
+    taken by one is stored before the other proceeds (no chunk can arrive after the finish)."""
+    import threading
+
+    from executions.worker import Run, WorkerProcess
+
+    task = make_task()
+    services.execution_enqueue(task=task, actor=None)
+    worker = services.worker_register(concurrency=1, sandbox="test")
+    execution = services.execution_claim_next(worker=worker)
+    run = Run(execution=execution, token=execution.claim_token)
+    run.on_output("stdout", b"hello\n")
+    process = WorkerProcess()
+    run.flush_lock.acquire()  # a housekeeping flush "in progress"
+    finished = threading.Event()
+
+    def final_flush() -> None:
+        process._flush(run)
+        finished.set()
+
+    thread = threading.Thread(target=final_flush)
+    thread.start()
+    assert not finished.wait(0.2)  # the final flush waits for the one in progress
+    run.flush_lock.release()
+    thread.join(5)
+    assert finished.is_set()
+    assert execution.chunks.get().data == "hello\n"
