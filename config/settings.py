@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "tasks",
     "templates_app",
     "executions",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -219,6 +220,19 @@ TASKFORGE_RATE_LIMIT_ENABLED = env_bool("TASKFORGE_RATE_LIMIT_ENABLED", True)
 # How often an API key's last_used_at may be written (seconds).
 TASKFORGE_KEY_LAST_USED_INTERVAL = env_int("TASKFORGE_KEY_LAST_USED_INTERVAL", 60)
 RATELIMIT_USE_CACHE = "default"
+# Webhooks (docs/webhooks.md). Targets must be public https URLs; the two ALLOW_ switches are
+# for tests and local development only.
+TASKFORGE_WEBHOOK_ALLOW_HTTP = env_bool("TASKFORGE_WEBHOOK_ALLOW_HTTP")
+TASKFORGE_WEBHOOK_ALLOW_PRIVATE = env_bool("TASKFORGE_WEBHOOK_ALLOW_PRIVATE")
+TASKFORGE_WEBHOOK_TIMEOUT = env_int("TASKFORGE_WEBHOOK_TIMEOUT", 15)  # seconds per attempt
+TASKFORGE_WEBHOOK_CONCURRENCY = env_int("TASKFORGE_WEBHOOK_CONCURRENCY", 8)  # sends in parallel
+# Longest Retry-After honoured (seconds); the old secret's life after a rotation; how long
+# every attempt may fail before the subscription is disabled.
+TASKFORGE_WEBHOOK_RETRY_AFTER_MAX = env_int("TASKFORGE_WEBHOOK_RETRY_AFTER_MAX", 24 * 3600)
+TASKFORGE_WEBHOOK_ROTATION_GRACE = env_int("TASKFORGE_WEBHOOK_ROTATION_GRACE", 24 * 3600)
+TASKFORGE_WEBHOOK_DISABLE_AFTER = env_int("TASKFORGE_WEBHOOK_DISABLE_AFTER", 3 * 24 * 3600)
+# How long fan-out keeps looking for an event id it skipped (its transaction not committed yet).
+TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS", 600)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -259,7 +273,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        # Two choice sets share the field name "status": name both.
+        "StatusEnum": "tasks.models.Status",
+        "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
+    },
 }
 
 # --- Logging: one line per record, with the request id -------------------------------------

@@ -10,6 +10,7 @@ api_v1 = [
     path("status", StatusView.as_view(), name="status"),
     path("", include("accounts.api.urls")),
     path("", include("tasks.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 urlpatterns = [

@@ -18,6 +18,7 @@ from accounts.scopes import SCOPE_OBJECTS
 from config.api import TaskforgeAPIMixin, TaskforgeViewSet
 from tasks.models import Task
 from tests.factories import TaskFactory, make_key
+from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -51,12 +52,23 @@ def foreign_task(owner: User) -> dict[str, Any]:
     return {"pk": TaskFactory(created_by=owner).pk}
 
 
+def foreign_webhook(owner: User) -> dict[str, Any]:
+    from webhooks import services
+
+    subscription, _ = services.subscription_create(
+        project=owner.personal_project, actor=owner, url="https://93.184.216.34/hook"
+    )
+    delivery = services.send_test(subscription=subscription, actor=owner)
+    return {"pk": subscription.pk, "delivery_id": delivery.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
     Project: foreign_project,
     Membership: foreign_membership,
     Task: foreign_task,
+    Subscription: foreign_webhook,
 }
 
 
