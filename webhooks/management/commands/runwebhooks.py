@@ -33,7 +33,6 @@ class Command(BaseCommand):
         totals = {"events": 0, "sent": 0}
         try:
             while not stop.is_set():
-                close_old_connections()
                 events = fan_out(batch=options["batch"])
                 sent = deliver_due(limit=options["limit"])
                 totals["events"] += events
@@ -44,6 +43,7 @@ class Command(BaseCommand):
                     )
                 if options["once"]:
                     break
+                close_old_connections()  # a long-running loop: drop broken or expired connections
                 if events < options["batch"] and sent < options["limit"]:
                     stop.wait(options["idle_sleep"])
         finally:
