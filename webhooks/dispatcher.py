@@ -34,7 +34,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -520,6 +520,8 @@ def deliver_due(
     claimed = _claim(limit, clock, sender)
     if not claimed:
         return 0
+    if sender.verify is True:  # load the CA bundle once per batch, not once per request
+        sender = replace(sender, verify=httpx.create_ssl_context())
     batch = [_outgoing(delivery, clock) for delivery in claimed]
     if len(batch) == 1 or sender.threads == 1:
         for outgoing in batch:

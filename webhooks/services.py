@@ -83,7 +83,12 @@ def subscription_create(
     The caller checks the actor's role in ``project``.
     """
     fields = _normalize(
-        {"url": url, "event_types": event_types or [ALL_EVENTS], "active": active, "description": description}
+        {
+            "url": url,
+            "event_types": [ALL_EVENTS] if event_types is None else event_types,
+            "active": active,
+            "description": description,
+        }
     )
     subscription = Subscription(project=project, created_by=actor, secret=generate_secret(), **fields)
     subscription.full_clean()

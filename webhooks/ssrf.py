@@ -23,6 +23,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host on this network": local on Linux
 NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 TEREDO = ipaddress.ip_network("2001::/32")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
@@ -94,6 +95,10 @@ def address_problem(ip: IPAddress, *, allow_private: bool = False) -> str | None
         return "the unspecified address"
     if ip.is_multicast:
         return "a multicast address"
+    if ip.version == 4 and ip in THIS_NETWORK:
+        return "an address of the 0.0.0.0/8 (this host) range"
+    if ip.version == 4 and ip.is_reserved:
+        return "a reserved address"
     private_kind = None
     if ip.is_loopback:
         private_kind = "a loopback address"

@@ -523,3 +523,15 @@ def test_concurrent_fan_outs_make_each_delivery_once(user, subscribe):
         pass
     assert Delivery.objects.count() == 20
     assert Event.objects.filter(type=EventType.TASK_CREATED).count() == 20
+
+
+def test_service_validation_matches_the_api(user, subscribe):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        subscribe(event_types=[])
+    assert caught.value.error_dict["event_types"][0].code == "blank"
+    with pytest.raises(ValidationError) as caught:
+        subscribe(url="https://10.0.0.1/x")
+    assert caught.value.error_dict["url"][0].code == "forbidden_address"
+    assert not Subscription.objects.exists()

@@ -50,6 +50,7 @@ REFUSED = [
     "https://[fec0::1]/hook",
     # unspecified, multicast, reserved, documentation, broadcast
     "https://0.0.0.0/hook",
+    "https://0.1.2.3/hook",
     "https://[::]/hook",
     "https://224.0.0.1/hook",
     "https://239.255.255.250/hook",
@@ -87,6 +88,9 @@ def test_internal_addresses_are_refused(url):
         "https://[fd00:ec2::254]/",
         "https://[::ffff:169.254.169.254]/",
         "https://0.0.0.0/",
+        "https://0.1.2.3/",
+        "https://240.0.0.1/",
+        "https://255.255.255.255/",
         "https://224.0.0.1/",
         "https://metadata.google.internal/",
     ],
