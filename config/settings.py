@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "tasks",
     "templates_app",
     "executions",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -227,6 +228,19 @@ TASKFORGE_WORKER_DEAD_AFTER = env_int("TASKFORGE_WORKER_DEAD_AFTER", 60)
 # How long ?wait=N may hold a request (seconds).
 TASKFORGE_MAX_WAIT_SECONDS = 60
 RATELIMIT_USE_CACHE = "default"
+# Webhooks (docs/webhooks.md). Targets must be public https URLs; the two ALLOW_ switches are
+# for tests and local development only.
+TASKFORGE_WEBHOOK_ALLOW_HTTP = env_bool("TASKFORGE_WEBHOOK_ALLOW_HTTP")
+TASKFORGE_WEBHOOK_ALLOW_PRIVATE = env_bool("TASKFORGE_WEBHOOK_ALLOW_PRIVATE")
+TASKFORGE_WEBHOOK_TIMEOUT = env_int("TASKFORGE_WEBHOOK_TIMEOUT", 15)  # seconds per attempt
+TASKFORGE_WEBHOOK_CONCURRENCY = env_int("TASKFORGE_WEBHOOK_CONCURRENCY", 8)  # sends in parallel
+# Longest Retry-After honoured (seconds); the old secret's life after a rotation; how long
+# every attempt may fail before the subscription is disabled.
+TASKFORGE_WEBHOOK_RETRY_AFTER_MAX = env_int("TASKFORGE_WEBHOOK_RETRY_AFTER_MAX", 24 * 3600)
+TASKFORGE_WEBHOOK_ROTATION_GRACE = env_int("TASKFORGE_WEBHOOK_ROTATION_GRACE", 24 * 3600)
+TASKFORGE_WEBHOOK_DISABLE_AFTER = env_int("TASKFORGE_WEBHOOK_DISABLE_AFTER", 3 * 24 * 3600)
+# How long fan-out keeps looking for an event id it skipped (its transaction not committed yet).
+TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS", 600)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -270,6 +284,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "tasks.models.Status",
         "ExecutionStatusEnum": "executions.models.ExecutionStatus",
+        "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
+        "ExecutionTriggerEnum": "executions.models.Trigger",
+        "DeliveryTriggerEnum": "webhooks.models.Trigger",
     },
 }
 
@@ -294,6 +311,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # httpx logs every webhook request with its URL at INFO; paths may carry tokens.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
 

@@ -98,6 +98,7 @@ class WorkerProcess:
         name: str | None = None,
         sandbox: SandboxConfig | None = None,
         on_event: Callable[[str], None] | None = None,
+        webhooks: bool = True,
     ) -> None:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -112,6 +113,7 @@ class WorkerProcess:
         self.stopping = threading.Event()
         self.killing = threading.Event()
         self.worker: Worker | None = None
+        self.webhooks = webhooks
 
     # --- lifecycle -------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -142,6 +144,8 @@ class WorkerProcess:
         helpers = [threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)]
         if connection.vendor == "postgresql":
             helpers.append(threading.Thread(target=self._listen, name="listen", daemon=True))
+        if self.webhooks:
+            helpers.append(threading.Thread(target=self._deliver_webhooks, name="webhooks", daemon=True))
         for thread in helpers:
             thread.start()
         try:
@@ -334,6 +338,21 @@ class WorkerProcess:
                 close_old_connections()
                 time.sleep(1)
             time.sleep(FLUSH_INTERVAL)
+
+    def _deliver_webhooks(self) -> None:
+        """Fan events out to webhook subscriptions and send what is due (never in a web request)."""
+        from webhooks.dispatcher import deliver_due, fan_out
+
+        while not self.stopping.is_set():
+            try:
+                busy = fan_out() + deliver_due()
+            except Exception:
+                logger.exception("webhook delivery failed; retrying")
+                close_old_connections()
+                busy = 0
+            if not busy:
+                self.stopping.wait(1.0)
+        connections.close_all()
 
     def _listen(self) -> None:
         """Wake the main loop on NOTIFY (a dedicated connection outside Django's pool)."""

@@ -19,6 +19,7 @@ from config.api import TaskforgeAPIMixin, TaskforgeViewSet
 from executions.models import Execution
 from tasks.models import Task
 from tests.factories import TaskFactory, make_key
+from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -60,6 +61,16 @@ def foreign_execution(owner: User) -> dict[str, Any]:
     return {"task_pk": task.pk, "pk": execution.pk}
 
 
+def foreign_webhook(owner: User) -> dict[str, Any]:
+    from webhooks import services
+
+    subscription, _ = services.subscription_create(
+        project=owner.personal_project, actor=owner, url="https://93.184.216.34/hook"
+    )
+    delivery = services.send_test(subscription=subscription, actor=owner)
+    return {"pk": subscription.pk, "delivery_id": delivery.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -67,6 +78,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Membership: foreign_membership,
     Execution: foreign_execution,
     Task: foreign_task,
+    Subscription: foreign_webhook,
 }
 
 

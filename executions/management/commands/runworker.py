@@ -25,6 +25,9 @@ class Command(BaseCommand):
             help="seconds running scripts get to finish on SIGTERM before they are killed",
         )
         parser.add_argument("--name", default=None, help="worker name (default host:pid)")
+        parser.add_argument(
+            "--no-webhooks", action="store_true", help="do not deliver webhooks from this worker"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1:
@@ -36,6 +39,7 @@ class Command(BaseCommand):
             poll_interval=options["queue_poll"],
             grace=options["grace"],
             name=options["name"],
+            webhooks=not options["no_webhooks"],
             on_event=lambda message: self.stdout.write(message),
         )
         worker.install_signal_handlers()

@@ -1,0 +1,155 @@
+"""Webhook API shapes: input serializers validate, output serializers render. No side effects.
+
+The secret appears in exactly two shapes: the create response and the rotate response.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from webhooks.models import (
+    ALL_EVENTS,
+    DESCRIPTION_MAX,
+    EVENT_TYPES,
+    URL_MAX,
+    Delivery,
+    DeliveryAttempt,
+    Subscription,
+    validate_event_types,
+)
+
+EVENT_TYPE_CHOICES = [ALL_EVENTS, *EVENT_TYPES]
+
+
+def event_types_field(**kwargs: Any) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.ChoiceField(choices=EVENT_TYPE_CHOICES),
+        min_length=1,
+        max_length=len(EVENT_TYPE_CHOICES),
+        validators=[validate_event_types],
+        help_text='Event types to receive, or ["*"] for all (the default).',
+        **kwargs,
+    )
+
+
+class WebhookWriteSerializer(serializers.Serializer):
+    project = serializers.UUIDField(
+        required=False, help_text="Defaults to the key's project, else your personal project."
+    )
+    url = serializers.CharField(
+        max_length=URL_MAX,
+        help_text="https URL of a public host; private, loopback and metadata addresses are refused.",
+    )
+    event_types = event_types_field(required=False)
+    active = serializers.BooleanField(required=False, default=True)
+    description = serializers.CharField(max_length=DESCRIPTION_MAX, required=False, allow_blank=True)
+
+
+class WebhookUpdateSerializer(serializers.Serializer):
+    url = serializers.CharField(max_length=URL_MAX, required=False)
+    event_types = event_types_field(required=False)
+    active = serializers.BooleanField(
+        required=False, help_text="Setting it back to true clears disabled_reason."
+    )
+    description = serializers.CharField(max_length=DESCRIPTION_MAX, required=False, allow_blank=True)
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    project = serializers.UUIDField(source="project_id")
+    event_types = serializers.ListField(child=serializers.ChoiceField(choices=EVENT_TYPE_CHOICES))
+    created_by = serializers.SerializerMethodField()
+    secret_rotation_ends_at = serializers.DateTimeField(
+        source="previous_secret_expires_at",
+        allow_null=True,
+        help_text="While in the future, deliveries are signed with the previous secret too.",
+    )
+
+    class Meta:
+        model = Subscription
+        fields = (
+            "id",
+            "project",
+            "url",
+            "event_types",
+            "active",
+            "description",
+            "disabled_reason",
+            "disabled_at",
+            "failing_since",
+            "secret_rotation_ends_at",
+            "created_by",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = fields
+        extra_kwargs = {
+            "disabled_reason": {"help_text": "Why it was switched off (410 Gone, days of failures, owner)."},
+            "failing_since": {"help_text": "Start of the current run of failed attempts."},
+        }
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_created_by(self, subscription: Subscription) -> str | None:
+        user = subscription.created_by
+        return None if user is None else user.get_username()
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(help_text="Shown once: store it now. whsec_ + base64 of 32 bytes.")
+
+    class Meta(WebhookSerializer.Meta):
+        fields = (*WebhookSerializer.Meta.fields, "secret")
+        read_only_fields = fields
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = (
+            "number",
+            "started_at",
+            "duration_ms",
+            "url",
+            "address",
+            "status_code",
+            "response_body",
+            "error",
+        )
+        read_only_fields = fields
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    webhook = serializers.UUIDField(source="subscription_id")
+    webhook_id = serializers.CharField(source="message_id", help_text="The webhook-id header sent.")
+    event = serializers.IntegerField(source="event_id", allow_null=True)
+    payload = serializers.SerializerMethodField()
+    attempts = DeliveryAttemptSerializer(many=True)
+
+    class Meta:
+        model = Delivery
+        fields = (
+            "id",
+            "webhook",
+            "webhook_id",
+            "event",
+            "event_type",
+            "trigger",
+            "status",
+            "attempt_count",
+            "next_attempt_at",
+            "last_attempt_at",
+            "last_status_code",
+            "last_error",
+            "delivered_at",
+            "created_at",
+            "payload",
+            "attempts",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.JSONField(help_text="The body sent: {type, timestamp, data}."))
+    def get_payload(self, delivery: Delivery) -> Any:
+        return json.loads(delivery.payload)

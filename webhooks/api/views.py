@@ -1,0 +1,231 @@
+"""Webhooks over HTTP: a thin viewset; every write is one call to ``webhooks.services``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+from django.http import Http404
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Role
+from config.api import TaskforgeViewSet
+from config.openapi import ProblemSerializer
+from tasks.selectors import project_for_new_task
+from webhooks import services
+from webhooks.api.serializers import (
+    DeliverySerializer,
+    WebhookCreatedSerializer,
+    WebhookSerializer,
+    WebhookUpdateSerializer,
+    WebhookWriteSerializer,
+)
+from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
+
+UUID_RE = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+CONFLICT = OpenApiResponse(ProblemSerializer, description="Conflict with the current state (see `code`).")
+CREATE_EXAMPLE = OpenApiExample(
+    "Task results to CI",
+    value={
+        "url": "https://ci.example.com/hooks/taskforge",
+        "event_types": ["task.completed", "task.failed"],
+        "description": "CI pipeline",
+    },
+    request_only=True,
+)
+SECRET_EXAMPLE = OpenApiExample(
+    "Created (the secret is shown this once)",
+    value={
+        "id": "8f8f0a53-93a8-4b37-9f55-0b9b1b1d2f6e",
+        "project": "2b0f4e55-8d6c-4a3e-9f3b-5b0c2a1d9e77",
+        "url": "https://ci.example.com/hooks/taskforge",
+        "event_types": ["task.completed", "task.failed"],
+        "active": True,
+        "description": "CI pipeline",
+        "disabled_reason": "",
+        "disabled_at": None,
+        "failing_since": None,
+        "secret_rotation_ends_at": None,
+        "created_by": "alice",
+        "created_at": "2026-01-01T12:00:00Z",
+        "updated_at": "2026-01-01T12:00:00Z",
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3GZyJt5v8fA=",
+    },
+    response_only=True,
+)
+DELIVERY_STATUS = OpenApiParameter(
+    "status", OpenApiTypes.STR, enum=DeliveryStatus.values, description="Only deliveries in this status."
+)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the webhook subscriptions of your projects"),
+    retrieve=extend_schema(summary="A webhook subscription (never its secret)"),
+)
+@extend_schema(tags=["webhooks"])
+class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+    """Signed outgoing webhooks. Reading needs `webhook:read`; every change needs `webhook:write`
+    and the admin role in the subscription's project."""
+
+    queryset = Subscription.objects.all()
+    serializer_class = WebhookSerializer
+    scope_object = "webhook"
+    write_role = Role.ADMIN
+    lookup_value_regex = UUID_RE
+
+    def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.select_related("created_by")
+
+    def _render(
+        self, subscription: Subscription, status_code: int = status.HTTP_200_OK, **kwargs: Any
+    ) -> Response:
+        # Read back through the caller's queryset: tenancy is checked again after the write.
+        fresh = self.get_queryset().get(pk=subscription.pk)
+        return Response(WebhookSerializer(fresh).data, status=status_code, **kwargs)
+
+    def _render_with_secret(
+        self, subscription: Subscription, secret: str, status_code: int, **kwargs: Any
+    ) -> Response:
+        fresh = self.get_queryset().get(pk=subscription.pk)
+        fresh.secret = secret
+        return Response(WebhookCreatedSerializer(fresh).data, status=status_code, **kwargs)
+
+    def _delivery(self, subscription: Subscription, delivery_id: str) -> Delivery:
+        delivery = self._deliveries(subscription).filter(pk=delivery_id).first()
+        if delivery is None:
+            raise Http404
+        return delivery
+
+    def _deliveries(self, subscription: Subscription) -> QuerySet:
+        attempts = Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("started_at", "id"))
+        return Delivery.objects.filter(subscription=subscription).prefetch_related(attempts)
+
+    @extend_schema(
+        summary="Subscribe a URL to events",
+        description="The answer carries the signing `secret`, the only time it is shown. The URL "
+        "must be https and resolve to public addresses only (400 naming `url` otherwise).",
+        request=WebhookWriteSerializer,
+        responses={201: WebhookCreatedSerializer, 409: CONFLICT},
+        examples=[CREATE_EXAMPLE, SECRET_EXAMPLE],
+    )
+    def create(self, request: Request) -> Response:
+        incoming = WebhookWriteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        project = project_for_new_task(
+            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
+        )
+        self.require_role(project)
+        subscription, secret = services.subscription_create(project=project, actor=request.user, **fields)
+        location = request.build_absolute_uri(reverse("webhook-detail", kwargs={"pk": subscription.pk}))
+        return self._render_with_secret(
+            subscription, secret, status.HTTP_201_CREATED, headers={"Location": location}
+        )
+
+    @extend_schema(
+        summary="Change a subscription",
+        description="Setting `active` to false cancels its pending deliveries; back to true clears "
+        "`disabled_reason`.",
+        request=WebhookUpdateSerializer,
+        responses={200: WebhookSerializer},
+    )
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        subscription = self.get_object()
+        incoming = WebhookUpdateSerializer(data=request.data, partial=True)
+        incoming.is_valid(raise_exception=True)
+        if not incoming.validated_data:
+            raise ValidationError(
+                {"non_field_errors": ["Nothing to change: send url, event_types, active or description."]}
+            )
+        subscription = services.subscription_update(
+            subscription=subscription, actor=request.user, fields=dict(incoming.validated_data)
+        )
+        return self._render(subscription)
+
+    @extend_schema(summary="Delete a subscription and its delivery log", responses={204: None})
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.subscription_delete(subscription=self.get_object(), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Rotate the signing secret",
+        description="Returns the new secret, the only time it is shown. For the next 24 hours "
+        "deliveries carry two signatures, one per secret, so receivers switch without downtime. "
+        "Rotating again drops the older secret at once.",
+        request=None,
+        responses={200: WebhookCreatedSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="rotate-secret")
+    def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
+        subscription, secret = services.subscription_rotate_secret(
+            subscription=self.get_object(), actor=request.user
+        )
+        return self._render_with_secret(subscription, secret, status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Queue a test delivery",
+        description="A `webhook.test` message, sent by the dispatcher within seconds (even to a "
+        "disabled subscription). Follow it in the delivery log.",
+        request=None,
+        responses={202: DeliverySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="test")
+    def send_test(self, request: Request, pk: str | None = None) -> Response:
+        delivery = services.send_test(subscription=self.get_object(), actor=request.user)
+        return Response(
+            DeliverySerializer(self._delivery(delivery.subscription, delivery.pk)).data, status=202
+        )
+
+    @extend_schema(
+        summary="The delivery log, newest first",
+        parameters=[DELIVERY_STATUS],
+        responses=DeliverySerializer(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def deliveries(self, request: Request, pk: str | None = None) -> Response:
+        subscription = self.get_object()
+        queryset = self._deliveries(subscription).order_by("-created_at", "-id")
+        wanted = request.query_params.get("status")
+        if wanted:
+            if wanted not in DeliveryStatus.values:
+                raise ValidationError(
+                    {"status": [f"One of {', '.join(DeliveryStatus.values)}, got {wanted!r}."]},
+                    code="invalid_choice",
+                )
+            queryset = queryset.filter(status=wanted)
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
+
+    @extend_schema(summary="One delivery with its attempts", responses={200: DeliverySerializer})
+    @action(detail=True, methods=["get"], url_path=rf"deliveries/(?P<delivery_id>{UUID_RE})")
+    def delivery(self, request: Request, pk: str | None = None, delivery_id: str | None = None) -> Response:
+        subscription = self.get_object()
+        return Response(DeliverySerializer(self._delivery(subscription, str(delivery_id))).data)
+
+    @extend_schema(
+        summary="Send a delivery again",
+        description="Same body, same `webhook-id` (receivers may deduplicate on it), fresh "
+        "signature; its retry schedule starts over. 409 while it is being sent.",
+        request=None,
+        responses={202: DeliverySerializer, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"], url_path=rf"deliveries/(?P<delivery_id>{UUID_RE})/replay")
+    def replay(self, request: Request, pk: str | None = None, delivery_id: str | None = None) -> Response:
+        subscription = self.get_object()
+        delivery = services.delivery_replay(
+            delivery=self._delivery(subscription, str(delivery_id)), actor=request.user
+        )
+        return Response(DeliverySerializer(self._delivery(subscription, delivery.pk)).data, status=202)
