@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_worker_delivers_execution_webhooks(receiver, local_targets, subscribe, make_task):  # noqa: F811
-    subscription, secret = subscribe(receiver.url, event_types=["execution.finished", "task.completed"])
+    _, secret = subscribe(receiver.url, event_types=["execution.finished", "task.completed"])
     task = make_task("echo done")
     execution = execution_services.execution_enqueue(task=task, actor=None)
     env = {"TASKFORGE_WEBHOOK_ALLOW_PRIVATE": "1", "TASKFORGE_WEBHOOK_ALLOW_HTTP": "1"}
