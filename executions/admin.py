@@ -3,16 +3,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.db.models import Max, QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from executions import services
 from executions.models import Execution, ExecutionStatus, OutputChunk, Worker
 
 OUTPUT_BLOCK = (
-    '<h4>{}{}</h4><pre style="max-height:30em;overflow:auto;background:#111;color:#eee;'
-    'padding:8px;white-space:pre-wrap">{}</pre>'
+    '<h4>{}{}</h4><pre id="output-{}" class="tf-output" style="max-height:30em;overflow:auto;'
+    'background:#111;color:#eee;padding:8px;white-space:pre-wrap">{}</pre>'
 )
 EXECUTION_COLOURS = {
     ExecutionStatus.QUEUED: "#2563eb",
@@ -26,7 +30,10 @@ EXECUTION_COLOURS = {
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
-    """Read-only history; output shown in a monospace block; cancel action."""
+    """Read-only history; output in a monospace block that follows a running execution live
+    (a few lines of JavaScript polling the log endpoint); cancel and re-run buttons."""
+
+    change_form_template = "admin/executions/execution/change_form.html"
 
     list_display = (
         "__str__",
@@ -77,11 +84,90 @@ class ExecutionAdmin(admin.ModelAdmin):
                 format_html(
                     OUTPUT_BLOCK,
                     stream,
-                    " (truncated)" if truncated else "",
+                    " (truncated: the rest was discarded)" if truncated else "",
+                    stream,
                     text,
                 )
             )
         return format_html("{}{}", *parts)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<uuid:pk>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="executions_execution_cancel",
+            ),
+            path(
+                "<uuid:pk>/rerun/",
+                self.admin_site.admin_view(self.rerun_view),
+                name="executions_execution_rerun",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        execution = self.get_object(request, object_id)
+        extra = {**(extra_context or {})}
+        if execution is not None:
+            last_seq = execution.chunks.aggregate(n=Max("seq"))["n"] or 0
+            extra.update(
+                execution=execution,
+                log_url=f"/api/v1/tasks/{execution.task_id}/executions/{execution.pk}/log",
+                log_offset=last_seq,
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+    def _operable(self, request: HttpRequest, pk: Any) -> Execution:
+        execution = get_object_or_404(self.get_queryset(request), pk=pk)
+        from accounts.models import Role, role_at_least
+        from accounts.permissions import project_role
+
+        if not role_at_least(project_role(request.user, execution.project), Role.MEMBER):
+            raise PermissionDenied
+        return execution
+
+    @staticmethod
+    def _back(execution: Execution) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+
+    def cancel_view(self, request: HttpRequest, pk: Any) -> HttpResponseRedirect:
+        return require_POST(self._cancel)(request, pk)
+
+    def _cancel(self, request: HttpRequest, pk: Any) -> HttpResponseRedirect:
+        execution = self._operable(request, pk)
+        if execution.is_final:
+            self.message_user(
+                request, f"Execution #{execution.number} is already {execution.status}.", messages.WARNING
+            )
+        else:
+            services.execution_cancel(execution=execution, actor=request.user)
+            self.message_user(request, f"Cancelling execution #{execution.number}.", messages.SUCCESS)
+        return self._back(execution)
+
+    def rerun_view(self, request: HttpRequest, pk: Any) -> HttpResponseRedirect:
+        return require_POST(self._rerun)(request, pk)
+
+    def _rerun(self, request: HttpRequest, pk: Any) -> HttpResponseRedirect:
+        from config.errors import Conflict
+        from executions.models import Trigger
+
+        execution = self._operable(request, pk)
+        try:
+            new = services.execution_enqueue(
+                task=execution.task,
+                actor=request.user,
+                trigger=Trigger.ADMIN,
+                timeout_seconds=execution.timeout_seconds,
+                parameters=execution.parameters,
+            )
+        except Conflict as exc:
+            self.message_user(request, str(exc.detail), messages.ERROR)
+            return self._back(execution)
+        self.message_user(request, f"Queued execution #{new.number}.", messages.SUCCESS)
+        return self._back(new)
 
     @admin.action(description="Cancel selected executions")
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:

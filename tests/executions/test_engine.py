@@ -441,3 +441,26 @@ def test_a_flush_in_progress_finishes_before_the_final_one(make_task):
     thread.join(5)
     assert finished.is_set()
     assert execution.chunks.get().data == "hello\n"
+
+
+def test_admin_execution_page_follows_live_and_has_cancel_and_rerun(client, user, make_task):
+    user.is_staff = True
+    user.is_superuser = True
+    user.save()
+    client.force_login(user)
+    task = make_task("echo hi")
+    execution = services.execution_enqueue(task=task, actor=user)
+    worker = services.worker_register(concurrency=1, sandbox="test")
+    services.execution_claim_next(worker=worker)
+    page = client.get(f"/admin/executions/execution/{execution.pk}/change/").content.decode()
+    log_url = f"/api/v1/tasks/{task.pk}/executions/{execution.pk}/log"
+    assert log_url.replace("-", "\\u002D") in page  # inside the polling script (escapejs)
+    assert 'id="output-stdout"' in page
+    assert "Re-run" in page
+    response = client.post(f"/admin/executions/execution/{execution.pk}/cancel/")
+    assert response.status_code == 302
+    execution.refresh_from_db()
+    assert execution.cancel_requested_at is not None
+    assert client.get(f"/admin/executions/execution/{execution.pk}/cancel/").status_code == 405
+    client.post(f"/admin/executions/execution/{execution.pk}/rerun/")
+    assert Execution.objects.filter(task=task, trigger="admin").count() == 1
