@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from accounts import services
@@ -87,6 +88,27 @@ class ApiKeyAdmin(APIKeyModelAdmin):
         if obj is not None:
             return (*base, "owner", "revoked")
         return base
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any = None, change: bool = False) -> None:
+        if change:
+            obj.save()
+            return
+        raw = ApiKey.objects.assign_key(obj)
+        obj.save()
+        # Shown once, with a copy button; only the hash is stored.
+        self.message_user(
+            request,
+            format_html(
+                'The API key for {} is <code id="new-api-key">{}</code> '
+                '<button type="button" onclick="navigator.clipboard.writeText('
+                "document.getElementById('new-api-key').textContent);"
+                "this.textContent='Copied'\">Copy</button> "
+                "Store it now: you will not be able to see it again.",
+                obj.name,
+                raw,
+            ),
+            messages.WARNING,
+        )
 
     @admin.display(description="scopes")
     def scope_list(self, api_key: ApiKey) -> str:
