@@ -9,10 +9,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
 from accounts.models import ApiKey, Membership, Project, User, ensure_personal_project
 from accounts.scopes import SCOPES
+
+# The library's own concrete key model is unused (ours is accounts.ApiKey): keep it out of sight.
+admin.site.unregister(LibraryAPIKey)
 
 
 @admin.register(User)

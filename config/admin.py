@@ -47,7 +47,9 @@ def dashboard(user: Any) -> dict[str, Any]:
         .order_by("started_at")[:15]
     )
     for execution in running:
-        execution.age = now - execution.started_at if execution.started_at else None
+        execution.age = (
+            f"{(now - execution.started_at).total_seconds():.0f} s" if execution.started_at else ""
+        )
     key = f"dashboard:tasks:{user.pk}"
     tasks = cache.get(key)
     if tasks is None:

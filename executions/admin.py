@@ -4,7 +4,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Max, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -12,11 +12,12 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from executions import services
-from executions.models import Execution, ExecutionStatus, OutputChunk, Worker
+from executions.models import Execution, ExecutionStatus, Worker
 
 OUTPUT_BLOCK = (
-    '<h4>{}{}</h4><pre id="output-{}" class="tf-output" style="max-height:30em;overflow:auto;'
-    'background:#111;color:#eee;padding:8px;white-space:pre-wrap">{}</pre>'
+    '<h4>{}{}</h4><pre id="output-{}" data-offset="{}" class="tf-output" '
+    'style="max-height:30em;overflow:auto;background:#111;color:#eee;padding:8px;'
+    'white-space:pre-wrap">{}</pre>'
 )
 EXECUTION_COLOURS = {
     ExecutionStatus.QUEUED: "#2563eb",
@@ -72,13 +73,11 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.display(description="output")
     def output(self, execution: Execution) -> str:
+        chunks = list(execution.chunks.order_by("seq").values_list("seq", "stream", "data"))
+        # The live view continues after the last chunk rendered here (data-offset).
+        offset = chunks[-1][0] if chunks else 0
         parts = []
         for stream in ("stdout", "stderr"):
-            text = "".join(
-                OutputChunk.objects.filter(execution=execution, stream=stream)
-                .order_by("seq")
-                .values_list("data", flat=True)
-            )
             truncated = getattr(execution, f"{stream}_truncated")
             parts.append(
                 format_html(
@@ -86,7 +85,8 @@ class ExecutionAdmin(admin.ModelAdmin):
                     stream,
                     " (truncated: the rest was discarded)" if truncated else "",
                     stream,
-                    text,
+                    offset,
+                    "".join(data for _, name, data in chunks if name == stream),
                 )
             )
         return format_html("{}{}", *parts)
@@ -112,11 +112,9 @@ class ExecutionAdmin(admin.ModelAdmin):
         execution = self.get_object(request, object_id)
         extra = {**(extra_context or {})}
         if execution is not None:
-            last_seq = execution.chunks.aggregate(n=Max("seq"))["n"] or 0
             extra.update(
                 execution=execution,
                 log_url=f"/api/v1/tasks/{execution.task_id}/executions/{execution.pk}/log",
-                log_offset=last_seq,
             )
         return super().change_view(request, object_id, form_url, extra)
 
