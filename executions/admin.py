@@ -16,8 +16,8 @@ from executions.models import Execution, ExecutionStatus, Worker
 
 OUTPUT_BLOCK = (
     '<h4>{}{}</h4><pre id="output-{}" data-offset="{}" class="tf-output" '
-    'style="max-height:30em;overflow:auto;background:#111;color:#eee;padding:8px;'
-    'white-space:pre-wrap">{}</pre>'
+    'style="max-height:30em;min-height:2em;width:100%;overflow:auto;background:#111;color:#eee;'
+    'padding:8px;white-space:pre-wrap">{}</pre>'
 )
 EXECUTION_COLOURS = {
     ExecutionStatus.QUEUED: "#2563eb",
@@ -53,8 +53,20 @@ class ExecutionAdmin(admin.ModelAdmin):
     search_fields = ("id", "task__name")
     list_select_related = ("task", "worker")
     actions = ("cancel",)
-    readonly_fields = ("output",)
-    exclude = ("secret_parameters", "claim_token")
+    readonly_fields = ("output", "script_block")
+    fields = (
+        ("task", "number", "attempt", "retry_of"),
+        ("status", "error", "exit_code"),
+        "error_detail",
+        "output",
+        ("trigger", "triggered_by", "triggered_by_key_prefix"),
+        ("queued_at", "started_at", "finished_at", "duration_ms"),
+        ("worker", "sandbox", "lease_expires_at", "cancel_requested_at"),
+        ("script_type", "timeout_seconds", "priority"),
+        "parameters",
+        "script_block",
+        "project",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return Execution.objects.visible_to(request.user).select_related("task", "worker")
@@ -64,6 +76,16 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the history is kept; `manage.py prune --days N` removes old runs
+
+    @admin.display(description="script")
+    def script_block(self, execution: Execution) -> str:
+        return format_html(
+            '<pre style="max-height:20em;overflow:auto;background:#f6f8fa;padding:8px;width:100%">{}</pre>',
+            execution.script,
+        )
 
     @admin.display(description="status", ordering="status")
     def badge(self, execution: Execution) -> str:

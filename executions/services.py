@@ -454,3 +454,26 @@ def reap_lost_executions() -> int:
             )
             reaped += 1
     return reaped
+
+
+def prune(*, older_than_days: int, dry_run: bool = False) -> dict[str, int]:
+    """Delete finished executions (with their output) and events older than the cutoff.
+
+    Queued and running executions are never pruned; a task's latest execution is kept so
+    its ``last_execution`` and ``result`` stay meaningful.
+    """
+    from tasks.models import Event
+
+    if older_than_days < 1:
+        raise ValueError("older_than_days must be at least 1")
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    executions = Execution.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff).exclude(
+        pk__in=Task.objects.filter(last_execution__isnull=False).values("last_execution")
+    )
+    events = Event.objects.filter(created_at__lt=cutoff)
+    counts = {"executions": executions.count(), "events": events.count()}
+    if not dry_run:
+        with transaction.atomic():
+            executions.delete()
+            events.delete()
+    return counts

@@ -464,3 +464,29 @@ def test_admin_execution_page_follows_live_and_has_cancel_and_rerun(client, user
     assert client.get(f"/admin/executions/execution/{execution.pk}/cancel/").status_code == 405
     client.post(f"/admin/executions/execution/{execution.pk}/rerun/")
     assert Execution.objects.filter(task=task, trigger="admin").count() == 1
+
+
+def test_prune_keeps_recent_active_and_latest(make_task, inline_worker):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    task = make_task("true")
+    for _ in range(3):
+        services.execution_enqueue(task=task, actor=None)
+    inline_worker.run_pending()
+    queued = services.execution_enqueue(task=make_task(name="waiting"), actor=None)
+    old = timezone.now() - timedelta(days=40)
+    Execution.objects.filter(status="succeeded").update(finished_at=old)
+    Execution.objects.filter(pk=queued.pk).update(queued_at=old)
+    Event.objects.update(created_at=old)
+    out = io.StringIO()
+    call_command("prune", "--days", "30", "--dry-run", stdout=out)
+    assert "Would delete 2 executions" in out.getvalue()
+    assert Execution.objects.count() == 4
+    call_command("prune", "--days", "30", stdout=out)
+    task.refresh_from_db()
+    assert set(Execution.objects.values_list("pk", flat=True)) == {task.last_execution_id, queued.pk}
+    assert not Event.objects.exists()
+    with pytest.raises(CommandError):
+        call_command("prune", "--days", "0")
