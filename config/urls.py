@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("tasks.api.urls")),
     path("", include("executions.api.urls")),
+    path("", include("templates_app.api.urls")),
 ]
 
 urlpatterns = [
