@@ -34,3 +34,12 @@ def make_template(user: User, project: Project) -> Callable[..., Template]:
         )
 
     return make
+
+
+@pytest.fixture
+def inline_worker(db: Any) -> Any:
+    """A worker that runs queued executions in the test's own thread (``run_pending()``)."""
+    from executions.sandbox import SandboxConfig
+    from executions.worker import WorkerProcess
+
+    return WorkerProcess(concurrency=1, sandbox=SandboxConfig.from_settings())
