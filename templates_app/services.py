@@ -87,12 +87,11 @@ def template_errors(template: Template, spec: list[dict[str, Any]]) -> list[tupl
         errors.append(("slug", "unique", f"This project already has a template {template.slug!r}."))
     spec_errors = params.validate_spec(spec)
     errors.extend(spec_errors)
-    if spec_errors:
-        return errors  # placeholders are checked against valid declarations only
-    secret = {item["name"] for item in params.normalize_spec(spec) if item["secret"]}
+    valid = [item for item in spec if isinstance(item, Mapping)]
+    secret = {item["name"] for item in params.normalize_spec(valid) if item["secret"]}
+    declared = {item.get("name") for item in valid}
     for field in ("name_pattern", "description_pattern"):
         text = getattr(template, field)
-        declared = {item["name"] for item in spec}
         for name in params.placeholders(text):
             if name not in declared:
                 errors.append(
@@ -111,7 +110,14 @@ def template_errors(template: Template, spec: list[dict[str, Any]]) -> list[tupl
                         f"{{{{ {name} }}}} is secret: it cannot appear in the task.",
                     )
                 )
-    errors.extend(params.script_errors(template.script, template.script_type, spec, "script"))
+    if spec_errors:  # where placeholders stand is checked against valid declarations only
+        for name in params.placeholders(template.script):
+            if name not in declared:
+                errors.append(
+                    ("script", "undeclared_placeholder", f"{{{{ {name} }}}} is not a declared parameter.")
+                )
+    else:
+        errors.extend(params.script_errors(template.script, template.script_type, spec, "script"))
     if template.script and not template.script_type:
         errors.append(("script_type", "required", "Required when script is given."))
     return errors

@@ -85,7 +85,8 @@ def test_a_default_that_breaks_its_own_rules_is_refused(api):
         {"name": "t", "type": "string", "secret": True, "default": "hunter2"},
         {"name": "b", "type": "boolean", "default": "true"},
     ]
-    response = api.post(LIST, body(name_pattern="x", script="echo hi", parameters=params), format="json")
+    data = body(name_pattern="x", description_pattern="", script="echo hi", parameters=params)
+    response = api.post(LIST, data, format="json")
     fields = error_fields(problem_of(response, 400))
     assert fields == {
         "parameters[0].default": "max_value",
