@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser, AnonymousUser, UserManager
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 from accounts.scopes import scopes_grant
@@ -200,3 +201,41 @@ def ensure_personal_project(user: User) -> Project:
     if created:
         Membership.objects.get_or_create(project=project, user=user, defaults={"role": Role.ADMIN})
     return project
+
+
+class IdempotencyState(models.TextChoices):
+    IN_FLIGHT = "in_flight", "In flight"
+    COMPLETED = "completed", "Completed"
+
+
+class IdempotencyKey(models.Model):
+    """One ``Idempotency-Key`` a principal sent, and the response its first request got.
+
+    The row is inserted (state in_flight) in its own committed transaction before the view
+    runs; the unique constraint on (principal, key) is what makes a duplicate lose, on every
+    database. See ``config/idempotency.py``.
+    """
+
+    # "key:<api key id>" or "user:<user id>" (session logins).
+    principal = models.CharField(max_length=200)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of method, path and body")
+    state = models.CharField(
+        max_length=10, choices=IdempotencyState.choices, default=IdempotencyState.IN_FLIGHT
+    )
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    locked_at = models.DateTimeField(default=timezone.now, help_text="when the in-flight request started")
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("-created_at", "id")
+        constraints = [
+            models.UniqueConstraint(fields=("principal", "key"), name="idempotency_key_unique"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.principal} {self.key} ({self.state})"

@@ -227,6 +227,10 @@ TASKFORGE_EXECUTION_LEASE_SECONDS = env_int("TASKFORGE_EXECUTION_LEASE_SECONDS",
 TASKFORGE_WORKER_DEAD_AFTER = env_int("TASKFORGE_WORKER_DEAD_AFTER", 60)
 # How long ?wait=N may hold a request (seconds).
 TASKFORGE_MAX_WAIT_SECONDS = 60
+# Idempotency-Key: how long a key replays its first response, and after how long a request
+# still "in flight" (its process died) may be taken over by a retry.
+TASKFORGE_IDEMPOTENCY_TTL_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+TASKFORGE_IDEMPOTENCY_LOCK_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_LOCK_SECONDS", 300)
 RATELIMIT_USE_CACHE = "default"
 # Webhooks (docs/webhooks.md). Targets must be public https URLs; the two ALLOW_ switches are
 # for tests and local development only.

@@ -104,7 +104,13 @@ def execution_enqueue(
     retry_of: Execution | None = None,
 ) -> Execution:
     """Queue a run of ``task``'s script. 409 when it has no script, is archived, is claimed
-    by an agent, or depends on tasks that are not completed."""
+    by an agent, or depends on tasks that are not completed.
+
+    ``parameters`` (with ``secret_parameters``, all given values) are validated against the
+    declarations a templated task keeps (its stored values are the base) and rendered into
+    the script; secrets are masked in ``Execution.parameters``. A task not made from a
+    template takes no parameters (400).
+    """
     task = Task.objects.select_for_update().get(pk=task.pk)  # serialises numbering per task
     if not task.script_content:
         raise Conflict("This task has no script: it is a work item for agents to claim.", code="no_script")
@@ -123,6 +129,25 @@ def execution_enqueue(
         from config.errors import field_error
 
         raise field_error("timeout_seconds", "Must be between 1 and 3600.", "out_of_range")
+    given = {**(parameters or {}), **(secret_parameters or {})}
+    if task.parameter_spec:
+        from templates_app.parameters import prepare_run
+
+        script, parameters, secret_parameters = prepare_run(
+            spec=task.parameter_spec,
+            script=task.script_content,
+            script_type=task.script_type,
+            stored=task.parameters,
+            given=given,
+        )
+    elif given:
+        from config.errors import field_error
+
+        raise field_error(
+            "parameters", "This task was not made from a template: it takes no parameters.", "no_parameters"
+        )
+    else:
+        script = task.script_content
     execution = Execution.objects.create(
         project_id=task.project_id,
         task=task,
@@ -135,7 +160,7 @@ def execution_enqueue(
         parameters=dict(parameters or {}),
         secret_parameters=dict(secret_parameters or {}),
         script_type=task.script_type,
-        script=task.script_content,
+        script=script,
         timeout_seconds=timeout_seconds or task.timeout_seconds,
         priority=task.priority,
     )

@@ -37,6 +37,7 @@ logger = logging.getLogger("taskforge.worker")
 FLUSH_INTERVAL = 0.2
 CANCEL_POLL_INTERVAL = 0.5
 REAP_INTERVAL = 5.0
+PRUNE_INTERVAL = 300.0
 FLUSH_BYTES = 64 * 1024
 
 
@@ -302,7 +303,7 @@ class WorkerProcess:
 
     def _housekeeping(self) -> None:
         lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)
-        last_lease = last_reap = last_cancel = 0.0
+        last_lease = last_reap = last_cancel = last_prune = 0.0
         while True:
             now = time.monotonic()
             try:
@@ -333,6 +334,11 @@ class WorkerProcess:
                     from tasks.services import reap_expired_claims
 
                     reap_expired_claims()
+                if now - last_prune >= PRUNE_INTERVAL:
+                    last_prune = now
+                    from config.idempotency import prune as prune_idempotency_keys
+
+                    prune_idempotency_keys()
             except Exception:
                 logger.exception("housekeeping failed; retrying")
                 close_old_connections()

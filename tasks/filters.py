@@ -121,6 +121,7 @@ class TaskFilter(filters.FilterSet):
     tag = AllTagsFilter(help_text="Repeat for several tags; a task must carry all of them.")
     agent = filters.CharFilter()
     project = filters.UUIDFilter(field_name="project_id")
+    template = filters.UUIDFilter(field_name="template_id", help_text="Tasks made from this template (id).")
     created_by = IntegerFilter(field_name="created_by_id", min_value=1, help_text="User id.")
     claimed = filters.ChoiceFilter(
         choices=BOOLEAN_CHOICES, method="filter_claimed", help_text="Whether an agent holds a claim now."

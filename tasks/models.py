@@ -298,8 +298,20 @@ class Task(models.Model):
         related_name="+",
         editable=False,
     )
-    # Filled by templates (a later slice adds the template link itself).
+    # Where a task came from: its template (kept null if the template is deleted), the
+    # template's version, the parameter values it was triggered with (secrets masked), and a
+    # copy of the parameter declarations, so later runs validate and render the same way.
+    template = models.ForeignKey(
+        "templates_app.Template",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        editable=False,
+    )
+    template_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
     parameters = models.JSONField(default=dict, blank=True, editable=False)
+    parameter_spec = models.JSONField(default=list, blank=True, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

@@ -180,10 +180,26 @@ def task_create(
     actor: User,
     api_key: ApiKey | None = None,
     depends_on: list[uuid.UUID] | None = None,
+    template: Any = None,
+    template_version: int | None = None,
+    parameters: dict[str, Any] | None = None,
+    parameter_spec: list[dict[str, Any]] | None = None,
     **fields: Any,
 ) -> Task:
-    """Create a task in ``project`` (the caller's right to write there is checked by the caller)."""
-    task = Task(project=project, created_by=actor, **_normalize(fields))
+    """Create a task in ``project`` (the caller's right to write there is checked by the caller).
+
+    ``template`` and the rest record where a task came from (``templates_app.services``
+    passes them; ``parameters`` are the shown values, secrets already masked).
+    """
+    task = Task(
+        project=project,
+        created_by=actor,
+        template=template,
+        template_version=template_version,
+        parameters=dict(parameters or {}),
+        parameter_spec=list(parameter_spec or []),
+        **_normalize(fields),
+    )
     task.full_clean()
     task.save()
     if depends_on:
@@ -194,7 +210,12 @@ def task_create(
         task=task,
         actor=actor,
         api_key=api_key,
-        data={"name": task.name, "status": task.status, "priority": task.priority},
+        data={
+            "name": task.name,
+            "status": task.status,
+            "priority": task.priority,
+            **({"template": str(template.pk), "template_version": template_version} if template else {}),
+        },
     )
     return task
 

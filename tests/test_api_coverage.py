@@ -7,6 +7,7 @@ model behind a detail route needs an entry in ``FOREIGN_OBJECTS`` or this test f
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from accounts.scopes import SCOPE_OBJECTS
 from config.api import TaskforgeAPIMixin, TaskforgeViewSet
 from executions.models import Execution
 from tasks.models import Task
+from templates_app.models import Template
 from tests.factories import TaskFactory, make_key
 from webhooks.models import Subscription
 
@@ -71,6 +73,21 @@ def foreign_webhook(owner: User) -> dict[str, Any]:
     return {"pk": subscription.pk, "delivery_id": delivery.pk}
 
 
+def foreign_template(owner: User) -> dict[str, Any]:
+    from templates_app.services import template_create
+
+    template = template_create(
+        project=owner.personal_project,
+        actor=owner,
+        slug=f"foreign-{uuid.uuid4().hex[:8]}",
+        name="Foreign",
+        name_pattern="secret task",
+        script_type="bash",
+        script="echo secret-output",
+    )
+    return {"ref": template.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -79,6 +96,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Execution: foreign_execution,
     Task: foreign_task,
     Subscription: foreign_webhook,
+    Template: foreign_template,
 }
 
 

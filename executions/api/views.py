@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api import TaskforgeViewSet
+from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from executions import services
 from executions.api.serializers import (
     ExecuteSerializer,
@@ -103,18 +104,27 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
 
     @extend_schema(
         request=ExecuteSerializer,
-        parameters=[WAIT_PARAM],
+        parameters=[WAIT_PARAM, IDEMPOTENCY_PARAMETER],
         responses={
             202: ExecutionSerializer,
             200: ExecutionDetailSerializer,
+            **idempotency_responses(),
             409: OpenApiResponse(description="No script, archived, claimed or blocked"),
         },
         examples=[
-            OpenApiExample("Run with a shorter timeout", value={"timeout_seconds": 30}, request_only=True)
+            OpenApiExample("Run with a shorter timeout", value={"timeout_seconds": 30}, request_only=True),
+            OpenApiExample(
+                "Run a templated task with other parameters",
+                value={"parameters": {"env": "staging", "replicas": 2}},
+                request_only=True,
+            ),
         ],
         description="Queue a run of the task's script. Answers at once with the execution (202 + Location); "
-        "with ?wait=N holds until it finishes (200) or N seconds pass (202).",
+        "with ?wait=N holds until it finishes (200) or N seconds pass (202). A task made from a "
+        "template takes `parameters`: the values it was made with, overridden by these, validated "
+        "against its declarations (secret values must be given again); any other task takes none.",
     )
+    @idempotent
     def execute(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         task = self.task()
         self.require_role(task.project)

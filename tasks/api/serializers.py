@@ -157,6 +157,11 @@ class TaskSerializer(serializers.ModelSerializer):
     claimed_by = serializers.SerializerMethodField()
     created_by = serializers.SerializerMethodField()
     has_script = serializers.BooleanField(read_only=True)
+    template = serializers.UUIDField(source="template_id", allow_null=True, read_only=True)
+    parameters = serializers.JSONField(read_only=True, help_text="Values it was made with; secrets are ***.")
+    parameter_spec = serializers.JSONField(
+        read_only=True, help_text="Its template's parameter declarations when made (what execute takes)."
+    )
 
     class Meta:
         model = Task
@@ -184,7 +189,10 @@ class TaskSerializer(serializers.ModelSerializer):
             "claimed_by",
             "claimed_at",
             "lease_expires_at",
+            "template",
+            "template_version",
             "parameters",
+            "parameter_spec",
             "last_execution",
             "created_by",
             "created_at",

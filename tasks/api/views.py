@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api import TaskforgeViewSet
+from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from config.openapi import ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
@@ -87,9 +88,11 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
     @extend_schema(
         summary="Create a task",
         request=TaskWriteSerializer,
-        responses={201: TaskSerializer},
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: TaskSerializer, **idempotency_responses()},
         examples=[CREATE_EXAMPLE, AGENT_EXAMPLE],
     )
+    @idempotent
     def create(self, request: Request) -> Response:
         incoming = TaskWriteSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -176,9 +179,15 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
         description="The highest-priority, then oldest, claimable task matching the filters; "
         "204 when there is none.",
         request=ClaimNextSerializer,
-        responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing to claim.")},
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={
+            200: TaskSerializer,
+            204: OpenApiResponse(description="Nothing to claim."),
+            **idempotency_responses(),
+        },
     )
     @action(detail=False, methods=["post"], url_path="claim-next")
+    @idempotent
     def claim_next(self, request: Request) -> Response:
         incoming = ClaimNextSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -255,21 +264,27 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
         methods=["POST"],
         summary="Add a note",
         request=NoteCreateSerializer,
-        responses={201: NoteSerializer},
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: NoteSerializer, **idempotency_responses()},
         examples=[OpenApiExample("Note", value={"body": "Waiting on the vendor."}, request_only=True)],
     )
     @action(detail=True, methods=["get", "post"], pagination_class=TaskPagination)
     def notes(self, request: Request, pk: str | None = None) -> Response:
-        task = self.get_object()
         if request.method == "POST":
-            incoming = NoteCreateSerializer(data=request.data)
-            incoming.is_valid(raise_exception=True)
-            note = services.note_create(
-                task=task, actor=request.user, api_key=self.api_key, body=incoming.validated_data["body"]
-            )
-            return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
+            return self._add_note(request)
+        task = self.get_object()
         page = self.paginate_queryset(task.notes.select_related("author").order_by("created_at", "id"))
         return self.get_paginated_response(NoteSerializer(page, many=True).data)
+
+    @idempotent
+    def _add_note(self, request: Request) -> Response:
+        task = self.get_object()
+        incoming = NoteCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        note = services.note_create(
+            task=task, actor=request.user, api_key=self.api_key, body=incoming.validated_data["body"]
+        )
+        return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="The task's history (events), oldest first", responses=EventSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -1,0 +1,307 @@
+"""Operators' UI for templates: parameters edited inline, a trigger form with typed fields, and
+the tasks each template made. Every change goes through ``templates_app.services``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, QuerySet
+from django.forms import BaseInlineFormSet, ModelForm
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from rest_framework.exceptions import APIException
+
+from accounts.models import Project, Role, role_at_least
+from accounts.permissions import project_role
+from executions.models import Trigger
+from templates_app import parameters as params
+from templates_app import services
+from templates_app.models import ParameterType, Template, TemplateParameter
+
+SPEC_KEYS = tuple(key for key in params.KNOWN_KEYS)
+RECENT_TASKS = 20
+
+
+def _spec_from_forms(formset: BaseInlineFormSet) -> list[dict[str, Any]]:
+    rows = []
+    for form in formset.forms:
+        data = getattr(form, "cleaned_data", None)
+        if not data or data.get("DELETE") or not data.get("name"):
+            continue
+        rows.append((data.get("position") or 0, {key: data.get(key) for key in SPEC_KEYS}))
+    rows.sort(key=lambda row: row[0])
+    return [spec for _position, spec in rows]
+
+
+class ParameterFormSet(BaseInlineFormSet):
+    """Checks the whole template (declarations, placeholders) with the rows as edited."""
+
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors):
+            return
+        spec = _spec_from_forms(self)
+        live = [
+            f for f in self.forms if getattr(f, "cleaned_data", None) and not f.cleaned_data.get("DELETE")
+        ]
+        live = [f for f in live if f.cleaned_data.get("name")]
+        live.sort(key=lambda f: f.cleaned_data.get("position") or 0)
+        general = []
+        for field, _code, message in services.template_errors(self.instance, spec):
+            if field.startswith("parameters[") and "]." in field:
+                index, key = field[len("parameters[") :].split("].", 1)
+                form = live[int(index)]
+                if key in form.fields:
+                    form.add_error(key, message)
+                    continue
+            general.append(f"{field}: {message}" if field else message)
+        if general:
+            raise ValidationError(general)
+
+
+class TemplateParameterInline(admin.TabularInline):
+    model = TemplateParameter
+    formset = ParameterFormSet
+    extra = 1
+    fields = (
+        "position",
+        "name",
+        "type",
+        "required",
+        "secret",
+        "default",
+        "choices",
+        "min",
+        "max",
+        "min_length",
+        "max_length",
+        "pattern",
+        "description",
+    )
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name in ("default", "choices", "min", "max") and field is not None:
+            field.widget = forms.Textarea(attrs={"rows": 1, "cols": 14})
+        return field
+
+
+@admin.register(Template)
+class TemplateAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "project", "version", "script_type", "task_count", "updated_at")
+    list_filter = ("script_type",)
+    list_select_related = ("project",)
+    search_fields = ("slug", "name", "description")
+    readonly_fields = (
+        "id",
+        "version",
+        "trigger_link",
+        "recent_tasks",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
+    fields = (
+        ("id", "version"),
+        "trigger_link",
+        "project",
+        ("slug", "name"),
+        "description",
+        "name_pattern",
+        "description_pattern",
+        "script_type",
+        "script",
+        ("timeout_seconds", "priority"),
+        ("tags", "metadata"),
+        ("agent", "max_retries", "max_concurrency"),
+        "recent_tasks",
+        ("created_by", "created_at", "updated_at"),
+    )
+    inlines = (TemplateParameterInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).visible_to(request.user).annotate(n_tasks=Count("tasks"))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Template | None = None) -> tuple[str, ...]:
+        return (*self.readonly_fields, "project") if obj is not None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "project":
+            kwargs["queryset"] = Project.objects.visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="tasks", ordering="n_tasks")
+    def task_count(self, template: Template) -> int:
+        return getattr(template, "n_tasks", 0)
+
+    @admin.display(description="trigger")
+    def trigger_link(self, template: Template) -> str:
+        if not template.pk or template._state.adding:
+            return "-"
+        url = reverse("admin:templates_app_template_trigger", args=[template.pk])
+        return format_html('<a class="button" href="{}">Trigger…</a>', url)
+
+    @admin.display(description="tasks made from it")
+    def recent_tasks(self, template: Template) -> str:
+        if not template.pk or template._state.adding:
+            return "-"
+        tasks = template.tasks.order_by("-created_at", "-id").only("id", "name", "status", "template_version")
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> ({}, v{})</li>',
+            (
+                (reverse("admin:tasks_task_change", args=[t.pk]), t.name, t.status, t.template_version)
+                for t in tasks[:RECENT_TASKS]
+            ),
+        )
+        total = template.tasks.count()
+        return format_html("<ul>{}</ul>{} in all", rows, total) if total else "none yet"
+
+    # --- saving through the services ------------------------------------------------------------
+    def _require_admin(self, request: HttpRequest, project: Project) -> None:
+        if not role_at_least(project_role(request.user, project), Role.ADMIN):
+            raise PermissionDenied("Templates are managed by the project's admins.")
+
+    def save_model(self, request: HttpRequest, obj: Template, form: ModelForm, change: bool) -> None:
+        # The parameters arrive with the inline formset: the service runs in save_related.
+        self._require_admin(request, form.cleaned_data.get("project") or obj.project)
+
+    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+        spec = next((_spec_from_forms(fs) for fs in formsets if isinstance(fs, ParameterFormSet)), [])
+        fields = {
+            name: form.cleaned_data[name] for name in services.WRITABLE_FIELDS if name in form.cleaned_data
+        }
+        if change:
+            template = services.template_update(
+                template=Template.objects.get(pk=form.instance.pk),
+                actor=request.user,
+                fields=fields,
+                parameters=spec,
+            )
+        else:
+            template = services.template_create(
+                project=form.cleaned_data["project"], actor=request.user, parameters=spec, **fields
+            )
+        for formset in formsets:  # the service saved the rows; the change message reads these
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        form.instance.pk = template.pk
+        form.instance._state.adding = False
+        form.instance.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: Template) -> None:
+        self._require_admin(request, obj.project)
+        services.template_delete(template=obj, actor=request.user)
+
+    # --- the trigger form -----------------------------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<uuid:object_id>/trigger/",
+                self.admin_site.admin_view(self.trigger_view),
+                name="templates_app_template_trigger",
+            ),
+            *super().get_urls(),
+        ]
+
+    def trigger_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        template = get_object_or_404(self.get_queryset(request), pk=object_id)
+        if not role_at_least(project_role(request.user, template.project), Role.MEMBER):
+            raise PermissionDenied("Triggering needs the member role in the template's project.")
+        spec = params.normalize_spec(template.spec())
+        form = TriggerForm(spec, request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                task, execution = services.template_trigger(
+                    template=template,
+                    actor=request.user,
+                    parameters=form.values(),
+                    execute=bool(template.script),
+                    trigger=Trigger.ADMIN,
+                )
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            except APIException as exc:
+                messages.error(request, str(exc.detail))
+            else:
+                if execution is not None:
+                    messages.success(
+                        request, f"Triggered: execution #{execution.number} of {task.name} queued."
+                    )
+                    return HttpResponseRedirect(
+                        reverse("admin:executions_execution_change", args=[execution.pk])
+                    )
+                messages.success(request, f"Created the task {task.name}.")
+                return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Trigger {template.name}",
+            "template_obj": template,
+            "form": form,
+            "opts": self.model._meta,
+            "original": template,
+        }
+        return TemplateResponse(request, "admin/templates_app/template/trigger.html", context)
+
+
+class TriggerForm(forms.Form):
+    """One field per declared parameter, typed: number inputs, a checkbox, a select, a
+    password input for secrets. The services validate again (the rules live there)."""
+
+    def __init__(self, spec: list[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = {item["name"]: item for item in spec}
+        for name, item in self.spec.items():
+            self.fields[name] = self._field(item)
+
+    @staticmethod
+    def _field(item: dict[str, Any]) -> forms.Field:
+        required = item["required"] and item["default"] is None
+        common: dict[str, Any] = {
+            "required": required,
+            "help_text": item["description"],
+            "initial": item["default"],
+            "label": item["name"],
+        }
+        type_ = item["type"]
+        if type_ == ParameterType.BOOLEAN:
+            return forms.BooleanField(**{**common, "required": False})
+        if type_ == ParameterType.INTEGER:
+            return forms.IntegerField(min_value=item["min"], max_value=item["max"], **common)
+        if type_ == ParameterType.NUMBER:
+            return forms.FloatField(min_value=item["min"], max_value=item["max"], **common)
+        if type_ == ParameterType.CHOICE:
+            choices = [(c, c) for c in item["choices"] or []]
+            if not required:
+                choices = [("", "---------"), *choices]
+            return forms.ChoiceField(choices=choices, **common)
+        widget = forms.PasswordInput(render_value=False) if item["secret"] else forms.TextInput
+        return forms.CharField(
+            widget=widget,
+            strip=False,
+            min_length=item["min_length"],
+            max_length=item["max_length"],
+            **common,
+        )
+
+    def values(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, item in self.spec.items():
+            value = self.cleaned_data.get(name)
+            if item["type"] == ParameterType.NUMBER and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if value in (None, "") and item["type"] != ParameterType.BOOLEAN:
+                continue
+            out[name] = value
+        return out
+
+    def add_service_errors(self, exc: ValidationError) -> None:
+        for field, errors in exc.message_dict.items():
+            name = field.removeprefix("parameters.")
+            for message in errors:
+                self.add_error(name if name in self.fields else None, message)

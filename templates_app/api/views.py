@@ -1,0 +1,264 @@
+"""Templates over HTTP: a thin viewset; every write is one call to ``templates_app.services``.
+
+A template is addressed by its id or its slug. Slugs are unique per project, so a slug is
+looked up among the caller's visible templates; when it names templates in several projects
+the answer is 409 asking for the id or ``?project=<id>``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Role
+from accounts.permissions import MissingScope
+from config.api import TaskforgeViewSet
+from config.errors import Conflict
+from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from config.openapi import ProblemSerializer
+from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
+from executions.api.views import WAIT_PARAM, wait_seconds
+from executions.models import Execution
+from executions.waiting import wait_until_final
+from tasks.api.serializers import TaskSerializer
+from tasks.models import Task
+from tasks.selectors import project_for_new_task
+from templates_app import services
+from templates_app.api.serializers import (
+    TemplateSerializer,
+    TemplateWriteSerializer,
+    TriggerResultSerializer,
+    TriggerSerializer,
+)
+from templates_app.filters import TemplateFilter
+from templates_app.models import Template
+
+REF_PARAMETER = OpenApiParameter(
+    "ref",
+    str,
+    OpenApiParameter.PATH,
+    description="The template's id, or its slug (add ?project=<id> when the slug exists in several "
+    "of your projects).",
+)
+PROJECT_PARAMETER = OpenApiParameter(
+    "project", uuid.UUID, description="Narrows a slug lookup to one project."
+)
+AMBIGUOUS = OpenApiResponse(ProblemSerializer, description="The slug names templates in several projects")
+CREATE_EXAMPLE = OpenApiExample(
+    "Deploy a service",
+    value={
+        "slug": "deploy",
+        "name": "Deploy a service",
+        "name_pattern": "Deploy {{ service }} to {{ env }}",
+        "script_type": "bash",
+        "script": 'service={{ service }}\nreplicas={{ replicas }}\necho "deploying $service x$replicas"',
+        "timeout_seconds": 300,
+        "parameters": [
+            {"name": "service", "type": "string", "required": True, "pattern": "[a-z][a-z0-9-]*"},
+            {"name": "env", "type": "choice", "choices": ["staging", "production"], "default": "staging"},
+            {"name": "replicas", "type": "integer", "min": 1, "max": 20, "default": 2},
+            {"name": "token", "type": "string", "secret": True},
+        ],
+    },
+    request_only=True,
+)
+TRIGGER_EXAMPLE = OpenApiExample(
+    "Trigger with parameters",
+    value={"parameters": {"service": "api", "env": "production", "replicas": 3}, "execute": True},
+    request_only=True,
+)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List templates"),
+    retrieve=extend_schema(summary="A template", parameters=[REF_PARAMETER, PROJECT_PARAMETER]),
+)
+@extend_schema(tags=["templates"])
+class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+    """Templates of the caller's projects. Reading needs template:read; writing needs
+    template:write and the admin role in the template's project."""
+
+    queryset = Template.objects.all()
+    serializer_class = TemplateSerializer
+    filterset_class = TemplateFilter
+    scope_object = "template"
+    write_role = Role.ADMIN
+    lookup_url_kwarg = "ref"
+    lookup_value_regex = r"[^/]+"
+    # An @action may name the scope kind it needs (trigger: "read", plus explicit task scopes).
+    scope_action: str | None = None
+
+    @property
+    def lookup_field(self) -> str:  # type: ignore[override]
+        ref = getattr(self, "kwargs", {}).get("ref", "")
+        return "pk" if _is_uuid(ref) else "slug"
+
+    def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
+        queryset = queryset.for_api()
+        ref = getattr(self, "kwargs", {}).get("ref")
+        if ref is not None and not _is_uuid(ref):
+            project = self.request.query_params.get("project")
+            if project:
+                if not _is_uuid(project):
+                    raise ValidationError({"project": ["Must be a project id (UUID)."]})
+                queryset = queryset.filter(project_id=project)
+            projects = list(queryset.filter(slug=ref).values_list("project_id", flat=True)[:10])
+            if len(projects) > 1:
+                raise Conflict(
+                    f"Several of your projects have a template {ref!r}: use its id, or add ?project=<id>.",
+                    code="ambiguous_slug",
+                    projects=[str(pk) for pk in projects],
+                )
+        return queryset
+
+    def _render(self, template: Template, status_code: int = status.HTTP_200_OK, **kwargs: Any) -> Response:
+        # Read back through the caller's queryset: tenancy is checked again after the write.
+        template = Template.objects.visible_to(self.request.user, self.api_key).for_api().get(pk=template.pk)
+        return Response(TemplateSerializer(template).data, status=status_code, **kwargs)
+
+    @extend_schema(
+        summary="Create a template (project admins)",
+        request=TemplateWriteSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: TemplateSerializer, **idempotency_responses()},
+        examples=[CREATE_EXAMPLE],
+    )
+    @idempotent
+    def create(self, request: Request) -> Response:
+        incoming = TemplateWriteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        project = project_for_new_task(
+            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
+        )
+        self.require_role(project)
+        template = services.template_create(
+            project=project,
+            actor=request.user,
+            api_key=self.api_key,
+            parameters=fields.pop("parameters", []),
+            **fields,
+        )
+        location = request.build_absolute_uri(reverse("template-detail", kwargs={"ref": template.pk}))
+        return self._render(template, status.HTTP_201_CREATED, headers={"Location": location})
+
+    def _update(self, request: Request, *, partial: bool) -> Response:
+        template = self.get_object()
+        incoming = TemplateWriteSerializer(data=request.data, partial=partial)
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        if "project" in fields and fields.pop("project") != template.project_id:
+            raise ValidationError(
+                {"project": ["A template cannot move to another project."]}, code="immutable"
+            )
+        template = services.template_update(
+            template=template,
+            actor=request.user,
+            api_key=self.api_key,
+            fields=fields,
+            parameters=fields.pop("parameters", None),
+            replace=not partial,
+        )
+        return self._render(template)
+
+    @extend_schema(
+        summary="Replace a template (bumps its version)",
+        request=TemplateWriteSerializer,
+        parameters=[REF_PARAMETER, PROJECT_PARAMETER],
+        responses={200: TemplateSerializer, 409: AMBIGUOUS},
+    )
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._update(request, partial=False)
+
+    @extend_schema(
+        summary="Change some fields of a template (bumps its version)",
+        request=TemplateWriteSerializer,
+        parameters=[REF_PARAMETER, PROJECT_PARAMETER],
+        responses={200: TemplateSerializer, 409: AMBIGUOUS},
+    )
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._update(request, partial=True)
+
+    @extend_schema(
+        summary="Delete a template (its tasks stay and still run)",
+        parameters=[REF_PARAMETER, PROJECT_PARAMETER],
+        responses={204: None, 409: AMBIGUOUS},
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.template_delete(template=self.get_object(), actor=request.user, api_key=self.api_key)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _require_scopes(self, *scopes: str) -> None:
+        api_key = self.api_key
+        for scope in scopes:
+            if api_key is not None and not api_key.grants(scope):
+                raise MissingScope(scope)
+
+    @extend_schema(
+        summary="Trigger a template: make a task and run it",
+        description="Validates the parameters (every bad one is named in one 400, and nothing is "
+        "created), creates the task and, unless `execute` is false, queues its execution. "
+        "Needs template:read and task:write, plus execution:write when executing, and the member "
+        "role in the template's project. With ?wait=N (N ≤ 60) the answer waits for the "
+        "execution to finish or N seconds to pass.",
+        request=TriggerSerializer,
+        parameters=[REF_PARAMETER, PROJECT_PARAMETER, WAIT_PARAM, IDEMPOTENCY_PARAMETER],
+        responses={201: TriggerResultSerializer, **idempotency_responses()},
+        examples=[TRIGGER_EXAMPLE],
+    )
+    @action(detail=True, methods=["post"], scope_action="read")
+    @idempotent
+    def trigger(self, request: Request, ref: str | None = None) -> Response:
+        template = self.get_object()
+        self.require_role(template.project, Role.MEMBER)
+        wait = wait_seconds(request)
+        incoming = TriggerSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        self._require_scopes("task:write", *(["execution:write"] if data["execute"] else []))
+        task, execution = services.template_trigger(
+            template=template,
+            actor=request.user,
+            api_key=self.api_key,
+            parameters=data["parameters"],
+            overrides=dict(data.get("overrides") or {}),
+            execute=data["execute"],
+            timeout_seconds=data.get("timeout_seconds"),
+        )
+        execution_data = None
+        if execution is not None:
+            if wait:
+                wait_until_final(execution.pk, wait)
+            execution = Execution.objects.select_related("worker", "triggered_by").get(pk=execution.pk)
+            serializer = ExecutionDetailSerializer if execution.is_final else ExecutionSerializer
+            execution_data = serializer(execution).data
+        task = Task.objects.visible_to(request.user, self.api_key).for_api().get(pk=task.pk)
+        location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
+        return Response(
+            {"task": TaskSerializer(task).data, "execution": execution_data},
+            status=status.HTTP_201_CREATED,
+            headers={"Location": location},
+        )

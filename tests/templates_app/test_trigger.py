@@ -1,0 +1,170 @@
+"""Triggering templates with hostile values, running the real scripts: values are printed
+literally and never run."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executions.api.serializers import ExecutionDetailSerializer
+from executions.models import Execution, ExecutionStatus
+from templates_app import services
+
+pytestmark = pytest.mark.django_db
+
+HOSTILE = [
+    "$(touch {marker})",
+    "`touch {marker}`",
+    "'; touch {marker}; '",
+    '"; touch {marker}; "',
+    '"""; import os; os.system("touch {marker}"); """',
+    "a\ntouch {marker}\n",
+    "\\'; touch {marker} #",
+    "${{IFS}}touch${{IFS}}{marker}",
+    "{{{{ other }}}} %s %d \\x00 ünïcødé ✓",
+]
+
+
+def run(inline_worker: Any, execution: Execution) -> Execution:
+    assert inline_worker.run_pending() == 1
+    execution.refresh_from_db()
+    return execution
+
+
+def output(execution: Execution) -> str:
+    return ExecutionDetailSerializer(execution).data["stdout"]
+
+
+@pytest.fixture
+def marker() -> Path:
+    path = Path(f"/tmp/pwned-{uuid.uuid4().hex}")  # noqa: S108 - the point is to prove it never appears
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def hostile_template(user: Any, project: Any, script_type: str, script: str, secret: bool = False) -> Any:
+    return services.template_create(
+        project=project,
+        actor=user,
+        slug=f"t-{uuid.uuid4().hex[:6]}",
+        name="hostile",
+        name_pattern="Echo {{ msg }}" if not secret else "Echo",
+        script_type=script_type,
+        script=script,
+        parameters=[{"name": "msg", "type": "string", "required": True, "secret": secret}],
+    )
+
+
+@pytest.mark.parametrize("pattern", HOSTILE)
+@pytest.mark.parametrize(
+    ("script_type", "script"),
+    [
+        ("bash", 'msg={{ msg }}\nprintf "%s" "$msg"'),
+        ("bash", "printf '%s' {{ msg }}"),
+        ("python", "import sys\nsys.stdout.write({{ msg }})"),
+        ("python", "msg = {{ msg }}\nprint(f'{msg}', end='')"),
+    ],
+)
+def test_hostile_values_are_printed_literally(
+    user, project, inline_worker, marker, pattern, script_type, script
+):
+    value = pattern.format(marker=marker)
+    template = hostile_template(user, project, script_type, script)
+    task, execution = services.template_trigger(template=template, actor=user, parameters={"msg": value})
+    execution = run(inline_worker, execution)
+    assert execution.status == ExecutionStatus.SUCCEEDED, (execution.error_detail, output(execution))
+    assert output(execution) == value
+    assert not marker.exists()
+    assert task.name.startswith("Echo")
+
+
+@pytest.mark.parametrize("script_type", ["bash", "python"])
+def test_secrets_reach_the_script_but_are_never_stored_or_shown(
+    user, project, inline_worker, marker, script_type
+):
+    secret = f"s3cr3t $(touch {marker}) '\"\n-{uuid.uuid4().hex}"
+    script = (
+        'tok={{ msg }}\nprintf "%s|%s" "$tok" "$PARAM_MSG"; printf "|"; cat "$TASKFORGE_PARAMS_FILE"'
+        if script_type == "bash"
+        else "import os, json\nprint({{ msg }}, os.environ['PARAM_MSG'], "
+        "json.load(open(os.environ['TASKFORGE_PARAMS_FILE']))['msg'], sep='|', end='')"
+    )
+    template = hostile_template(user, project, script_type, script, secret=True)
+    task, execution = services.template_trigger(template=template, actor=user, parameters={"msg": secret})
+    assert secret not in execution.script
+    assert task.parameters == {"msg": "***"} and execution.parameters == {"msg": "***"}
+    execution = run(inline_worker, execution)
+    assert execution.status == ExecutionStatus.SUCCEEDED, output(execution)
+    printed = output(execution)
+    if script_type == "bash":
+        first, second, params_file = printed.split("|", 2)
+        assert first == second == secret
+        assert json.loads(params_file)["msg"] == secret
+    else:
+        assert printed == f"{secret}|{secret}|{secret}"
+    assert not marker.exists()
+    execution.refresh_from_db()
+    assert execution.secret_parameters == {}  # wiped when finished
+    assert secret not in json.dumps(ExecutionDetailSerializer(execution).data)
+
+
+def test_typed_values_render_as_literals(user, project, inline_worker):
+    params = [
+        {"name": "n", "type": "integer"},
+        {"name": "x", "type": "number"},
+        {"name": "flag", "type": "boolean"},
+        {"name": "opt", "type": "string"},
+    ]
+    template = services.template_create(
+        project=project,
+        actor=user,
+        slug="typed",
+        name="typed",
+        name_pattern="n={{ n }} flag={{ flag }}",
+        script_type="python",
+        script="print(repr({{ n }}), repr({{ x }}), repr({{ flag }}), repr({{ opt }}), '{{ n }}')",
+        parameters=params,
+    )
+    task, execution = services.template_trigger(
+        template=template, actor=user, parameters={"n": -3, "x": 2.5, "flag": True}
+    )
+    assert task.name == "n=-3 flag=true"
+    execution = run(inline_worker, execution)
+    assert output(execution) == "-3 2.5 True None -3\n"
+    bash = services.template_create(
+        project=project,
+        actor=user,
+        slug="typed-bash",
+        name="typed",
+        name_pattern="t",
+        script_type="bash",
+        script='if {{ flag }}; then echo "yes $(( {{ n }} * 2 )) {{ x }}" {{ opt }}; fi',
+        parameters=params,
+    )
+    _task, execution = services.template_trigger(
+        template=bash, actor=user, parameters={"n": 21, "x": 0.5, "flag": True}
+    )
+    assert output(run(inline_worker, execution)) == "yes 42 0.5 \n"
+
+
+def test_wait_returns_the_finished_execution(api, user, project, make_template, inline_worker, monkeypatch):
+    make_template(script='echo "deploying" {{ service }}')
+    # The inline worker runs the execution while the request waits.
+    from templates_app.api import views
+
+    def run_then_read(execution_id: Any, timeout: float) -> Execution:
+        inline_worker.run_pending()
+        return Execution.objects.get(pk=execution_id)
+
+    monkeypatch.setattr(views, "wait_until_final", run_then_read)
+    response = api.post(
+        "/api/v1/templates/deploy/trigger?wait=10", {"parameters": {"service": "api"}}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    execution = response.json()["execution"]
+    assert execution["status"] == "succeeded"
+    assert execution["stdout"] == "deploying api\n"
