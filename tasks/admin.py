@@ -123,10 +123,13 @@ class ExecutionInline(admin.TabularInline):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
+    change_form_template = "admin/tasks/task/change_form.html"
+
     list_display = (
         "name",
         "badge",
         "project",
+        "last_run",
         "priority",
         "script_type",
         "agent",
@@ -135,7 +138,7 @@ class TaskAdmin(admin.ModelAdmin):
         "created_at",
     )
     list_filter = ("status", ProjectTaskCountFilter, "script_type", "archived")
-    list_select_related = ("project", "claimed_by")
+    list_select_related = ("project", "claimed_by", "last_execution")
     date_hierarchy = "created_at"
     search_fields = ("name", "description", "agent")
     readonly_fields = (
@@ -195,6 +198,77 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def badge(self, task: Task) -> str:
         return status_badge(task.status)
+
+    @admin.display(description="last run")
+    def last_run(self, task: Task) -> str:
+        execution = task.last_execution
+        if execution is None:
+            return "-"
+        from executions.admin import EXECUTION_COLOURS
+
+        took = f" {execution.duration_ms / 1000:.1f} s" if execution.duration_ms is not None else ""
+        url = reverse("admin:executions_execution_change", args=[execution.pk])
+        return format_html(
+            '<a href="{}">#{}</a> {}{}',
+            url,
+            execution.number,
+            status_badge(execution.status, EXECUTION_COLOURS),
+            took,
+        )
+
+    # --- Run now / Run with parameters -----------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        return [
+            path("<uuid:pk>/run/", self.admin_site.admin_view(self.run_view), name="tasks_task_run"),
+            *super().get_urls(),
+        ]
+
+    def run_view(self, request: HttpRequest, pk: Any) -> Any:
+        """POST without a form: run now. GET: a typed form for the task's parameters."""
+        from django.core.exceptions import PermissionDenied
+        from django.http import HttpResponseRedirect
+        from django.shortcuts import get_object_or_404
+        from django.template.response import TemplateResponse
+
+        from accounts.models import Role, role_at_least
+        from accounts.permissions import project_role
+        from templates_app.admin import TriggerForm
+        from templates_app.parameters import normalize_spec
+
+        task = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not role_at_least(project_role(request.user, task.project), Role.MEMBER):
+            raise PermissionDenied("Running a task needs the member role in its project.")
+        spec = normalize_spec(task.parameter_spec or [])
+        with_form = "_run_form" in request.POST or request.method == "GET"
+        form = TriggerForm(spec, request.POST if "_run_form" in request.POST else None)
+        if request.method == "POST" and (not with_form or form.is_valid()):
+            try:
+                execution = execution_enqueue(
+                    task=task,
+                    actor=request.user,
+                    trigger=Trigger.ADMIN,
+                    parameters=form.values() if with_form else None,
+                )
+            except ValidationError as exc:
+                if not with_form:
+                    self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+                    return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+                form.add_service_errors(exc)
+            except APIException as exc:
+                self.message_user(request, str(exc.detail), messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+            else:
+                self.message_user(request, f"Queued execution #{execution.number}.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Run {task.name}",
+            "task": task,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/tasks/task/run.html", context)
 
     @admin.display(description="depends on")
     def dependencies(self, task: Task) -> str:

@@ -490,3 +490,47 @@ def test_prune_keeps_recent_active_and_latest(make_task, inline_worker):
     assert not Event.objects.exists()
     with pytest.raises(CommandError):
         call_command("prune", "--days", "0")
+
+
+def test_admin_run_now_and_run_with_parameters(client, user, make_task, inline_worker):
+    from templates_app.services import template_create, template_trigger
+
+    user.is_staff = True
+    user.is_superuser = True
+    user.save()
+    client.force_login(user)
+    plain = make_task("echo plain")
+    page = client.get(f"/admin/tasks/task/{plain.pk}/change/").content.decode()
+    assert "Run now" in page
+    assert "Run with parameters" not in page
+    response = client.post(f"/admin/tasks/task/{plain.pk}/run/")
+    execution = Execution.objects.get(task=plain)
+    assert response["Location"] == f"/admin/executions/execution/{execution.pk}/change/"
+    assert execution.trigger == "admin"
+
+    template = template_create(
+        project=user.personal_project,
+        actor=user,
+        slug="greet",
+        name="Greet",
+        name_pattern="greet {{ who }}",
+        script_type="bash",
+        script='who={{ who }}\necho "hello $who x{{ times }}"',
+        parameters=[
+            {"name": "who", "type": "string", "required": True},
+            {"name": "times", "type": "integer", "default": 1, "min": 1, "max": 3},
+        ],
+    )
+    task, _ = template_trigger(template=template, actor=user, parameters={"who": "ops"}, execute=False)
+    form = client.get(f"/admin/tasks/task/{task.pk}/run/").content.decode()
+    assert 'type="number"' in form
+    bad = client.post(f"/admin/tasks/task/{task.pk}/run/", {"_run_form": "1", "who": "x", "times": "9"})
+    assert bad.status_code == 200
+    assert "Ensure this value is less than or equal to 3" in bad.content.decode()
+    assert not Execution.objects.filter(task=task).exists()
+    client.post(f"/admin/tasks/task/{task.pk}/run/", {"_run_form": "1", "who": "$(id)", "times": "2"})
+    inline_worker.run_pending()
+    run = Execution.objects.get(task=task)
+    assert run.chunks.get().data == "hello $(id) x2\n"
+    listing = client.get("/admin/tasks/task/").content.decode()
+    assert f"/admin/executions/execution/{run.pk}/change/" in listing
