@@ -35,7 +35,7 @@ def run(argv: list[str]) -> list[float]:
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="celery-bench-")
     try:
-        completed = subprocess.run(  # noqa: S603 - the benchmark's own command line
+        completed = subprocess.run(
             [part.replace("{workdir}", workdir) for part in argv],
             cwd=workdir,
             stdin=subprocess.DEVNULL,

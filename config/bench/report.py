@@ -35,7 +35,8 @@ class Figure:
     def ratio(self) -> float | None:
         if self.value in (None, 0) or self.baseline in (None, 0):
             return None
-        assert self.value is not None and self.baseline is not None
+        assert self.value is not None
+        assert self.baseline is not None
         return self.value / self.baseline if self.better == "higher" else self.baseline / self.value
 
 
@@ -121,7 +122,7 @@ def print_table(report: Report, console: Any) -> None:
         table.add_column(column, overflow="fold")
     for f in report.figures:
         baseline = f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline is not None else ""
-        ratio = f"{f.ratio:.2f}×" if f.ratio is not None else ""
+        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
         verdict = {True: "[green]ok[/]", False: "[red]miss[/]", None: ""}[f.ok]
         table.add_row(f.scenario, f.name, _fmt(f.value, f.unit), baseline, ratio, f.target, verdict)
     console.print(table)

@@ -134,7 +134,7 @@ def _seed_tasks_orm(
     batch: int,
     on_progress: Callable[[int], None] | None,
 ) -> None:
-    rng = random.Random(8)
+    rng = random.Random(8)  # noqa: S311 - sample data, not secrets
     now = timezone.now()
     others = max(1, len(accounts) - 1)
     for start in range(0, total, batch):

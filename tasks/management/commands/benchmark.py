@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -42,6 +44,10 @@ SIZE_HELP = {
     "claim_tasks": "tasks the agents race for",
     "memory_bytes": "bytes of output the memory scenario's script writes",
 }
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class _Bar:
@@ -81,6 +87,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--celery-broker", help="Redis URL for the Celery baseline (default REDIS_URL; skipped without)"
         )
+        parser.add_argument("--no-celery", action="store_true", help="skip the Celery baseline")
         for field in fields(Sizes):
             kind = float if field.type in ("float", float) else int
             parser.add_argument(
@@ -94,10 +101,14 @@ class Command(BaseCommand):
         names = options["scenarios"] or ["all"]
         unknown = sorted(set(names) - {*SCENARIOS, "all"})
         if unknown:
-            raise CommandError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}, all")
+            raise CommandError(
+                f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}, all"
+            )
         chosen = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
         sizes = QUICK if options["quick"] else Sizes()
-        sizes = replace(sizes, **{f.name: options[f.name] for f in fields(Sizes) if options[f.name] is not None})
+        sizes = replace(
+            sizes, **{f.name: options[f.name] for f in fields(Sizes) if options[f.name] is not None}
+        )
         if options["in_place"] and not settings.TESTING:
             raise CommandError("--in-place is for the test suite only (TASKFORGE_TESTING).")
         console = Console(file=self.stdout._out, width=140)
@@ -129,6 +140,10 @@ class Command(BaseCommand):
             in_place=options["in_place"], keep=options["keep_database"], name=options["database_name"]
         )
         console.print(f"benchmark database: {database.name} ({database.vendor})")
+        previous = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM unwinds like Ctrl-C, so every process started is stopped and the database dropped.
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             with database, progress:
                 report.machine = machine()
@@ -139,7 +154,9 @@ class Command(BaseCommand):
                     sizes=sizes,
                     progress=bar,
                     say=console.print,
-                    celery_broker=options["celery_broker"] or os.environ.get("REDIS_URL") or None,
+                    celery_broker=None
+                    if options["no_celery"]
+                    else options["celery_broker"] or os.environ.get("REDIS_URL") or None,
                 )
                 try:
                     with stack.gunicorn() as base:
@@ -157,6 +174,9 @@ class Command(BaseCommand):
             report.details["error"] = str(exc)
             report.write(output)
             raise CommandError(f"benchmark failed: {exc}") from exc
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
         report.write(output)
         print_table(report, console)
         console.print(f"JSON: {output}")
