@@ -24,20 +24,17 @@ class Figure:
     unit: str
     baseline: float | None = None
     baseline_name: str = ""
-    # "higher" or "lower" is better; the ratio is always Taskforge relative to the baseline in
-    # the direction where > 1 means Taskforge is better.
-    better: str = "higher"
+    better: str = "higher"  # or "lower"
     target: str = ""
     ok: bool | None = None  # the target met (None: no target, or not measured)
     note: str = ""
 
     @property
     def ratio(self) -> float | None:
-        if self.value in (None, 0) or self.baseline in (None, 0):
+        """measured / baseline (Taskforge over Celery, deep page over page 1, ...)."""
+        if not self.value or not self.baseline:
             return None
-        assert self.value is not None
-        assert self.baseline is not None
-        return self.value / self.baseline if self.better == "higher" else self.baseline / self.value
+        return self.value / self.baseline
 
 
 @dataclass
