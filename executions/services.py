@@ -282,17 +282,27 @@ def _running_count(task_id: uuid.UUID) -> int:
     return Execution.objects.filter(task_id=task_id, status=ExecutionStatus.RUNNING).count()
 
 
-@transaction.atomic
 def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
-    """Claim the next queued execution this worker may start, or None.
+    """Claim the next queued execution this worker may start, or None."""
+    claimed = execution_claim_batch(worker=worker, limit=1, scan=scan)
+    return claimed[0] if claimed else None
+
+
+@transaction.atomic
+def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list[Execution]:
+    """Claim up to ``limit`` queued executions this worker may start, in one transaction.
 
     Highest priority first, then oldest. Candidates are locked with SKIP LOCKED so workers
-    never wait for each other; the task row is then locked to respect its
+    never wait for each other; each candidate's task row is then locked to respect its
     ``max_concurrency`` (executions beyond it stay queued, in order) and its dependencies.
+    Claiming several at once (a worker with free slots) costs one commit instead of one each.
     """
-    candidates = list(lock_skipping_locked(Execution.objects.claim_order())[:scan])
+    candidates = list(lock_skipping_locked(Execution.objects.claim_order())[: max(scan, limit)])
     skipped_tasks: set[uuid.UUID] = set()
+    claimed: list[Execution] = []
     for candidate in candidates:
+        if len(claimed) >= limit:
+            break
         if candidate.task_id in skipped_tasks:
             continue  # keep a task's executions in order: the oldest waits first
         task = Task.objects.select_for_update().filter(pk=candidate.task_id).first()
@@ -303,7 +313,7 @@ def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
             continue
         now = timezone.now()
         token = uuid.uuid4()
-        claimed = Execution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(
+        updated = Execution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(
             status=ExecutionStatus.RUNNING,
             claim_token=token,
             worker=worker,
@@ -311,13 +321,13 @@ def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
             sandbox=worker.sandbox,
             lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
         )
-        if not claimed:  # pragma: no cover - the row lock prevents it
+        if not updated:  # pragma: no cover - the row lock prevents it
             continue
         candidate.refresh_from_db()
         execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task)
-        return candidate
-    return None
+        claimed.append(candidate)
+    return claimed
 
 
 # --- Output and finish ------------------------------------------------------------------------

@@ -162,7 +162,7 @@ class WorkerProcess:
             self.wake.clear()
             try:
                 while self._free_slots() > 0 and not self.stopping.is_set():
-                    if not self._claim_one():
+                    if not self._claim_batch():
                         break
             except Exception:
                 logger.exception("claiming failed; retrying")
@@ -174,20 +174,20 @@ class WorkerProcess:
         self.threads = [t for t in self.threads if t.is_alive()]
         return self.concurrency - len(self.threads)
 
-    def _claim_one(self) -> bool:
+    def _claim_batch(self) -> bool:
+        """Claim as many executions as there are free slots (one transaction); False if none."""
         assert self.worker is not None
-        execution = services.execution_claim_next(worker=self.worker)
-        if execution is None:
-            return False
-        run = Run(execution=execution, token=execution.claim_token)
-        with self.runs_lock:
-            self.runs[execution.pk] = run
-        thread = threading.Thread(
-            target=self._execute_in_thread, args=(run,), name=f"run-{execution.pk}", daemon=True
-        )
-        self.threads.append(thread)
-        thread.start()
-        return True
+        executions = services.execution_claim_batch(worker=self.worker, limit=max(1, self._free_slots()))
+        for execution in executions:
+            run = Run(execution=execution, token=execution.claim_token)
+            with self.runs_lock:
+                self.runs[execution.pk] = run
+            thread = threading.Thread(
+                target=self._execute_in_thread, args=(run,), name=f"run-{execution.pk}", daemon=True
+            )
+            self.threads.append(thread)
+            thread.start()
+        return bool(executions)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace

@@ -534,3 +534,15 @@ def test_admin_run_now_and_run_with_parameters(client, user, make_task, inline_w
     assert run.chunks.get().data == "hello $(id) x2\n"
     listing = client.get("/admin/tasks/task/").content.decode()
     assert f"/admin/executions/execution/{run.pk}/change/" in listing
+
+
+def test_claim_batch_respects_order_and_max_concurrency(make_task):
+    one = make_task(name="one", max_concurrency=1, priority=9)
+    two = make_task(name="two", max_concurrency=2, priority=1)
+    first_one = services.execution_enqueue(task=one, actor=None)
+    services.execution_enqueue(task=one, actor=None)
+    runs_two = [services.execution_enqueue(task=two, actor=None) for _ in range(3)]
+    worker = services.worker_register(concurrency=8, sandbox="test")
+    claimed = services.execution_claim_batch(worker=worker, limit=8)
+    assert [e.pk for e in claimed] == [first_one.pk, runs_two[0].pk, runs_two[1].pk]
+    assert services.execution_claim_batch(worker=worker, limit=8) == []
