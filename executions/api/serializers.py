@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.serializers import StrictSerializer
 from executions.models import Execution, ExecutionStatus, OutputChunk, Stream
 
 
@@ -86,7 +87,7 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         return self._output(execution)[Stream.STDERR]
 
 
-class ExecuteSerializer(serializers.Serializer):
+class ExecuteSerializer(StrictSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=3600, required=False, help_text="Override the task's timeout for this run."
     )

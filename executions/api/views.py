@@ -30,13 +30,15 @@ from executions.waiting import wait_until_final
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(
-    "wait", int, description="Hold the request up to N seconds (max 60) until the execution finishes."
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": 60},
+    description="Hold the request up to N seconds (max 60) until the execution finishes.",
 )
 
 
 def wait_seconds(request: Request) -> int:
     raw = request.query_params.get("wait")
-    if raw in (None, ""):
+    if raw is None:  # "" is not a number of seconds: 400 like any other non-integer
         return 0
     try:
         value = int(raw)
