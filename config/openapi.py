@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
@@ -94,7 +95,8 @@ class ProblemAutoSchema(AutoSchema):
             and schema.get("type") == "string"
         ):
             schema.setdefault("minLength", 1)
-            if field.trim_whitespace and "pattern" not in schema:
+            has_regex = any(isinstance(v, RegexValidator) for v in field.validators)
+            if field.trim_whitespace and "pattern" not in schema and not has_regex:
                 schema["pattern"] = r"\S"
         return schema
 

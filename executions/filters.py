@@ -2,12 +2,8 @@ from __future__ import annotations
 
 import django_filters
 
-from config.filters import StrictFilterSet
+from config.filters import CommaChoiceFilter, StrictFilterSet
 from executions.models import Execution, ExecutionStatus, Trigger
-
-
-class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
-    """``status=failed,timed_out``: a comma list, each value validated (bad one -> 400)."""
 
 
 class ExecutionFilter(StrictFilterSet):

@@ -19,7 +19,7 @@ from drf_spectacular.drainage import set_override
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from config.filters import StrictFilterSet
+from config.filters import CommaChoiceFilter, StrictFilterSet
 from tasks.models import PRIORITY_MAX, PRIORITY_MIN, TAG_RE, ScriptType, Status, Task
 
 # sort key -> whether the column is nullable (nulls always sort last, on every database).
@@ -81,7 +81,7 @@ class IntegerFilter(filters.Filter):
         set_override(self, "field", schema)
 
 
-class StatusInFilter(filters.BaseInFilter, filters.ChoiceFilter):
+class StatusInFilter(CommaChoiceFilter):
     """``status=pending,running``: each value must be a status."""
 
 

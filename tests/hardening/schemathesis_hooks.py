@@ -45,6 +45,9 @@ REFERENTIAL_CODES = {
     # PATCH /webhooks/{id} with no known field: minProperties says 1, but an unknown property
     # satisfies minProperties and is still nothing to change.
     "nothing_to_change",
+    # /execute parameters become PARAM_<NAME> variables: names must be identifiers, and
+    # OpenAPI 3.0 has no propertyNames to say so.
+    "invalid_parameter_name",
 }
 # (field, code) pairs: a rule on one field that the schema cannot state.
 FIELD_RULES = {
