@@ -31,8 +31,9 @@ from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(
     "wait",
-    {"type": "integer", "minimum": 0, "maximum": 60},
-    description="Hold the request up to N seconds (max 60) until the execution finishes.",
+    {"type": "integer", "minimum": 0, "maximum": settings.TASKFORGE_MAX_WAIT_SECONDS},
+    description=f"Hold the request up to N seconds (max {settings.TASKFORGE_MAX_WAIT_SECONDS}) "
+    "until the execution finishes.",
 )
 
 

@@ -73,15 +73,6 @@ def _field_rule(response: Any, code: str) -> bool:
     return all((e.get("field"), e.get("code")) in FIELD_RULES for e in errors if e.get("code") == code)
 
 
-@schemathesis.hook
-def map_query(ctx: Any, query: dict[str, Any] | None) -> dict[str, Any] | None:
-    # ?wait=N holds a request up to N s (60 max) while the execution runs: cap it at 1 s so
-    # the budget goes to requests, not sleeping. The bounds are tested in test_bad_input.
-    if query and isinstance(query.get("wait"), int) and 1 < query["wait"] <= 60:
-        query["wait"] = 1
-    return query
-
-
 def _codes(response: Any) -> set[str]:
     try:
         body = response.json()

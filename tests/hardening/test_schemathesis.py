@@ -48,6 +48,9 @@ LIVE_ENV = {
     # Threads: GET .../log with Accept: text/event-stream holds a request until the execution
     # ends; with two sync workers two streams would stall every other request (read timeouts).
     "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 8",
+    # ?wait=N holds a request thread up to N s; the schema's maximum follows this setting, so
+    # every generated wait (boundary values included) stays short.
+    "TASKFORGE_MAX_WAIT_SECONDS": "2",
 }
 
 
