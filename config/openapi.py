@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
@@ -33,7 +34,7 @@ ERROR_DESCRIPTIONS = {
     "400": "Invalid input (problem document with an `errors` list)",
     "401": "Missing, malformed, unknown, revoked or expired API key",
     "403": "The key lacks the scope, or the caller's role is too low",
-    "404": "Not found (objects of other projects answer 404 too)",
+    "404": "Not found (objects of other projects answer 404 too; on a list, a page past the end)",
     "413": "Request body too large",
     "415": "Unsupported media type (send JSON)",
     "429": "Rate limit exceeded (see Retry-After)",
@@ -41,22 +42,74 @@ ERROR_DESCRIPTIONS = {
 
 
 class ProblemAutoSchema(AutoSchema):
-    """Adds the problem responses every API operation can give, unless declared."""
+    """Adds the problem responses every API operation can give, unless declared.
+
+    Every 4xx/5xx is served as ``application/problem+json`` (config.errors), including the
+    ones a view declares itself (409 conflicts): their content type is rewritten to match.
+    """
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
+        for code, response in responses.items():
+            content = response.get("content") if isinstance(response, dict) else None
+            if str(code)[0] in "45" and content and "application/problem+json" not in content:
+                response["content"] = {"application/problem+json": next(iter(content.values()))}
         problem = self._get_response_for_code(ProblemSerializer, "400")["content"]
         problem = {"application/problem+json": next(iter(problem.values()))}
         codes = ["400", "401", "403", "429"]
         if self.method in ("POST", "PUT", "PATCH"):
             codes += ["413", "415"]
-        if "{" in self.path:
+        # Detail routes 404 for unknown or foreign objects; lists 404 for a page past the end.
+        if "{" in self.path or self._is_list_view():
             codes.append("404")
         for code in codes:
             responses.setdefault(
                 code, {"description": ERROR_DESCRIPTIONS.get(code, "Error"), "content": problem}
             )
         return responses
+
+    def get_filter_backends(self) -> list[Any]:
+        # Viewsets filter their ``list`` only (see TaskViewSet.filter_queryset); documenting the
+        # list's filters on other GET actions (a task's events, notes) promised what they ignore.
+        action = getattr(self.view, "action", None)
+        if action is not None and action != "list":
+            return []
+        return super().get_filter_backends()
+
+    def _map_serializer_field(self, field: Any, direction: str, bypass_extensions: bool = False) -> Any:
+        # A read-only ChoiceField built by a ModelSerializer loses the model field's blank=True
+        # (DRF only copies it for writable fields), so "" (no script type, no error) would be
+        # outside the documented enum. Restore it from the model field.
+        if isinstance(field, serializers.ChoiceField) and field.read_only and not field.allow_blank:
+            model_field = _model_field(field)
+            if model_field is not None and getattr(model_field, "blank", False):
+                field.allow_blank = True
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # DRF refuses "" (and, when trimming, whitespace only) unless allow_blank; say so, so a
+        # schema-valid "" is not a 400 (schemathesis found it on /fail's `error`).
+        if (
+            direction == "request"
+            and type(field) in (serializers.CharField, serializers.RegexField)
+            and not field.allow_blank
+            and isinstance(schema, dict)
+            and schema.get("type") == "string"
+        ):
+            schema.setdefault("minLength", 1)
+            has_regex = any(isinstance(v, RegexValidator) for v in field.validators)
+            if field.trim_whitespace and "pattern" not in schema and not has_regex:
+                schema["pattern"] = r"\S"
+        return schema
+
+
+def _model_field(field: serializers.Field) -> Any:
+    parent = getattr(field, "parent", None)
+    model = getattr(getattr(parent, "Meta", None), "model", None)
+    if model is None or not isinstance(field.source, str) or "." in field.source:
+        return None
+    try:
+        return model._meta.get_field(field.source)
+    except Exception:
+        return None
 
 
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -70,3 +123,90 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "name": "Authorization",
             "description": "`Api-Key <prefix>.<secret>` or `Bearer <prefix>.<secret>`",
         }
+
+
+# OpenAPI links (operationId -> what its success response leads to), so clients and stateful
+# testers (schemathesis) can follow create -> get -> update -> execute -> cancel -> delete.
+# source operationId: (status, [(target operationId, {parameter: runtime expression})]).
+_ID = "$response.body#/id"
+_EXECUTION_TARGETS = {"task_pk": "$response.body#/task", "id": "$response.body#/id"}
+LINKS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
+    "tasks_create": (
+        "201",
+        [
+            ("tasks_retrieve", {"id": _ID}),
+            ("tasks_update", {"id": _ID}),
+            ("tasks_partial_update", {"id": _ID}),
+            ("tasks_execute_create", {"task_pk": _ID}),
+            ("tasks_claim_create", {"id": _ID}),
+            ("tasks_move_create", {"id": _ID}),
+            ("tasks_notes_create", {"id": _ID}),
+            ("tasks_events_list", {"id": _ID}),
+            ("tasks_executions_list", {"task_pk": _ID}),
+            ("tasks_destroy", {"id": _ID}),
+        ],
+    ),
+    "tasks_claim_create": (
+        "200",
+        [
+            ("tasks_heartbeat_create", {"id": _ID}),
+            ("tasks_complete_create", {"id": _ID}),
+            ("tasks_fail_create", {"id": _ID}),
+            ("tasks_release_create", {"id": _ID}),
+        ],
+    ),
+    "tasks_execute_create": (
+        "202",
+        [
+            ("tasks_executions_retrieve", _EXECUTION_TARGETS),
+            ("tasks_executions_log_retrieve", _EXECUTION_TARGETS),
+            ("tasks_executions_destroy", _EXECUTION_TARGETS),
+            ("tasks_retrieve", {"id": "$response.body#/task"}),
+            ("tasks_destroy", {"id": "$response.body#/task"}),
+        ],
+    ),
+    "projects_create": (
+        "201",
+        [
+            ("projects_retrieve", {"id": _ID}),
+            ("projects_members_list", {"project_pk": _ID}),
+            ("projects_members_create", {"project_pk": _ID}),
+        ],
+    ),
+    "api_keys_create": ("201", [("api_keys_destroy", {"id": "$response.body#/id"})]),
+    "webhooks_create": (
+        "201",
+        [
+            ("webhooks_retrieve", {"id": _ID}),
+            ("webhooks_partial_update", {"id": _ID}),
+            ("webhooks_test_create", {"id": _ID}),
+            ("webhooks_rotate_secret_create", {"id": _ID}),
+            ("webhooks_deliveries_list", {"id": _ID}),
+            ("webhooks_destroy", {"id": _ID}),
+        ],
+    ),
+}
+
+
+def add_links(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: attach ``LINKS`` to the success responses."""
+    operations = {
+        operation["operationId"]: operation
+        for path in result.get("paths", {}).values()
+        for operation in path.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    # PATCH /webhooks/{id} needs at least one field (400 "nothing to change" otherwise).
+    patched = result.get("components", {}).get("schemas", {}).get("PatchedWebhookUpdateRequest")
+    if patched is not None:
+        patched["minProperties"] = 1
+    for source, (code, targets) in LINKS.items():
+        response = operations.get(source, {}).get("responses", {}).get(code)
+        if response is None:
+            continue
+        links = response.setdefault("links", {})
+        for target, parameters in targets:
+            if target in operations:
+                name = "".join(part.title() for part in target.split("_"))
+                links[name] = {"operationId": target, "parameters": parameters}
+    return result

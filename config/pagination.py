@@ -104,7 +104,7 @@ class PageNumberLimitPagination(pagination.BasePagination):
             }
 
         return [
-            param("page", "Page number (1-based).", 1),
+            param("page", "Page number (1-based). Not together with `offset` (400).", 1),
             param("limit", f"Results per page (default {DEFAULT_LIMIT}, max {MAX_LIMIT}).", 1, MAX_LIMIT),
-            param("offset", "Start at this result instead of a page number.", 0),
+            param("offset", "Start at this result instead of a page number; not with `page`.", 0),
         ]

@@ -19,6 +19,8 @@ from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 
 RATE_RE = re.compile(r"^(\d+)/(\d*)([smhd])$")
+# What validate_rate accepts, as one regular expression (documented in the OpenAPI schema).
+RATE_PATTERN = r"^(0*[1-9][0-9]*/([0-9]*[1-9][0-9]*)?[smhd])?$"  # empty: the default
 GROUP = "taskforge.api"
 
 

@@ -2,14 +2,11 @@ from __future__ import annotations
 
 import django_filters
 
+from config.filters import CommaChoiceFilter, StrictFilterSet
 from executions.models import Execution, ExecutionStatus, Trigger
 
 
-class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
-    """``status=failed,timed_out``: a comma list, each value validated (bad one -> 400)."""
-
-
-class ExecutionFilter(django_filters.FilterSet):
+class ExecutionFilter(StrictFilterSet):
     status = CommaChoiceFilter(choices=ExecutionStatus.choices, help_text="Comma list of statuses.")
     trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
     task = django_filters.UUIDFilter(field_name="task_id")

@@ -15,9 +15,11 @@ from django.db.models import F, OrderBy, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django_filters.fields import IsoDateTimeField
+from drf_spectacular.drainage import set_override
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
+from config.filters import CommaChoiceFilter, StrictFilterSet
 from tasks.models import PRIORITY_MAX, PRIORITY_MIN, TAG_RE, ScriptType, Status, Task
 
 # sort key -> whether the column is nullable (nulls always sort last, on every database).
@@ -65,10 +67,21 @@ class DateTimeFilter(filters.IsoDateTimeFilter):
 
 @extend_schema_field(OpenApiTypes.INT)
 class IntegerFilter(filters.Filter):
+    """An integer query parameter; its bounds are documented in the schema too."""
+
     field_class = forms.IntegerField
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        schema: dict[str, Any] = {"type": "integer"}
+        if kwargs.get("min_value") is not None:
+            schema["minimum"] = kwargs["min_value"]
+        if kwargs.get("max_value") is not None:
+            schema["maximum"] = kwargs["max_value"]
+        set_override(self, "field", schema)
 
-class StatusInFilter(filters.BaseInFilter, filters.ChoiceFilter):
+
+class StatusInFilter(CommaChoiceFilter):
     """``status=pending,running``: each value must be a status."""
 
 
@@ -91,7 +104,7 @@ class TagListField(forms.Field):
         return values
 
 
-@extend_schema_field({"type": "array", "items": {"type": "string"}})
+@extend_schema_field({"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}})
 class AllTagsFilter(filters.Filter):
     """Tasks carrying every one of the given tags."""
 
@@ -108,7 +121,7 @@ class ParameterFilter(filters.ChoiceFilter):
         return qs
 
 
-class TaskFilter(filters.FilterSet):
+class TaskFilter(StrictFilterSet):
     status = StatusInFilter(choices=Status.choices, help_text="Comma-separated statuses.")
     priority = IntegerFilter(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX)
     priority_min = IntegerFilter(

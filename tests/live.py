@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,9 @@ def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Itera
     """Run gunicorn (WSGI, ``workers`` processes) on a free loopback port; yield its base URL."""
     port = free_port()
     env = {**test_database_env(), **(extra_env or {})}
+    # Output goes to a file, not a pipe nobody reads: a long run (schemathesis logs a warning
+    # per 4xx) filled the 64 KiB pipe and froze every gunicorn worker mid-request.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -65,7 +69,7 @@ def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Itera
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -78,7 +82,8 @@ def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Itera
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
+                log.seek(0)
+                out = log.read().decode(errors="replace")
                 raise RuntimeError(f"gunicorn did not start:\n{out}")
             time.sleep(0.1)
         yield base
@@ -88,17 +93,20 @@ def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Itera
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
 
 
 @contextmanager
 def worker(*args: str, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Run ``manage.py runworker`` against the test database; stopped (SIGTERM) on exit."""
     env = {**test_database_env(), **(extra_env or {})}
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runworker", "--queue-poll", "0.2", *args],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,  # a file, not an unread pipe (see gunicorn above)
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -112,6 +120,7 @@ def worker(*args: str, extra_env: dict[str, str] | None = None) -> Iterator[subp
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.1) -> object:

@@ -3,16 +3,22 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import ApiKey, Membership, Project, Role
 from accounts.scopes import SCOPES
+from config.ratelimit import RATE_PATTERN
+from config.serializers import StrictSerializer
 
 User = get_user_model()
 
 
 class UserSummarySerializer(serializers.ModelSerializer):
+    # Not an EmailField: the address is optional, and "" is not a valid `format: email`.
+    email = serializers.CharField(read_only=True, help_text="Empty when the user has none.")
+
     class Meta:
         model = User
         fields = ("id", "username", "email")
@@ -40,7 +46,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         return project.personal_owner_id is not None
 
 
-class ProjectCreateSerializer(serializers.Serializer):
+class ProjectCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, trim_whitespace=True)
     description = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
 
@@ -54,7 +60,7 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = ("user", "created_at")
 
 
-class MembershipCreateSerializer(serializers.Serializer):
+class MembershipCreateSerializer(StrictSerializer):
     username = serializers.CharField(help_text="Username of the user to add.")
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
@@ -65,13 +71,15 @@ class MembershipCreateSerializer(serializers.Serializer):
         return user
 
 
-class MembershipUpdateSerializer(serializers.Serializer):
+class MembershipUpdateSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="prefix", read_only=True, help_text="The key's public prefix.")
-    project = serializers.PrimaryKeyRelatedField(read_only=True)
+    project = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True, help_text="The project the key is restricted to, if any."
+    )
     expires_at = serializers.DateTimeField(source="expiry_date", read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(source="created", read_only=True)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=SCOPES), read_only=True)
@@ -93,14 +101,22 @@ class ApiKeySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
+class ApiKeyCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=50, trim_whitespace=True)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=SCOPES), min_length=1, max_length=len(SCOPES)
     )
     project = serializers.UUIDField(required=False, allow_null=True, default=None)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rate_limit = serializers.CharField(required=False, allow_blank=True, default="", max_length=32)
+    rate_limit = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=32,
+        # The same rule as config.ratelimit.validate_rate, as a pattern so the schema states it.
+        validators=[RegexValidator(RATE_PATTERN, "Not a rate like 1000/15m.", code="invalid_rate")],
+        help_text="count/[n]unit, e.g. 5000/15m; empty uses the default.",
+    )
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):

@@ -38,6 +38,14 @@ class MeView(TaskforgeAPIView):
     def get(self, request: Request) -> Response:
         projects = Project.objects.visible_to(request.user, self.api_key)
         personal = getattr(request.user, "personal_project", None)
+        if (
+            personal is not None
+            and self.api_key is not None
+            and self.api_key.project_id not in (None, personal.pk)
+        ):
+            # A key restricted to another project learns nothing about projects beyond it
+            # (found by the authorization matrix: /me named the personal project's id).
+            personal = None
         data = {
             "user": request.user,
             "is_superuser": request.user.is_superuser,
@@ -175,9 +183,13 @@ class MembershipViewSet(
     @extend_schema(request=MembershipUpdateSerializer, responses=MembershipSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         membership = self.get_object()
-        incoming = MembershipUpdateSerializer(data=request.data)
+        # PATCH semantics (as documented): a body without role changes nothing.
+        incoming = MembershipUpdateSerializer(data=request.data, partial=True)
         incoming.is_valid(raise_exception=True)
-        membership = services.membership_set_role(membership=membership, role=incoming.validated_data["role"])
+        if "role" in incoming.validated_data:
+            membership = services.membership_set_role(
+                membership=membership, role=incoming.validated_data["role"]
+            )
         return Response(MembershipSerializer(membership).data)
 
     @extend_schema(responses={204: None})

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.serializers import StrictSerializer
 from executions.models import Execution, ExecutionStatus, OutputChunk, Stream
 
 
@@ -86,13 +88,28 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         return self._output(execution)[Stream.STDERR]
 
 
-class ExecuteSerializer(serializers.Serializer):
+PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class ExecuteSerializer(StrictSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=3600, required=False, help_text="Override the task's timeout for this run."
     )
     parameters = serializers.DictField(
         required=False, default=dict, help_text="Template parameters (validated against the task's template)."
     )
+
+    def validate_parameters(self, value: dict[str, Any]) -> dict[str, Any]:
+        # Each becomes the environment variable PARAM_<NAME>: a name the sandbox would refuse
+        # reached the worker and failed there (schemathesis sent {"X-SCHEMATHESIS-…": …}).
+        bad = [name for name in value if not PARAMETER_NAME.fullmatch(name)]
+        if bad:
+            raise serializers.ValidationError(
+                f"Parameter names are letters, digits and _ (not starting with a digit), at most 64: "
+                f"{', '.join(repr(name[:40]) for name in bad[:5])}.",
+                code="invalid_parameter_name",
+            )
+        return value
 
 
 class LogChunkSerializer(serializers.ModelSerializer):

@@ -31,13 +31,16 @@ from executions.waiting import wait_until_final
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(
-    "wait", int, description="Hold the request up to N seconds (max 60) until the execution finishes."
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": settings.TASKFORGE_MAX_WAIT_SECONDS},
+    description=f"Hold the request up to N seconds (max {settings.TASKFORGE_MAX_WAIT_SECONDS}) "
+    "until the execution finishes.",
 )
 
 
 def wait_seconds(request: Request) -> int:
     raw = request.query_params.get("wait")
-    if raw in (None, ""):
+    if raw is None:  # "" is not a number of seconds: 400 like any other non-integer
         return 0
     try:
         value = int(raw)
@@ -96,7 +99,6 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
     def get_serializer_class(self) -> type:
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
 
-    @extend_schema(parameters=[OpenApiParameter("status", str, description="Comma list of statuses.")])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if "task_pk" in kwargs:
             self.task()
@@ -158,7 +160,11 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("offset", int, description="Return chunks after this one (next_offset).")
+            OpenApiParameter(
+                "offset",
+                {"type": "integer", "minimum": 0},
+                description="Return chunks after this one (next_offset).",
+            )
         ],
         responses={200: LogSerializer},
         description="Output from an offset. With `Accept: text/event-stream`, a live Server-Sent Events "
@@ -167,7 +173,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
     def log(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         execution = self.get_object()
         raw = request.query_params.get("offset", "0")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is True; int("²") raises
             raise ValidationError({"offset": ["Must be a non-negative integer."]})
         offset = int(raw)
         if "text/event-stream" in request.headers.get("Accept", ""):

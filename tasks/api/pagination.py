@@ -77,7 +77,8 @@ class TaskPagination(PageNumberLimitPagination):
             raise ValidationError(
                 {self.mode_query_param: ["Must be 'page' or 'cursor'."]}, code="invalid_choice"
             )
-        self.cursor_mode = self.cursor_query_param in request.query_params or mode == "cursor"
+        # An empty cursor (``cursor=``) is no cursor: it documents as a string, so "" is valid.
+        self.cursor_mode = bool(request.query_params.get(self.cursor_query_param)) or mode == "cursor"
         if not self.cursor_mode:
             return super().paginate_queryset(queryset, request, view)
         for name in (self.page_query_param, self.offset_query_param):
@@ -104,7 +105,7 @@ class TaskPagination(PageNumberLimitPagination):
         return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
     def _decode(self, queryset: QuerySet, raw: str) -> list[Any]:
-        invalid = ValidationError({self.cursor_query_param: ["Invalid cursor."]}, code="invalid")
+        invalid = ValidationError({self.cursor_query_param: ["Invalid cursor."]}, code="invalid_cursor")
         try:
             payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
             order, values = payload["o"], payload["v"]
@@ -156,7 +157,7 @@ class TaskPagination(PageNumberLimitPagination):
                 "name": self.cursor_query_param,
                 "required": False,
                 "in": "query",
-                "description": "Opaque cursor from a previous page's `next` link.",
+                "description": "Opaque cursor from a previous page's `next` link (not with page/offset).",
                 "schema": {"type": "string"},
             },
         ]

@@ -8,6 +8,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.serializers import JSONObjectField, StrictSerializer
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -46,7 +47,7 @@ def tag_field() -> serializers.CharField:
     )
 
 
-class TaskWriteSerializer(serializers.Serializer):
+class TaskWriteSerializer(StrictSerializer):
     """What a client may set on create (POST), replace (PUT) or change (PATCH).
 
     Read-only fields (status on create, result, claims, timestamps, ...) are not declared,
@@ -81,7 +82,7 @@ class TaskWriteSerializer(serializers.Serializer):
         required=False,
         help_text="At most 32; when absent, a list of strings in metadata.tags is used.",
     )
-    metadata = serializers.JSONField(
+    metadata = JSONObjectField(
         required=False, validators=[validate_metadata], help_text="A JSON object, at most 64 KiB."
     )
     agent = serializers.CharField(max_length=AGENT_MAX, required=False, allow_blank=True)
@@ -220,11 +221,11 @@ class TaskSerializer(serializers.ModelSerializer):
         return None if user is None else {"id": user.pk, "username": user.get_username()}
 
 
-class MoveSerializer(serializers.Serializer):
+class MoveSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=Status.choices)
 
 
-class ClaimRequestSerializer(serializers.Serializer):
+class ClaimRequestSerializer(StrictSerializer):
     lease_seconds = serializers.IntegerField(
         min_value=LEASE_MIN, max_value=LEASE_MAX, default=LEASE_DEFAULT, help_text="10-86400, default 300."
     )
@@ -239,15 +240,15 @@ class ClaimNextSerializer(ClaimRequestSerializer):
     priority_min = serializers.IntegerField(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False)
 
 
-class CompleteSerializer(serializers.Serializer):
+class CompleteSerializer(StrictSerializer):
     result = serializers.JSONField(required=False, allow_null=True, help_text="Any JSON, at most 1 MiB.")
 
 
-class FailSerializer(serializers.Serializer):
+class FailSerializer(StrictSerializer):
     error = serializers.CharField(max_length=10_000, help_text="Why the task failed.")
 
 
-class NoteCreateSerializer(serializers.Serializer):
+class NoteCreateSerializer(StrictSerializer):
     body = serializers.CharField(max_length=NOTE_MAX)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.serializers import StrictSerializer
 from webhooks.models import (
     ALL_EVENTS,
     DESCRIPTION_MAX,
@@ -36,12 +38,20 @@ def event_types_field(**kwargs: Any) -> serializers.ListField:
     )
 
 
-class WebhookWriteSerializer(serializers.Serializer):
+# The scheme rule of webhooks.ssrf, stated as a pattern so the schema documents it (the
+# service still checks https-only unless TASKFORGE_WEBHOOK_ALLOW_HTTP).
+URL_SCHEME = RegexValidator(
+    r"^[Hh][Tt][Tt][Pp][Ss]?://", "The URL must start with https:// or http://.", code="https_required"
+)
+
+
+class WebhookWriteSerializer(StrictSerializer):
     project = serializers.UUIDField(
         required=False, help_text="Defaults to the key's project, else your personal project."
     )
     url = serializers.CharField(
         max_length=URL_MAX,
+        validators=[URL_SCHEME],
         help_text="https URL of a public host; private, loopback and metadata addresses are refused.",
     )
     event_types = event_types_field(required=False)
@@ -49,8 +59,8 @@ class WebhookWriteSerializer(serializers.Serializer):
     description = serializers.CharField(max_length=DESCRIPTION_MAX, required=False, allow_blank=True)
 
 
-class WebhookUpdateSerializer(serializers.Serializer):
-    url = serializers.CharField(max_length=URL_MAX, required=False)
+class WebhookUpdateSerializer(StrictSerializer):
+    url = serializers.CharField(max_length=URL_MAX, required=False, validators=[URL_SCHEME])
     event_types = event_types_field(required=False)
     active = serializers.BooleanField(
         required=False, help_text="Setting it back to true clears disabled_reason."

@@ -148,7 +148,8 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
         incoming.is_valid(raise_exception=True)
         if not incoming.validated_data:
             raise ValidationError(
-                {"non_field_errors": ["Nothing to change: send url, event_types, active or description."]}
+                {"non_field_errors": ["Nothing to change: send url, event_types, active or description."]},
+                code="nothing_to_change",
             )
         subscription = services.subscription_update(
             subscription=subscription, actor=request.user, fields=dict(incoming.validated_data)

@@ -1,0 +1,116 @@
+"""Schemathesis hooks for the live run (loaded through SCHEMATHESIS_HOOKS).
+
+Two things OpenAPI 3.0 cannot state, so they are written here with their reasons:
+
+1. Mutually exclusive query parameters. ``page`` and ``offset`` (and, on the task list,
+   ``cursor``/``pagination=cursor`` with either) are each valid alone and a documented 400
+   together; OpenAPI has no way to say "not both" for parameters. The generator is told not
+   to combine them; tests/hardening/test_bad_input.py checks that the combination is a 400.
+
+2. Referential and environmental validation. A schema-valid body can still name a task,
+   project or user that does not exist, or a webhook host that does not resolve; the API
+   answers 400 with the field and a specific code. Schemathesis' built-in
+   ``positive_data_acceptance`` counts every such 400 as a failure, so it is replaced by
+   ``positive_data_accepted_unless_referential``: any other 400 on schema-valid data still
+   fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+
+EXCLUSIVE = (("page", "offset"), ("page", "cursor"), ("offset", "cursor"))
+
+# Codes of 400s that depend on data outside the request (or on a rule the schema cannot
+# state), each with why it is not a schema gap.
+REFERENTIAL_CODES = {
+    "does_not_exist",  # depends_on / project / username naming something that is not there
+    "not_in_project",  # depends_on naming a task of another project
+    "cycle",  # depends_on that would close a cycle
+    "unresolvable",  # webhook host that does not resolve (DNS, not syntax)
+    "forbidden_address",  # webhook host resolving to a private / metadata address
+    "null_characters_not_allowed",  # PostgreSQL text cannot hold NUL; JSON Schema patterns can't say it well
+    "surrogate_characters_not_allowed",  # lone UTF-16 surrogates cannot be stored as UTF-8
+    "immutable",  # PUT/PATCH may repeat a task's project but not change it
+    "last_admin",  # removing or demoting a project's last admin: depends on the other members
+    "already_member",  # adding a user who is already in the project
+    "ambiguous",  # webhook event_types ["*", ...]: "*" must come alone (no JSON Schema for it)
+    "max_digits",  # estimated_hours precision: multipleOf on binary floats is unreliable
+    "max_decimal_places",
+    "max_whole_digits",
+    "invalid_cursor",  # the cursor is an opaque token: any string is schema-valid, few decode
+    # PATCH /webhooks/{id} with no known field: minProperties says 1, but an unknown property
+    # satisfies minProperties and is still nothing to change.
+    "nothing_to_change",
+    # /execute parameters become PARAM_<NAME> variables: names must be identifiers, and
+    # OpenAPI 3.0 has no propertyNames to say so.
+    "invalid_parameter_name",
+}
+# (field, code) pairs: a rule on one field that the schema cannot state.
+FIELD_RULES = {
+    ("expires_at", "invalid"),  # an API key's expiry must lie in the future
+    ("script_type", "required"),  # required when script_content is given (a cross-field rule)
+}
+
+
+@schemathesis.hook
+def filter_query(ctx: Any, query: dict[str, Any] | None) -> bool:
+    if not query:
+        return True
+    if any(a in query and b in query for a, b in EXCLUSIVE):
+        return False
+    return not (query.get("pagination") == "cursor" and ("page" in query or "offset" in query))
+
+
+def _field_rule(response: Any, code: str) -> bool:
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return False
+    return all((e.get("field"), e.get("code")) in FIELD_RULES for e in errors if e.get("code") == code)
+
+
+def _codes(response: Any) -> set[str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return set()
+    return {str(error.get("code")) for error in body.get("errors") or [] if isinstance(error, dict)}
+
+
+@schemathesis.check
+def positive_data_accepted_unless_referential(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Schema-valid data is accepted: 2xx, or 401/403/404/409/429 (state, not input), or a
+    400 whose every error code is in REFERENTIAL_CODES."""
+    from schemathesis.generation import GenerationMode
+
+    if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
+        return None
+    if response.status_code != 400:
+        return None
+    query = case.query or {}
+    if any(a in query and b in query for a, b in EXCLUSIVE):
+        return None  # see the module docstring: "not both" is documented, not in the schema
+    if query.get("pagination") == "cursor" and ("page" in query or "offset" in query):
+        return None
+    codes = _codes(response)
+    unexplained = {c for c in codes if c not in REFERENTIAL_CODES and not _field_rule(response, c)}
+    if not codes or unexplained:
+        raise AssertionError(
+            f"Schema-valid request rejected with 400 ({', '.join(sorted(unexplained)) or 'no codes'}): "
+            f"{response.text[:500]}"
+        )
+    return None
+
+
+@schemathesis.hook
+def filter_path_parameters(ctx: Any, path_parameters: dict[str, Any] | None) -> bool:
+    # The run must not revoke the key it authenticates with (DELETE /api-keys/{its prefix}):
+    # every later request would be a 401 and the run would test nothing.
+    own = os.environ.get("TASKFORGE_ST_KEY_PREFIX")
+    if not own or not path_parameters or ctx.operation is None:
+        return True
+    return not (ctx.operation.path == "/api/v1/api-keys/{id}" and path_parameters.get("id") == own)

@@ -1,0 +1,264 @@
+"""The authorization matrix, generated from the URL conf (the one walker in
+tests/test_api_coverage.py): every API route x every verb x every kind of caller.
+
+Callers: no key, a malformed / unknown / revoked / expired key, a key missing the scope, a
+read-only key, a key restricted to another project, a viewer / member / admin of the
+object's project, a user of another project, and a superuser. Each gets exactly the status
+the rules give (401, 403, 404, or "allowed": anything else, since an allowed request can
+still be a 400 for an empty body or a 409 for the object's state), and a caller who may not
+see the object's project never receives a byte of it (ids, names, output).
+
+A new route is covered automatically; a new model behind a detail route must be added to
+``FOREIGN_OBJECTS`` in tests/test_api_coverage.py, or that module's test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, Membership, Project, Role
+from accounts.scopes import required_scope
+from config.api import TaskforgeViewSet
+from tasks.models import Event, Task
+from tests.factories import MembershipFactory, ProjectFactory, UserFactory, make_key
+from tests.test_api_coverage import FOREIGN_OBJECTS, api_routes
+
+pytestmark = pytest.mark.django_db
+
+DENIED_401 = ("no_key", "malformed", "unknown", "revoked", "expired")
+CALLERS = (
+    *DENIED_401,
+    "missing_scope",
+    "read_only",
+    "other_project_key",
+    "viewer",
+    "member",
+    "admin",
+    "foreign_user",
+    "superuser",
+)
+ALLOWED = "allowed"
+# A key restricted to one project cannot create another (it would escape its restriction).
+RESTRICTED_KEY_REFUSED = {("project-list", "post")}
+
+
+@dataclass(frozen=True)
+class Operation:
+    route: str
+    name: str
+    method: str
+    action: str | None
+    view: type
+    kwarg_names: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        if self.method in ("get", "head", "options"):
+            return "read"
+        return (
+            getattr(getattr(self.view, self.action or "", None), "kwargs", {}).get("scope_action") or "write"
+        )
+
+    @property
+    def model(self) -> type | None:
+        return self.view.queryset.model if issubclass(self.view, TaskforgeViewSet) else None
+
+
+def operations() -> list[Operation]:
+    found = []
+    for route, pattern in api_routes():
+        view = pattern.callback.cls
+        actions = getattr(pattern.callback, "actions", None)
+        methods = dict(actions) if actions else {m: None for m in ("get", "post") if hasattr(view, m)}
+        for method, action in methods.items():
+            found.append(
+                Operation(route, pattern.name, method, action, view, tuple(pattern.pattern.regex.groupindex))
+            )
+    return found
+
+
+def scope_object(op: Operation) -> str:
+    return op.view.scope_object
+
+
+def expected(op: Operation, caller: str) -> str | int:
+    """The rules of SPEC section 2, applied to one operation and one caller."""
+    if caller in DENIED_401:
+        return 401
+    needed = required_scope(scope_object(op), op.kind)  # type: ignore[arg-type]
+    if caller == "missing_scope":
+        return ALLOWED if not needed else 403
+    if caller == "read_only":
+        return ALLOWED if op.kind == "read" else 403
+    if not op.kwarg_names:
+        if caller == "other_project_key" and (op.name, op.method) in RESTRICTED_KEY_REFUSED:
+            return 403
+        return ALLOWED  # lists, creates, /me, /status, claim-next: scoped to what the caller sees
+    user_owned = op.model is ApiKey  # keys are personal: only their owner finds them
+    if user_owned:  # alice's key: only alice's own keys find it (superusers too: keys are personal)
+        return ALLOWED if caller == "other_project_key" else 404
+    if caller in ("foreign_user", "other_project_key"):
+        return 404
+    if caller == "superuser" or op.kind == "read":
+        return ALLOWED
+    write_role = op.view.write_role
+    if caller == "viewer":
+        return 403
+    if caller == "member":
+        return ALLOWED if write_role == Role.MEMBER else 403
+    return ALLOWED  # admin
+
+
+class World:
+    """Alice's personal project P holds the objects; others get roles in it."""
+
+    def __init__(self) -> None:
+        self.alice = UserFactory(username="alice-owner")
+        self.project: Project = self.alice.personal_project
+        self.users = {role: UserFactory(username=f"{role}-user") for role in ("viewer", "member", "admin")}
+        for role, user in self.users.items():
+            Membership.objects.get_or_create(project=self.project, user=user, defaults={"role": role})
+        self.mallory = UserFactory(username="mallory-foreign")
+        self.root = UserFactory(username="root-super")
+        self.root.is_superuser = True
+        self.root.is_staff = True
+        self.root.save()
+        self.elsewhere = ProjectFactory(name="elsewhere")
+        MembershipFactory(project=self.elsewhere, user=self.alice, role=Role.ADMIN)
+        self.clients: dict[str, APIClient] = {}
+
+    def client(self, op: Operation, caller: str) -> APIClient:
+        client = APIClient()
+        scope = scope_object(op)
+        unrelated = "task:read" if scope == "webhook" else "webhook:read"
+        header: str | None
+        if caller == "no_key":
+            header = None
+        elif caller == "malformed":
+            header = "Api-Key not-a-key"
+        elif caller == "unknown":
+            header = "Api-Key Zz9Zz9Zz.this-key-does-not-exist-anywhere0"
+        elif caller == "revoked":
+            api_key, raw = make_key(self.alice)
+            ApiKey.objects.filter(pk=api_key.pk).update(revoked=True, revoked_at=timezone.now())
+            header = f"Api-Key {raw}"
+        elif caller == "expired":
+            _, raw = make_key(self.alice, expiry_date=timezone.now() - timedelta(minutes=1))
+            header = f"Api-Key {raw}"
+        elif caller == "missing_scope":
+            header = f"Api-Key {make_key(self.alice, [unrelated])[1]}"
+        elif caller == "read_only":
+            read = f"{scope}:read" if scope != "account" else "task:read"
+            header = f"Api-Key {make_key(self.alice, [read])[1]}"
+        elif caller == "other_project_key":
+            header = f"Api-Key {make_key(self.alice, ['*'], project=self.elsewhere)[1]}"
+        elif caller in self.users:
+            header = f"Api-Key {make_key(self.users[caller])[1]}"
+        elif caller == "foreign_user":
+            header = f"Api-Key {make_key(self.mallory)[1]}"
+        elif caller == "superuser":
+            header = f"Api-Key {make_key(self.root)[1]}"
+        else:  # pragma: no cover
+            raise AssertionError(caller)
+        if header:
+            client.credentials(HTTP_AUTHORIZATION=header)
+        return client
+
+    def url(self, op: Operation) -> tuple[str, dict[str, Any]]:
+        if not op.kwarg_names:
+            return reverse(op.name), {}
+        assert op.model in FOREIGN_OBJECTS, f"{op.route}: add {op.model} to FOREIGN_OBJECTS"
+        kwargs = FOREIGN_OBJECTS[op.model](self.alice)
+        return reverse(op.name, kwargs={name: kwargs[name] for name in op.kwarg_names}), kwargs
+
+
+def secrets_of(world: World, kwargs: dict[str, Any]) -> list[str]:
+    """Strings that identify project P's data and must never reach an outsider."""
+    values = [str(world.project.pk), world.alice.username, "secret-output"]
+    values += [str(v) for k, v in kwargs.items() if k not in ("user",)]
+    return values
+
+
+def body_without_instance(response: Any) -> str:
+    """The response text minus the problem's ``instance`` (it echoes the requested path)."""
+    text = response.content.decode(errors="replace")
+    if text and response.get("Content-Type", "").startswith("application/problem+json"):
+        data = json.loads(text)
+        data.pop("instance", None)
+        return json.dumps(data)
+    return text
+
+
+def call(client: APIClient, method: str, url: str) -> Any:
+    if method in ("get", "head", "options"):
+        return getattr(client, method)(url)
+    return getattr(client, method)(url, {}, format="json")
+
+
+def test_the_matrix_covers_every_route_and_verb() -> None:
+    ops = operations()
+    assert len(ops) >= 40, [op.route for op in ops]
+    assert {op.method for op in ops} >= {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_authorization_matrix(caller: str) -> None:
+    world = World()
+    mismatches: list[str] = []
+    checked = 0
+    for op in operations():
+        url, kwargs = world.url(op)
+        client = world.client(op, caller)
+        events_before = Event.objects.filter(task__project=world.project).count()
+        tasks_before = Task.objects.filter(project=world.project).count()
+        response = call(client, op.method, url)
+        want = expected(op, caller)
+        got = response.status_code
+        ok = got not in (401, 403, 404) and got < 500 if want == ALLOWED else got == want
+        if not ok:
+            mismatches.append(f"{op.method.upper()} {url} [{op.action}]: want {want}, got {got}")
+        assert got < 500, f"{op.method.upper()} {url} -> {got}"
+        if got >= 400 and op.method != "head":  # every refusal is a problem document
+            assert response.content, f"{op.method.upper()} {url} as {caller}: empty {got}"
+        if want != ALLOWED:
+            assert response.get("Content-Type", "").startswith("application/problem+json"), url
+            if got == 401:
+                assert response.has_header("WWW-Authenticate"), url
+            # Refused: nothing written to P.
+            assert Event.objects.filter(task__project=world.project).count() == events_before, url
+            assert Task.objects.filter(project=world.project).count() == tasks_before, url
+        if caller in ("foreign_user", "other_project_key", *DENIED_401) or want in (401, 404):
+            text = body_without_instance(response)
+            leaked = [value for value in secrets_of(world, kwargs) if value in text]
+            # A project-restricted key of alice still sees alice herself (/me, her keys).
+            if caller == "other_project_key":
+                leaked = [v for v in leaked if v != world.alice.username]
+                if op.model is ApiKey:  # her own key, found through her own key
+                    leaked = [v for v in leaked if v not in kwargs.values()]
+            assert not leaked, f"{op.method.upper()} {url} as {caller} leaked {leaked}: {text[:300]}"
+        checked += 1
+    assert not mismatches, "\n".join(mismatches)
+    assert checked >= 40
+
+
+def test_a_key_restricted_to_another_project_lists_nothing_of_this_one(
+    key_client: Callable[..., APIClient],
+) -> None:
+    world = World()
+    task = Task.objects.create(
+        project=world.project, created_by=world.alice, name="hidden-" + uuid.uuid4().hex
+    )
+    client = key_client(world.alice, ["*"], project=world.elsewhere)
+    for url in ("/api/v1/tasks", "/api/v1/executions", "/api/v1/webhooks", "/api/v1/projects", "/api/v1/me"):
+        text = client.get(url).content.decode()
+        assert task.name not in text and str(world.project.pk) not in text, url

@@ -1,0 +1,199 @@
+"""Queue chaos against PostgreSQL with several real ``runworker`` processes and 2 s leases:
+kill -9 (ten times, quickly), pg_terminate_backend of the workers' connections (the stand-in
+for a PostgreSQL restart, which this shared server must not get), SIGKILL during the SIGTERM
+grace, and a worker paused (SIGSTOP) past its lease whose late writes must be fenced off.
+
+Invariants after each: no execution lost (every attempt chain ends final), none started twice,
+none left running once leases expire, retries counted (attempt n+1 retries attempt n, never
+beyond max_retries), and each task's status follows its latest execution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Count
+
+from executions import services
+from executions.models import ErrorCode, Execution, ExecutionStatus
+from tasks.models import Event, Status, Task
+from tests.live import wait_for, worker
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL-only: SKIP LOCKED, backends"),
+]
+LEASE = {"TASKFORGE_EXECUTION_LEASE_SECONDS": "2"}
+FOLLOWS = {
+    ExecutionStatus.QUEUED: Status.QUEUED,
+    ExecutionStatus.RUNNING: Status.RUNNING,
+    ExecutionStatus.SUCCEEDED: Status.COMPLETED,
+    ExecutionStatus.FAILED: Status.FAILED,
+    ExecutionStatus.TIMED_OUT: Status.FAILED,
+    ExecutionStatus.CANCELLED: Status.CANCELLED,
+}
+
+
+def make_tasks(user: Any, count: int, script: str, max_retries: int = 3) -> list[Task]:
+    return [
+        Task.objects.create(
+            project=user.personal_project,
+            created_by=user,
+            name=f"chaos {index}",
+            script_type="bash",
+            script_content=script,
+            max_retries=max_retries,
+            timeout_seconds=30,
+        )
+        for index in range(count)
+    ]
+
+
+def settled(tasks: Iterable[Task]) -> bool:
+    """Every task's latest execution is final (nothing queued or running)."""
+    return all(
+        (latest := Execution.objects.filter(task=task).order_by("-number").first()) is not None
+        and latest.is_final
+        for task in tasks
+    )
+
+
+def assert_invariants(tasks: list[Task]) -> None:
+    executions = Execution.objects.filter(task__in=tasks)
+    # None stuck: nothing running or queued once things settle.
+    assert not executions.filter(status__in=[ExecutionStatus.RUNNING, ExecutionStatus.QUEUED]).exists()
+    # None started twice.
+    started = (
+        Event.objects.filter(type="execution.started", data__execution_id__in=[str(e.pk) for e in executions])
+        .values("data__execution_id")
+        .annotate(n=Count("id"))
+    )
+    assert all(row["n"] == 1 for row in started), list(started)
+    for task in tasks:
+        chain = list(Execution.objects.filter(task=task).order_by("number"))
+        # Retries counted: each retry follows the previous attempt, never beyond max_retries.
+        for previous, current in itertools.pairwise(chain):
+            assert current.retry_of_id == previous.pk, (task, previous.attempt, current.attempt)
+            assert current.attempt == previous.attempt + 1
+            assert previous.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+        assert chain[-1].attempt <= task.max_retries + 1
+        lost_and_not_retried = [
+            e
+            for e in chain[:-1]
+            if e.error == ErrorCode.WORKER_LOST and e.pk not in {c.retry_of_id for c in chain}
+        ]
+        assert not lost_and_not_retried
+        # No execution lost: the chain ends in success, or in failure only once retries ran out.
+        last = chain[-1]
+        assert last.status == ExecutionStatus.SUCCEEDED or last.attempt == task.max_retries + 1, last
+        task.refresh_from_db()
+        assert task.status == FOLLOWS[last.status], (task.status, last.status)
+
+
+def running_on(proc: subprocess.Popen) -> bool:
+    return Execution.objects.filter(status=ExecutionStatus.RUNNING, worker__pid=proc.pid).exists()
+
+
+def test_kill_9_ten_times(user: Any) -> None:
+    tasks = make_tasks(user, 6, "echo run $TASKFORGE_EXECUTION_ID; sleep 0.6", max_retries=10)
+    for task in tasks:
+        services.execution_enqueue(task=task, actor=None)
+    kills = 0
+    deadline = time.monotonic() + 60
+    with worker("--concurrency", "2", extra_env=LEASE):  # a survivor that reaps and retries
+        while kills < 10 and time.monotonic() < deadline:
+            with worker("--concurrency", "2", extra_env=LEASE) as doomed:
+                try:
+                    wait_for(lambda p=doomed: running_on(p), timeout=10, interval=0.05)
+                except AssertionError:
+                    if settled(tasks):  # all done before we could kill more: queue more work
+                        for task in tasks[:3]:
+                            services.execution_enqueue(task=task, actor=None)
+                    continue
+                os.kill(doomed.pid, signal.SIGKILL)
+                doomed.wait()
+                kills += 1
+        wait_for(lambda: settled(tasks), timeout=60, interval=0.2)
+    assert kills >= 10
+    assert Execution.objects.filter(error=ErrorCode.WORKER_LOST).exists()
+    assert_invariants(tasks)
+
+
+def _terminate_other_backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_pg_terminate_backend_of_every_worker_connection(user: Any) -> None:
+    """The stand-in for a PostgreSQL restart: every connection but ours dies, three times."""
+    tasks = make_tasks(user, 4, "echo one; sleep 1; echo two", max_retries=5)
+    for task in tasks:
+        services.execution_enqueue(task=task, actor=None)
+    with (
+        worker("--concurrency", "2", extra_env=LEASE) as first,
+        worker("--concurrency", "2", extra_env=LEASE),
+    ):
+        for _ in range(3):
+            wait_for(
+                lambda: Execution.objects.filter(status=ExecutionStatus.RUNNING).exists() or settled(tasks),
+                timeout=20,
+                interval=0.05,
+            )
+            terminated = _terminate_other_backends()
+            assert terminated >= 0
+            time.sleep(0.5)
+        wait_for(lambda: settled(tasks), timeout=60, interval=0.2)
+        assert first.poll() is None, "a worker died of a lost connection instead of reconnecting"
+    assert_invariants(tasks)
+
+
+def test_sigkill_during_the_sigterm_grace(user: Any) -> None:
+    (task,) = make_tasks(user, 1, "echo go; sleep 3; echo done", max_retries=1)
+    execution = services.execution_enqueue(task=task, actor=None)
+    with worker("--grace", "20", extra_env=LEASE) as doomed:
+        wait_for(lambda: Execution.objects.filter(pk=execution.pk, status="running").exists())
+        doomed.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        doomed.kill()
+        doomed.wait()
+    with worker(extra_env=LEASE):
+        wait_for(lambda: settled([task]), timeout=40, interval=0.2)
+    assert_invariants([task])
+
+
+def test_a_paused_worker_cannot_write_after_losing_its_lease(user: Any) -> None:
+    (task,) = make_tasks(user, 1, "echo start; sleep 3; echo late-output", max_retries=1)
+    execution = services.execution_enqueue(task=task, actor=None)
+    with worker(extra_env=LEASE) as paused:
+        wait_for(
+            lambda: Execution.objects.filter(
+                pk=execution.pk, status="running", chunks__data="start\n"
+            ).exists()
+        )
+        paused.send_signal(signal.SIGSTOP)
+        try:
+            with worker(extra_env=LEASE):
+                lost = wait_for(
+                    lambda: Execution.objects.filter(pk=execution.pk, error=ErrorCode.WORKER_LOST).first(),
+                    timeout=20,
+                )
+                wait_for(lambda: settled([task]), timeout=30, interval=0.2)
+        finally:
+            paused.send_signal(signal.SIGCONT)
+        time.sleep(4)  # the paused worker resumes, its script ends, it tries to record both
+    lost.refresh_from_db()
+    assert lost.status == ExecutionStatus.FAILED and lost.error == ErrorCode.WORKER_LOST
+    assert "late-output" not in "".join(lost.chunks.values_list("data", flat=True))
+    assert_invariants([task])
