@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, Membership, Project, Role
+from accounts.models import ApiKey, Membership, Project, Role, role_at_least
 from accounts.scopes import required_scope
 from config.api import TaskforgeViewSet
 from tasks.models import Event, Task
@@ -91,15 +91,25 @@ def scope_object(op: Operation) -> str:
     return op.view.scope_object
 
 
+# Operations that need more than their view's scope and role (SPEC §4: triggering a template
+# creates a task and queues its execution): extra scopes, and the role they need.
+EXTRA_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("template-trigger", "post"): (("task:write", "execution:write"), Role.MEMBER),
+}
+
+
 def expected(op: Operation, caller: str) -> str | int:
     """The rules of SPEC section 2, applied to one operation and one caller."""
     if caller in DENIED_401:
         return 401
     needed = required_scope(scope_object(op), op.kind)  # type: ignore[arg-type]
+    extra_scopes, extra_role = EXTRA_RULES.get((op.name, op.method), ((), None))
     if caller == "missing_scope":
-        return ALLOWED if not needed else 403
+        return ALLOWED if not needed and not extra_scopes else 403
     if caller == "read_only":
-        return ALLOWED if op.kind == "read" else 403
+        return ALLOWED if op.kind == "read" and not extra_scopes else 403
+    if extra_role is not None and op.kwarg_names and caller in ("viewer", "member", "admin"):
+        return ALLOWED if role_at_least(caller, extra_role) else 403
     if not op.kwarg_names:
         if caller == "other_project_key" and (op.name, op.method) in RESTRICTED_KEY_REFUSED:
             return 403
