@@ -67,6 +67,10 @@ class TaskforgeAPIMixin:
         # text: a 500 (found by tests/hardening/test_bad_input.py). No object has one: 404.
         if any("\x00" in str(value) for value in kwargs.values()):
             raise NotFound()
+        # Likewise an integer id past BIGINT (/members/10223607211099392302907392): SQLite
+        # raised OverflowError, a 500. No row has one: 404.
+        if any(isinstance(value, int) and not -(2**63) <= value < 2**63 for value in kwargs.values()):
+            raise NotFound()
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # DRF ignores an empty ``?format=``; the schema documents an enum, so refuse it (400)

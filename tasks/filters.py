@@ -71,6 +71,8 @@ class IntegerFilter(filters.Filter):
     field_class = forms.IntegerField
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Ids are BIGINT: a larger number overflowed SQLite (a 500), so it is out of range.
+        kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
         schema: dict[str, Any] = {"type": "integer"}
         if kwargs.get("min_value") is not None:
