@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from rest_framework import viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -60,6 +60,17 @@ class TaskforgeAPIMixin:
             request.user  # noqa: B018 - forces authentication
         finally:
             enforce_rate_limit(request)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        # A NUL in a path parameter (/api-keys/%00) reached PostgreSQL, which refuses NUL in
+        # text: a 500 (found by tests/hardening/test_bad_input.py). No object has one: 404.
+        if any("\x00" in str(value) for value in kwargs.values()):
+            raise NotFound()
+        # Likewise an integer id past BIGINT (/members/10223607211099392302907392): SQLite
+        # raised OverflowError, a 500. No row has one: 404.
+        if any(isinstance(value, int) and not -(2**63) <= value < 2**63 for value in kwargs.values()):
+            raise NotFound()
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # DRF ignores an empty ``?format=``; the schema documents an enum, so refuse it (400)

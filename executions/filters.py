@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import django_filters
 
-from config.filters import CommaChoiceFilter, StrictFilterSet
+from config.filters import CommaChoiceFilter, StrictFilterSet, UTCIsoDateTimeFilter
 from executions.models import Execution, ExecutionStatus, Trigger
 
 
@@ -11,10 +11,10 @@ class ExecutionFilter(StrictFilterSet):
     trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
     task = django_filters.UUIDFilter(field_name="task_id")
     project = django_filters.UUIDFilter(field_name="project_id")
-    queued_after = django_filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
-    queued_before = django_filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="lt")
-    finished_after = django_filters.IsoDateTimeFilter(field_name="finished_at", lookup_expr="gte")
-    finished_before = django_filters.IsoDateTimeFilter(field_name="finished_at", lookup_expr="lt")
+    queued_after = UTCIsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
+    queued_before = UTCIsoDateTimeFilter(field_name="queued_at", lookup_expr="lt")
+    finished_after = UTCIsoDateTimeFilter(field_name="finished_at", lookup_expr="gte")
+    finished_before = UTCIsoDateTimeFilter(field_name="finished_at", lookup_expr="lt")
 
     class Meta:
         model = Execution

@@ -14,12 +14,11 @@ from django import forms
 from django.db.models import F, OrderBy, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date
-from django_filters.fields import IsoDateTimeField
 from drf_spectacular.drainage import set_override
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from config.filters import CommaChoiceFilter, StrictFilterSet
+from config.filters import CommaChoiceFilter, StrictFilterSet, UTCDateTimeField
 from tasks.models import PRIORITY_MAX, PRIORITY_MIN, TAG_RE, ScriptType, Status, Task
 
 # sort key -> whether the column is nullable (nulls always sort last, on every database).
@@ -44,7 +43,7 @@ def task_ordering(sort: str = "created_at", order: str = "desc") -> list[str | O
     return [key, "-id" if descending else "id"]
 
 
-class DateOrDateTimeField(IsoDateTimeField):
+class DateOrDateTimeField(UTCDateTimeField):
     """ISO 8601 date-time, or a plain date meaning its midnight (UTC when no offset)."""
 
     def strptime(self, value: str, format: str) -> datetime:
@@ -72,6 +71,8 @@ class IntegerFilter(filters.Filter):
     field_class = forms.IntegerField
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Ids are BIGINT: a larger number overflowed SQLite (a 500), so it is out of range.
+        kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
         schema: dict[str, Any] = {"type": "integer"}
         if kwargs.get("min_value") is not None:

@@ -73,7 +73,7 @@ class TaskPagination(PageNumberLimitPagination):
 
     def paginate_queryset(self, queryset: QuerySet, request: Request, view: Any = None) -> list[Any]:
         mode = request.query_params.get(self.mode_query_param)
-        if mode not in (None, "", "page", "cursor"):
+        if mode not in (None, "page", "cursor"):
             raise ValidationError(
                 {self.mode_query_param: ["Must be 'page' or 'cursor'."]}, code="invalid_choice"
             )

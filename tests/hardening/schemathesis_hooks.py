@@ -53,6 +53,9 @@ REFERENTIAL_CODES = {
 FIELD_RULES = {
     ("expires_at", "invalid"),  # an API key's expiry must lie in the future
     ("script_type", "required"),  # required when script_content is given (a cross-field rule)
+    ("url", "userinfo"),  # user:password@ in a webhook URL is refused (credentials leak in logs)
+    ("url", "invalid"),  # URL details past the documented pattern (port range, IDNA) are
+    # checked by the webhook SSRF guard
 }
 
 

@@ -272,3 +272,77 @@ def test_a_key_restricted_to_another_project_lists_nothing_of_this_one(
     for url in ("/api/v1/tasks", "/api/v1/executions", "/api/v1/webhooks", "/api/v1/projects", "/api/v1/me"):
         text = client.get(url).content.decode()
         assert task.name not in text and str(world.project.pk) not in text, url
+
+
+# --- mass assignment -----------------------------------------------------------------------
+# A minimal valid body per write (route name, method); others send {}. Every documented
+# read-only property of the response is added with a bogus value: a 2xx must not echo it.
+MINIMAL_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("task-list", "post"): {"name": "mass"},
+    ("task-detail", "put"): {"name": "mass"},
+    ("project-list", "post"): {"name": "mass"},
+    ("apikey-list", "post"): {"name": "mass", "scopes": ["task:read"]},
+    ("api-key-list", "post"): {"name": "mass", "scopes": ["task:read"]},
+    ("webhook-list", "post"): {"url": "https://93.184.216.34/hook"},
+    ("webhook-detail", "patch"): {"description": "mass"},
+    ("task-notes", "post"): {"body": "mass"},
+    ("task-fail", "post"): {"error": "mass"},
+    ("task-move", "post"): {"status": "queued"},
+}
+
+
+def bogus(prop: dict[str, Any]) -> Any:
+    kind = prop.get("type")
+    if prop.get("format") == "uuid":
+        return "00000000-0000-4000-8000-000000000bad"
+    if prop.get("format") == "date-time":
+        return "2001-02-03T04:05:06Z"
+    return {
+        "integer": 424242,
+        "number": 4242.5,
+        "boolean": True,
+        "array": ["INJECTED"],
+        "object": {"injected": 1},
+    }.get(kind or "", "INJECTED")
+
+
+def test_read_only_fields_in_every_write_are_ignored_or_refused() -> None:
+    from tests.hardening.test_bad_input import body_properties, openapi
+
+    world = World()
+    schema = openapi()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {make_key(world.alice)[1]}")
+    checked = 0
+    for op in operations():
+        if op.method not in ("post", "put", "patch"):
+            continue
+        url, _ = world.url(op)
+        writable = body_properties(op, url)
+        documented = next(
+            p
+            for p in sorted(schema["paths"], key=lambda p: p.count("{"))
+            if __import__("re").fullmatch(__import__("re").sub(r"\{[^}]+\}", "[^/]+", p), url)
+        )
+        responses = schema["paths"][documented][op.method]["responses"]
+        read_only: dict[str, Any] = {}
+        for code, response in responses.items():
+            ref = (response.get("content") or {}).get("application/json", {}).get("schema", {}).get("$ref")
+            if code.startswith("2") and ref:
+                component = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+                read_only.update(
+                    {k: v for k, v in component.get("properties", {}).items() if k not in writable}
+                )
+        if not read_only:
+            continue
+        # Booleans have two values: a bogus one cannot be told from the real one.
+        injected = {name: bogus(prop) for name, prop in read_only.items() if prop.get("type") != "boolean"}
+        body = {**injected, **MINIMAL_BODIES.get((op.name, op.method), {})}
+        response = getattr(client, op.method)(url, body, format="json")
+        assert response.status_code < 500, (url, response.status_code)
+        if 200 <= response.status_code < 300 and response.content:
+            data = response.json()
+            applied = [name for name, value in injected.items() if name in data and data[name] == value]
+            assert not applied, f"{op.method.upper()} {url} applied read-only {applied}"
+            checked += 1
+    assert checked >= 8

@@ -264,6 +264,11 @@ LIST_QUERIES = [
     "pagination=cursor&page=2",
     "wait=abc",
     "format=",
+    "page=",
+    "limit=",
+    "pagination=",
+    "created_after=0223-09-23T03%3A21%3A42-18%3A22",  # PostgreSQL refuses offsets past 15:59
+    "finished_after=0001-01-01T00%3A00%3A00-18%3A48",
 ]
 
 

@@ -25,6 +25,7 @@ from django.db.models import Count
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus
 from tasks.models import Event, Status, Task
+from tests import live
 from tests.live import wait_for, worker
 
 pytestmark = [
@@ -103,37 +104,45 @@ def running_on(proc: subprocess.Popen) -> bool:
 
 
 def test_kill_9_ten_times(user: Any) -> None:
-    tasks = make_tasks(user, 6, "echo run $TASKFORGE_EXECUTION_ID; sleep 0.6", max_retries=10)
+    """Ten workers in a row die with kill -9 mid-run; each successor reaps what the last one
+    left (2 s leases) and runs the retries; a final worker drains the queue."""
+    tasks = make_tasks(user, 4, "echo run $TASKFORGE_EXECUTION_ID; sleep 1", max_retries=12)
     for task in tasks:
         services.execution_enqueue(task=task, actor=None)
     kills = 0
-    deadline = time.monotonic() + 60
-    with worker("--concurrency", "2", extra_env=LEASE):  # a survivor that reaps and retries
-        while kills < 10 and time.monotonic() < deadline:
-            with worker("--concurrency", "2", extra_env=LEASE) as doomed:
-                try:
-                    wait_for(lambda p=doomed: running_on(p), timeout=10, interval=0.05)
-                except AssertionError:
-                    if settled(tasks):  # all done before we could kill more: queue more work
-                        for task in tasks[:3]:
-                            services.execution_enqueue(task=task, actor=None)
-                    continue
-                os.kill(doomed.pid, signal.SIGKILL)
-                doomed.wait()
-                kills += 1
+    deadline = time.monotonic() + 75
+    while kills < 10 and time.monotonic() < deadline:
+        if settled(tasks):  # everything finished between kills: queue more work
+            for task in tasks:
+                services.execution_enqueue(task=task, actor=None)
+        with worker("--concurrency", "2", extra_env=LEASE) as doomed:
+            try:
+                wait_for(lambda p=doomed: running_on(p), timeout=15, interval=0.05)
+            except AssertionError:
+                continue
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.wait()
+            kills += 1
+    with worker("--concurrency", "2", extra_env=LEASE):
         wait_for(lambda: settled(tasks), timeout=60, interval=0.2)
     assert kills >= 10
     assert Execution.objects.filter(error=ErrorCode.WORKER_LOST).exists()
     assert_invariants(tasks)
 
 
-def _terminate_other_backends() -> int:
+def _terminate_worker_backends() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND application_name = 'chaos-worker'"
         )
         return cursor.fetchone()[0]
+
+
+def tagged_env() -> dict[str, str]:
+    """LEASE, plus a DATABASE_URL naming the worker's connections so only they are killed."""
+    url = live.test_database_env()["DATABASE_URL"]
+    return {**LEASE, "DATABASE_URL": url + ("&" if "?" in url else "?") + "application_name=chaos-worker"}
 
 
 def test_pg_terminate_backend_of_every_worker_connection(user: Any) -> None:
@@ -141,18 +150,16 @@ def test_pg_terminate_backend_of_every_worker_connection(user: Any) -> None:
     tasks = make_tasks(user, 4, "echo one; sleep 1; echo two", max_retries=5)
     for task in tasks:
         services.execution_enqueue(task=task, actor=None)
-    with (
-        worker("--concurrency", "2", extra_env=LEASE) as first,
-        worker("--concurrency", "2", extra_env=LEASE),
-    ):
+    env = tagged_env()
+    with worker("--concurrency", "2", extra_env=env) as first, worker("--concurrency", "2", extra_env=env):
         for _ in range(3):
             wait_for(
                 lambda: Execution.objects.filter(status=ExecutionStatus.RUNNING).exists() or settled(tasks),
                 timeout=20,
                 interval=0.05,
             )
-            terminated = _terminate_other_backends()
-            assert terminated >= 0
+            terminated = _terminate_worker_backends()
+            assert terminated >= 1, "no worker connection found to terminate"
             time.sleep(0.5)
         wait_for(lambda: settled(tasks), timeout=60, interval=0.2)
         assert first.poll() is None, "a worker died of a lost connection instead of reconnecting"

@@ -111,7 +111,9 @@ def test_the_database_and_the_settings_cannot_be_read(user: Any, mode: str) -> N
     if connection.vendor == "sqlite":
         targets.append(str(connection.settings_dict["NAME"]))
     else:
-        targets.append("/var/lib/postgresql")
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW data_directory")  # needs a superuser (or pg_read_all_settings)
+            targets.append(cursor.fetchone()[0])
     script = "".join(
         f"(if [ -d '{t}' ]; then ls '{t}'; else cat '{t}'; fi) >/dev/null 2>&1"
         " && echo readable || echo refused\n"

@@ -41,7 +41,9 @@ def event_types_field(**kwargs: Any) -> serializers.ListField:
 # The scheme rule of webhooks.ssrf, stated as a pattern so the schema documents it (the
 # service still checks https-only unless TASKFORGE_WEBHOOK_ALLOW_HTTP).
 URL_SCHEME = RegexValidator(
-    r"^[Hh][Tt][Tt][Pp][Ss]?://", "The URL must start with https:// or http://.", code="https_required"
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%:@!$&'()*+,;=\[\]-]+([/?#][!-~]*)?$",
+    "The URL must be https:// (or http://) then a host, in printable ASCII.",
+    code="https_required",
 )
 
 
