@@ -55,7 +55,7 @@ KEPT_HEADERS = ("Location",)
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER,
-    str,
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
     OpenApiParameter.HEADER,
     required=False,
     description="Up to 255 printable ASCII characters, unique per request you mean to make once. "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import django_filters as filters
 from django.db.models import Q, QuerySet
 
+from config.filters import StrictFilterSet
 from templates_app.models import Template
 
 
-class TemplateFilter(filters.FilterSet):
+class TemplateFilter(StrictFilterSet):
     project = filters.UUIDFilter(field_name="project_id")
     slug = filters.CharFilter()
     search = filters.CharFilter(method="filter_search", help_text="Words in the slug, name or description.")

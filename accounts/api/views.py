@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import mixins, status
@@ -158,6 +159,8 @@ class MembershipViewSet(
     lookup_value_regex = r"\d+"
 
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
+        if int(self.kwargs.get("user", 0)) > 2**63 - 1:  # ids are BIGINT: larger ones match nothing
+            raise Http404
         return queryset.filter(project_id=self.kwargs["project_pk"]).order_by("user_id")
 
     def project(self) -> Project:

@@ -7,6 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.serializers import StrictSerializer
 from executions.api.serializers import ExecutionSerializer
 from tasks.api.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
 from tasks.models import (
@@ -41,7 +42,7 @@ class NumberBoundField(serializers.JSONField):
     """A JSON number kept as sent (an integer stays an integer)."""
 
 
-class ParameterSerializer(serializers.Serializer):
+class ParameterSerializer(StrictSerializer):
     """One typed parameter. The rules that tie keys together are checked on save."""
 
     name = serializers.CharField(max_length=64, help_text="A-Z a-z 0-9 _; the script gets PARAM_<NAME>.")
@@ -76,7 +77,7 @@ class ParameterSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=params.DESCRIPTION_MAX)
 
 
-class TemplateWriteSerializer(serializers.Serializer):
+class TemplateWriteSerializer(StrictSerializer):
     """What a client may set on a template. Absent fields: defaults on create and PUT."""
 
     project = serializers.UUIDField(
@@ -165,7 +166,7 @@ class TriggerOverridesSerializer(TaskWriteSerializer):
     name = serializers.CharField(max_length=NAME_MAX, required=False, help_text="Instead of the pattern.")
 
 
-class TriggerSerializer(serializers.Serializer):
+class TriggerSerializer(StrictSerializer):
     parameters = serializers.DictField(
         required=False,
         default=dict,
