@@ -40,6 +40,7 @@ REFERENTIAL_CODES = {
     "ambiguous",  # webhook event_types ["*", ...]: "*" must come alone (no JSON Schema for it)
     "max_digits",  # estimated_hours precision: multipleOf on binary floats is unreliable
     "no_parameters",  # execute with parameters on a task that was not made from a template
+    "unique",  # a template slug already taken in the project
     "max_decimal_places",
     "max_whole_digits",
     "invalid_cursor",  # the cursor is an opaque token: any string is schema-valid, few decode
