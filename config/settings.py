@@ -268,9 +268,6 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_VERSIONING_CLASS": None,
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
-    # Escape non-ASCII in JSON: a lone surrogate echoed back in an error message (it came in as
-    # a JSON \\ud800 escape) cannot be encoded as UTF-8 and would turn a 400 into a 500.
-    "UNICODE_JSON": False,
 }
 
 SPECTACULAR_SETTINGS = {

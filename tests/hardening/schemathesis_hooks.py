@@ -58,6 +58,9 @@ FIELD_RULES = {
     ("url", "userinfo"),  # user:password@ in a webhook URL is refused (credentials leak in logs)
     ("url", "invalid"),  # URL details past the documented pattern (port range, IDNA) are
     # checked by the webhook SSRF guard
+    ("name", "blank"),  # Python's strip() also trims \x1c-\x1f and \x85, which JSON Schema's
+    # \S pattern counts as text: a name of only those is blank to us
+    ("estimated_hours", "max_digits"),  # see REFERENTIAL_CODES["max_digits"]
 }
 
 
