@@ -261,7 +261,7 @@ def test_sigpipe_behaves_normally_in_scripts() -> None:
 def test_environment_is_built_from_the_allow_list_only(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DJANGO_SECRET_KEY", "s3cret-key-that-must-not-leak")
     monkeypatch.setenv("DATABASE_URL", "postgres://user:pw@db/taskforge")
-    monkeypatch.setenv("PYTHONPATH", "/work/main")
+    monkeypatch.setenv("PYTHONPATH", "/srv/taskforge-code")
 
     result, output = run(
         "import json, os; print(json.dumps(dict(os.environ)))",
@@ -685,7 +685,7 @@ def test_opening_too_many_files_fails() -> None:
 @pytest.mark.skipif(not IS_ROOT, reason="the user drop only happens when the worker runs as root")
 def test_scripts_run_as_the_unprivileged_user(mode: str) -> None:
     result, output = run(
-        'id -u; id -g; touch "$HOME/mine"; cat /root/.bashrc 2>&1 || true', "bash", mode=mode
+        'id -u; id -g; touch "$HOME/mine"; cat ~root/.bashrc 2>&1 || true', "bash", mode=mode
     )
 
     assert result.outcome == "succeeded"

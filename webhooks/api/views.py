@@ -62,7 +62,7 @@ SECRET_EXAMPLE = OpenApiExample(
         "created_by": "alice",
         "created_at": "2026-01-01T12:00:00Z",
         "updated_at": "2026-01-01T12:00:00Z",
-        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3GZyJt5v8fA=",
+        "secret": "whsec_EXAMPLEonlyEXAMPLEonlyEXAMPLEonlyEXAMPLE0=",  # example, not a real secret
     },
     response_only=True,
 )
