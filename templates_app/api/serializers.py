@@ -165,6 +165,23 @@ class TriggerOverridesSerializer(TaskWriteSerializer):
     archived = None
     name = serializers.CharField(max_length=NAME_MAX, required=False, help_text="Instead of the pattern.")
 
+    def to_internal_value(self, data: Any) -> Any:
+        # An override the trigger cannot apply is refused, never silently dropped.
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in self.fields or self.fields[k].read_only)
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        k: [
+                            serializers.ErrorDetail(
+                                "Not a field a trigger can override.", code="unknown_field"
+                            )
+                        ]
+                        for k in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
 
 class TriggerSerializer(StrictSerializer):
     parameters = serializers.DictField(

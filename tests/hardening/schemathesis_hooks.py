@@ -41,6 +41,7 @@ REFERENTIAL_CODES = {
     "max_digits",  # estimated_hours precision: multipleOf on binary floats is unreliable
     "no_parameters",  # execute with parameters on a task that was not made from a template
     "unique",  # a template slug already taken in the project
+    "unknown_field",  # a trigger override naming a field a trigger cannot set (refused, not dropped)
     "max_decimal_places",
     "max_whole_digits",
     "invalid_cursor",  # the cursor is an opaque token: any string is schema-valid, few decode
