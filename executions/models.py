@@ -180,6 +180,8 @@ class Execution(models.Model):
                 fields=["lease_expires_at"], condition=Q(status="running"), name="execution_lease_idx"
             ),
             models.Index(fields=["task", "-number"], name="execution_task_idx"),
+            # max_concurrency: a task's running executions are counted at every claim.
+            models.Index(fields=["task"], condition=Q(status="running"), name="execution_running_task_idx"),
             # The dashboard's "failures in the last 24 h".
             models.Index(
                 fields=["-finished_at"],

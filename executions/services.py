@@ -53,18 +53,16 @@ TASK_STATUS_FOR = {
 
 
 def notify(channel: str, payload: str = "") -> None:
-    """A LISTEN/NOTIFY wake-up hint, sent when the transaction commits (PostgreSQL only).
+    """A LISTEN/NOTIFY wake-up hint, delivered when the transaction commits (PostgreSQL only).
 
-    Correctness never depends on it: workers also poll, waiters also re-read.
+    NOTIFY is transactional in PostgreSQL: sent inside the caller's transaction, it reaches
+    listeners at commit and never if the transaction rolls back, with no extra round trip
+    after the commit. Correctness never depends on it: workers also poll, waiters re-read.
     """
     if connection.vendor != "postgresql":
         return
-
-    def send() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
-
-    transaction.on_commit(send)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
 
 def execution_event(
@@ -184,7 +182,8 @@ def _tail(execution: Execution, stream: str) -> str:
 def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None = None) -> None:
     """Make ``task.status`` (and ``result`` once finished) follow its latest execution.
 
-    The caller holds the task's row lock (or SQLite's write lock).
+    The caller holds the task's row lock (or SQLite's write lock) and read ``task`` under it,
+    so ``task.status`` is the current status; it is updated here too.
     """
     latest = Execution.objects.filter(task_id=task.pk).order_by("-number").first()
     if latest is None:
@@ -201,8 +200,9 @@ def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None 
             "stdout_tail": _tail(latest, "stdout"),
             "stderr_tail": _tail(latest, "stderr"),
         }
-    old_status = Task.objects.filter(pk=task.pk).values_list("status", flat=True).first()
+    old_status = task.status
     Task.objects.filter(pk=task.pk).update(**fields)
+    task.status = new_status
     if old_status != new_status:
         event_record(
             type=EventType.TASK_STATUS_CHANGED,
@@ -313,17 +313,20 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
             continue
         now = timezone.now()
         token = uuid.uuid4()
+        lease_expires_at = now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS)
         updated = Execution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(
             status=ExecutionStatus.RUNNING,
             claim_token=token,
             worker=worker,
             started_at=now,
             sandbox=worker.sandbox,
-            lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
+            lease_expires_at=lease_expires_at,
         )
         if not updated:  # pragma: no cover - the row lock prevents it
             continue
-        candidate.refresh_from_db()
+        candidate.status, candidate.claim_token, candidate.worker = ExecutionStatus.RUNNING, token, worker
+        candidate.started_at, candidate.sandbox = now, worker.sandbox
+        candidate.lease_expires_at = lease_expires_at
         execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task)
         claimed.append(candidate)
@@ -343,13 +346,17 @@ def execution_append_output(
     )
     if not held:
         return False
+    _store_chunks(execution_id, chunks)
+    return True
+
+
+def _store_chunks(execution_id: uuid.UUID, chunks: list[tuple[int, str, str]]) -> None:
     OutputChunk.objects.bulk_create(
         [
             OutputChunk(execution_id=execution_id, seq=seq, stream=stream, data=text)
             for seq, stream, text in chunks
         ]
     )
-    return True
 
 
 @transaction.atomic
@@ -363,8 +370,10 @@ def execution_finish(
     error_detail: str = "",
     stdout_truncated: bool = False,
     stderr_truncated: bool = False,
+    chunks: list[tuple[int, str, str]] | None = None,
 ) -> Execution | None:
-    """Record how a run ended; None if this worker no longer holds the claim."""
+    """Record how a run ended, with its last output ``chunks`` (stored in the same transaction:
+    one commit for both); None, and nothing stored, if this worker no longer holds the claim."""
     assert status in FINAL_STATUSES
     execution = (
         Execution.objects.select_for_update()
@@ -373,6 +382,8 @@ def execution_finish(
     )
     if execution is None:
         return None
+    if chunks:
+        _store_chunks(execution_id, chunks)
     return _finish(
         execution,
         status=status,
@@ -402,7 +413,8 @@ def _finish(
         setattr(execution, name, value)
     execution.lease_expires_at = None
     execution.secret_parameters = {}
-    execution.save()
+    saved = ["status", "finished_at", "duration_ms", "lease_expires_at", "secret_parameters", *fields]
+    execution.save(update_fields=saved)
     execution_event(
         execution,
         EventType.EXECUTION_FINISHED,

@@ -171,8 +171,12 @@ class WorkerProcess:
             self.wake.wait(self.poll_interval)
 
     def _free_slots(self) -> int:
+        # Counted from ``runs`` (an entry leaves before its thread wakes this loop), not from
+        # live threads: a finishing thread is still alive when it wakes us, and counting it
+        # left the slot idle until the next poll.
         self.threads = [t for t in self.threads if t.is_alive()]
-        return self.concurrency - len(self.threads)
+        with self.runs_lock:
+            return self.concurrency - len(self.runs)
 
     def _claim_batch(self) -> bool:
         """Claim as many executions as there are free slots (one transaction); False if none."""
@@ -245,15 +249,12 @@ class WorkerProcess:
                 should_cancel=run.should_cancel,
                 config=self.sandbox,
             )
-            self._flush(run)
             self._record(run, result)
         except Exception as exc:
             logger.exception("execution %s crashed in the worker", execution.pk)
             try:
-                self._flush(run)
-                services.execution_finish(
-                    execution_id=execution.pk,
-                    claim_token=run.token,
+                self._finish(
+                    run,
                     status=ExecutionStatus.FAILED,
                     error=ErrorCode.SPAWN_FAILED,
                     error_detail=f"worker error: {exc}"[:500],
@@ -279,9 +280,8 @@ class WorkerProcess:
         }[result.outcome]
         if result.outcome == "failed" and result.exit_code is None:
             error = ErrorCode.KILLED_BY_SIGNAL
-        finished = services.execution_finish(
-            execution_id=execution.pk,
-            claim_token=run.token,
+        finished = self._finish(
+            run,
             status=status,
             exit_code=result.exit_code,
             error=error,
@@ -291,6 +291,14 @@ class WorkerProcess:
         )
         outcome = finished.status if finished else "lost (another worker took over)"
         self.on_event(f"execution {execution.pk} finished: {outcome} exit={result.exit_code}")
+
+    def _finish(self, run: Run, **outcome: Any) -> Execution | None:
+        """Record the end of ``run`` with its last output in one transaction. The flush lock
+        is held throughout, so a housekeeping flush cannot store chunks after the finish."""
+        with run.flush_lock:
+            return services.execution_finish(
+                execution_id=run.execution.pk, claim_token=run.token, chunks=run.take(), **outcome
+            )
 
     # --- housekeeping ------------------------------------------------------------------------
     def _flush(self, run: Run) -> None:

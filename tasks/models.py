@@ -206,6 +206,10 @@ def _unfinished_dependencies() -> models.QuerySet:
     )
 
 
+# What a task's API shape shows of its latest execution (tasks.api.serializers).
+LAST_EXECUTION_FIELDS = ("id", "number", "status", "exit_code", "duration_ms", "queued_at", "finished_at")
+
+
 class TaskQuerySet(ProjectScopedQuerySet):
     def writable_by(self, user: User, api_key: ApiKey | None = None) -> TaskQuerySet:
         """Tasks in projects where the caller is at least a member."""
@@ -236,9 +240,19 @@ class TaskQuerySet(ProjectScopedQuerySet):
         return self.filter(status=Status.RUNNING, lease_expires_at__lt=now or timezone.now())
 
     def for_api(self) -> TaskQuerySet:
-        return self.select_related(
-            "created_by", "claimed_by", "claimed_by_key", "last_execution"
-        ).prefetch_related(models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id")))
+        # The joined rows bring only what the API renders of them: a user's password hash,
+        # a key's hash or an execution's whole script would only widen every row read.
+        return (
+            self.select_related("created_by", "claimed_by", "claimed_by_key", "last_execution")
+            .only(
+                *(field.name for field in Task._meta.concrete_fields),
+                *(f"{user}__{name}" for user in ("created_by", "claimed_by") for name in ("id", "username")),
+                "claimed_by_key__id",
+                "claimed_by_key__prefix",
+                *(f"last_execution__{name}" for name in LAST_EXECUTION_FIELDS),
+            )
+            .prefetch_related(models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id")))
+        )
 
 
 class Task(models.Model):

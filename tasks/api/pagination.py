@@ -56,6 +56,13 @@ def after(keys: list[SortKey], values: list[Any]) -> Q:
             condition |= equal_so_far & beyond
             equal_here = Q(**{field: value})
         equal_so_far &= equal_here
+    (field, descending, nulls_last), value = keys[0], values[0]
+    if value is not None and not nulls_last:
+        # Redundant but decisive: the OR above is only a filter to the planner, which would walk
+        # the index from the start of the range and discard every row before the cursor (3.5x
+        # the first page's cost at page 500). This bound is an index condition: the scan starts
+        # at the cursor, so a deep page costs what the first one does.
+        condition &= Q(**{f"{field}__{'lte' if descending else 'gte'}": value})
     return condition
 
 

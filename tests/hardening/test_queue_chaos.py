@@ -130,13 +130,17 @@ def test_kill_9_ten_times(user: Any) -> None:
     assert_invariants(tasks)
 
 
-def _terminate_worker_backends() -> int:
+def _worker_backends(action: str = "count(*)") -> int:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"SELECT {action} FROM pg_stat_activity "  # noqa: S608 - a constant of this module
             "WHERE datname = current_database() AND application_name = 'chaos-worker'"
         )
         return cursor.fetchone()[0]
+
+
+def _terminate_worker_backends() -> int:
+    return _worker_backends("count(pg_terminate_backend(pid))")
 
 
 def tagged_env() -> dict[str, str]:
@@ -153,8 +157,13 @@ def test_pg_terminate_backend_of_every_worker_connection(user: Any) -> None:
     env = tagged_env()
     with worker("--concurrency", "2", extra_env=env) as first, worker("--concurrency", "2", extra_env=env):
         for _ in range(3):
+            # Wait for the workers to have reconnected (their pools reopen connections lazily)
+            # while something runs; the rows of the runs just cut off may still say running.
             wait_for(
-                lambda: Execution.objects.filter(status=ExecutionStatus.RUNNING).exists() or settled(tasks),
+                lambda: (
+                    _worker_backends() >= 1
+                    and (Execution.objects.filter(status=ExecutionStatus.RUNNING).exists() or settled(tasks))
+                ),
                 timeout=20,
                 interval=0.05,
             )
