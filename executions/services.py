@@ -17,7 +17,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Count, Exists, Max, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
@@ -163,7 +164,7 @@ def execution_enqueue(
         priority=task.priority,
     )
     execution_event(execution, EventType.EXECUTION_QUEUED, actor=actor, api_key=api_key, trigger=trigger)
-    _sync_task(task, actor=actor, api_key=api_key)
+    _sync_task(task, actor=actor, api_key=api_key, latest=execution)  # numbered last, under the lock
     notify(QUEUE_CHANNEL, str(execution.pk))
     return execution
 
@@ -179,13 +180,23 @@ def _tail(execution: Execution, stream: str) -> str:
     return text[-RESULT_TAIL_CHARS:]
 
 
-def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None = None) -> None:
+def _sync_task(
+    task: Task,
+    *,
+    actor: User | None = None,
+    api_key: ApiKey | None = None,
+    latest: Execution | None = None,
+) -> None:
     """Make ``task.status`` (and ``result`` once finished) follow its latest execution.
 
     The caller holds the task's row lock (or SQLite's write lock) and read ``task`` under it,
-    so ``task.status`` is the current status; it is updated here too.
+    so ``task.status`` is the current status; it is updated here too. ``latest`` is passed
+    when the caller knows it: an execution it just created (numbered last under the lock), or
+    one it changed that is the task's ``last_execution`` (see :func:`_if_latest`). Otherwise
+    it is read.
     """
-    latest = Execution.objects.filter(task_id=task.pk).order_by("-number").first()
+    if latest is None:
+        latest = Execution.objects.filter(task_id=task.pk).order_by("-number").first()
     if latest is None:
         return
     new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
@@ -202,7 +213,7 @@ def _sync_task(task: Task, *, actor: User | None = None, api_key: ApiKey | None 
         }
     old_status = task.status
     Task.objects.filter(pk=task.pk).update(**fields)
-    task.status = new_status
+    task.status, task.last_execution = new_status, latest
     if old_status != new_status:
         event_record(
             type=EventType.TASK_STATUS_CHANGED,
@@ -278,8 +289,31 @@ def cancel_requested(execution_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
 
 
 # --- Claim ------------------------------------------------------------------------------------
-def _running_count(task_id: uuid.UUID) -> int:
-    return Execution.objects.filter(task_id=task_id, status=ExecutionStatus.RUNNING).count()
+def _if_latest(task: Task, execution: Execution) -> Execution | None:
+    """``execution`` if it is the task's latest: every execution is created through
+    ``execution_enqueue`` or a retry, which record it as the task's ``last_execution``."""
+    return execution if task.last_execution_id == execution.pk else None
+
+
+def _startable(task: Task) -> bool:
+    """Whether another execution of ``task`` may start now: fewer running than its
+    ``max_concurrency`` and no unfinished dependency. One statement, run after the task's row
+    lock is taken, so it sees every claim committed before (in PostgreSQL's read committed
+    mode each statement takes a fresh snapshot; a subquery in the locking statement itself
+    would not).
+    """
+    running = Execution.objects.filter(task_id=OuterRef("pk"), status=ExecutionStatus.RUNNING)
+    blockers = Task.depends_on.through.objects.filter(from_task_id=OuterRef("pk")).exclude(
+        to_task__status=Status.COMPLETED
+    )
+    running_count = running.order_by().values("task_id").annotate(n=Count("pk")).values("n")
+    row = (
+        Task.objects.filter(pk=task.pk)
+        .annotate(running=Coalesce(Subquery(running_count), 0), blocked=Exists(blockers))
+        .values_list("running", "blocked")
+        .get()
+    )
+    return row[0] < task.max_concurrency and not row[1]
 
 
 def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
@@ -308,7 +342,7 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         task = Task.objects.select_for_update().filter(pk=candidate.task_id).first()
         if task is None:  # pragma: no cover - the cascade removes executions with their task
             continue
-        if _running_count(task.pk) >= task.max_concurrency or task_blockers(task):
+        if not _startable(task):
             skipped_tasks.add(task.pk)
             continue
         now = timezone.now()
@@ -328,7 +362,7 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         candidate.started_at, candidate.sandbox = now, worker.sandbox
         candidate.lease_expires_at = lease_expires_at
         execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
-        _sync_task(task)
+        _sync_task(task, latest=_if_latest(task, candidate))
         claimed.append(candidate)
     return claimed
 
@@ -428,7 +462,7 @@ def _finish(
     if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
         retry = _queue_retry(execution, task)
     if retry is None:
-        _sync_task(task, actor=actor, api_key=api_key)
+        _sync_task(task, actor=actor, api_key=api_key, latest=_if_latest(task, execution))
     notify(DONE_CHANNEL, str(execution.pk))
     return execution
 
@@ -449,7 +483,7 @@ def _queue_retry(execution: Execution, task: Task) -> Execution:
         priority=execution.priority,
     )
     execution_event(retry, EventType.EXECUTION_QUEUED, trigger=Trigger.RETRY, retry_of=str(execution.pk))
-    _sync_task(task)
+    _sync_task(task, latest=retry)
     notify(QUEUE_CHANNEL, str(retry.pk))
     return retry
 
