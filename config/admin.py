@@ -2,18 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
-from django.db.models import Count
+from django.core.exceptions import ValidationError
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 DASHBOARD_CACHE_SECONDS = 30
+
+
+class ProjectScopedAdmin(admin.ModelAdmin):
+    """An admin for objects that belong to a project: staff who are not superusers see and
+    pick only their projects' objects, and the project is fixed once created."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).visible_to(request.user)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (*self.readonly_fields, "project") if obj is not None else tuple(self.readonly_fields)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "project":
+            from accounts.models import Project
+
+            kwargs["queryset"] = Project.objects.visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def apply_each(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    items: QuerySet,
+    verb: str,
+    change: Callable[[Any], Any],
+) -> None:
+    """An admin action's loop: ``change(item)`` (a service call) for each selected item; one
+    success message, and a warning per refusal (the first 10) instead of a failed request."""
+    from rest_framework.exceptions import APIException
+
+    done, refused = 0, []
+    for item in items:
+        try:
+            change(item)
+            done += 1
+        except (APIException, ValidationError) as exc:
+            refused.append(f"{item}: {getattr(exc, 'detail', exc)}")
+    if done:
+        meta = model_admin.model._meta
+        noun = meta.verbose_name if done == 1 else meta.verbose_name_plural
+        model_admin.message_user(request, f"{verb} {done} {noun}.", messages.SUCCESS)
+    for line in refused[:10]:
+        model_admin.message_user(request, line, messages.WARNING)
 
 
 def dashboard(user: Any) -> dict[str, Any]:

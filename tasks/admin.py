@@ -3,7 +3,6 @@ the actor, so the admin writes the same history the API does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -16,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import APIException
 
 from accounts.models import Project
+from config.admin import ProjectScopedAdmin, apply_each
 from executions.models import Execution, Trigger
 from executions.services import execution_enqueue
 from tasks import services
@@ -122,7 +122,7 @@ class ExecutionInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ProjectScopedAdmin):
     change_form_template = "admin/tasks/task/change_form.html"
 
     list_display = (
@@ -182,18 +182,6 @@ class TaskAdmin(admin.ModelAdmin):
     def get_inlines(self, request: HttpRequest, obj: Task | None) -> tuple[type, ...]:
         # A task being added has no executions yet.
         return self.inlines if obj is not None else tuple(i for i in self.inlines if i is not ExecutionInline)
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        # Staff who are not superusers see only the tasks of projects they belong to.
-        return super().get_queryset(request).visible_to(request.user)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "project") if obj is not None else self.readonly_fields
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "project":
-            kwargs["queryset"] = Project.objects.visible_to(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="status", ordering="status")
     def badge(self, task: Task) -> str:
@@ -289,24 +277,10 @@ class TaskAdmin(admin.ModelAdmin):
         obj._state.adding = False
         obj.refresh_from_db()
 
-    def _each(
-        self, request: HttpRequest, queryset: QuerySet, verb: str, change: Callable[[Task], Any]
-    ) -> None:
-        done, refused = 0, []
-        for task in queryset:
-            try:
-                change(task)
-                done += 1
-            except (APIException, ValidationError) as exc:
-                refused.append(f"{task.name}: {getattr(exc, 'detail', exc)}")
-        if done:
-            self.message_user(request, f"{verb} {done} task{'s' if done != 1 else ''}.", messages.SUCCESS)
-        for line in refused[:10]:
-            self.message_user(request, line, messages.WARNING)
-
     @admin.action(description="Execute selected tasks now", permissions=["change"])
     def execute(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(
+        apply_each(
+            self,
             request,
             queryset,
             "Queued an execution of",
@@ -315,7 +289,8 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Archive selected tasks", permissions=["change"])
     def archive(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(
+        apply_each(
+            self,
             request,
             queryset,
             "Archived",
@@ -324,7 +299,8 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected tasks", permissions=["change"])
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(
+        apply_each(
+            self,
             request,
             queryset,
             "Cancelled",
@@ -335,7 +311,8 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Move selected tasks back to pending", permissions=["change"])
     def back_to_pending(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(
+        apply_each(
+            self,
             request,
             queryset,
             "Moved back to pending",

@@ -19,6 +19,7 @@ from rest_framework.exceptions import APIException
 
 from accounts.models import Project, Role, role_at_least
 from accounts.permissions import project_role
+from config.admin import ProjectScopedAdmin
 from executions.models import Trigger
 from templates_app import parameters as params
 from templates_app import services
@@ -93,7 +94,7 @@ class TemplateParameterInline(admin.TabularInline):
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(ProjectScopedAdmin):
     list_display = ("slug", "name", "project", "version", "script_type", "task_count", "updated_at")
     list_filter = ("script_type",)
     list_select_related = ("project",)
@@ -126,15 +127,7 @@ class TemplateAdmin(admin.ModelAdmin):
     inlines = (TemplateParameterInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user).annotate(n_tasks=Count("tasks"))
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Template | None = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "project") if obj is not None else self.readonly_fields
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "project":
-            kwargs["queryset"] = Project.objects.visible_to(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+        return super().get_queryset(request).annotate(n_tasks=Count("tasks"))
 
     @admin.display(description="tasks", ordering="n_tasks")
     def task_count(self, template: Template) -> int:

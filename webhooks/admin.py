@@ -3,7 +3,6 @@ the API makes); staff who are not superusers see only their projects' subscripti
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -12,9 +11,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
-from rest_framework.exceptions import APIException
 
-from accounts.models import Project
+from config.admin import ProjectScopedAdmin, apply_each
 from webhooks import services, ssrf
 from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 
@@ -32,26 +30,6 @@ def badge(text: str, colour: str) -> str:
         colour,
         text,
     )
-
-
-def _each(
-    model_admin: admin.ModelAdmin,
-    request: HttpRequest,
-    items: QuerySet,
-    verb: str,
-    change: Callable[[Any], Any],
-) -> None:
-    done, refused = 0, []
-    for item in items:
-        try:
-            change(item)
-            done += 1
-        except (APIException, ValidationError) as exc:
-            refused.append(f"{item}: {getattr(exc, 'detail', exc)}")
-    if done:
-        model_admin.message_user(request, f"{verb} {done}.", messages.SUCCESS)
-    for line in refused[:10]:
-        model_admin.message_user(request, line, messages.WARNING)
 
 
 class SubscriptionForm(forms.ModelForm):
@@ -102,7 +80,7 @@ class DeliveryInline(admin.TabularInline):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ProjectScopedAdmin):
     form = SubscriptionForm
     list_display = ("url", "project", "state", "event_list", "failing_since", "created_at")
     list_filter = ("active",)
@@ -134,17 +112,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
     )
     inlines = (DeliveryInline,)
     actions = ("send_test", "rotate_secret")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Subscription | None = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "project") if obj is not None else self.readonly_fields
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "project":
-            kwargs["queryset"] = Project.objects.visible_to(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="state", ordering="active")
     def state(self, subscription: Subscription) -> str:
@@ -184,7 +151,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a test delivery", permissions=["change"])
     def send_test(self, request: HttpRequest, queryset: QuerySet) -> None:
-        _each(
+        apply_each(
             self,
             request,
             queryset,
@@ -269,7 +236,7 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Replay selected deliveries", permissions=["change"])
     def replay(self, request: HttpRequest, queryset: QuerySet) -> None:
-        _each(
+        apply_each(
             self,
             request,
             queryset,
