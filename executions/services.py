@@ -41,6 +41,8 @@ logger = logging.getLogger("taskforge.executions")
 QUEUE_CHANNEL = "taskforge_queue"
 DONE_CHANNEL = "taskforge_done"
 RESULT_TAIL_CHARS = 4096
+# What claiming and finishing read of the task they lock (not its script or metadata).
+TASK_LOCK_FIELDS = ("id", "project_id", "status", "max_concurrency", "max_retries", "last_execution_id")
 
 # How an execution's status shows on its task (SPEC §5).
 TASK_STATUS_FOR = {
@@ -196,7 +198,12 @@ def _sync_task(
     it is read.
     """
     if latest is None:
-        latest = Execution.objects.filter(task_id=task.pk).order_by("-number").first()
+        latest = (
+            Execution.objects.filter(task_id=task.pk)
+            .only("id", "task_id", "number", "status", "exit_code", "error")
+            .order_by("-number")
+            .first()
+        )
     if latest is None:
         return
     new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
@@ -330,8 +337,10 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     never wait for each other; each candidate's task row is then locked to respect its
     ``max_concurrency`` (executions beyond it stay queued, in order) and its dependencies.
     Claiming several at once (a worker with free slots) costs one commit instead of one each.
+    Candidates are read narrow (a script may be 1 MiB); only the claimed rows are read whole.
     """
-    candidates = list(lock_skipping_locked(Execution.objects.claim_order())[: max(scan, limit)])
+    narrow = Execution.objects.claim_order().only("id", "project_id", "task_id", "number", "status")
+    candidates = list(lock_skipping_locked(narrow)[: max(scan, limit)])
     skipped_tasks: set[uuid.UUID] = set()
     claimed: list[Execution] = []
     for candidate in candidates:
@@ -339,7 +348,7 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
             break
         if candidate.task_id in skipped_tasks:
             continue  # keep a task's executions in order: the oldest waits first
-        task = Task.objects.select_for_update().filter(pk=candidate.task_id).first()
+        task = Task.objects.select_for_update().only(*TASK_LOCK_FIELDS).filter(pk=candidate.task_id).first()
         if task is None:  # pragma: no cover - the cascade removes executions with their task
             continue
         if not _startable(task):
@@ -364,7 +373,10 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task, latest=_if_latest(task, candidate))
         claimed.append(candidate)
-    return claimed
+    if not claimed:
+        return []
+    whole = Execution.objects.in_bulk([execution.pk for execution in claimed])
+    return [whole[execution.pk] for execution in claimed]
 
 
 # --- Output and finish ------------------------------------------------------------------------
@@ -437,7 +449,7 @@ def _finish(
     api_key: ApiKey | None = None,
     **fields: Any,
 ) -> Execution:
-    task = Task.objects.select_for_update().get(pk=execution.task_id)
+    task = Task.objects.select_for_update().only(*TASK_LOCK_FIELDS).get(pk=execution.task_id)
     now = timezone.now()
     execution.status = status
     execution.finished_at = now
