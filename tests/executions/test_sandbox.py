@@ -789,10 +789,14 @@ def test_leftovers_of_a_uid_are_killed_when_it_is_next_acquired(private_uid: tup
         ["sleep", sleep], user=uid, group=uid, extra_groups=[], start_new_session=True
     )
     try:
-        result, output = run("id -u", "bash", uid_range=(uid, uid), uid_lock_dir=lock_dir)
+        # The script looks for the leftover itself: it must be gone before the script starts.
+        look = (
+            f"id -u\nfor p in /proc/[0-9]*; do grep -qsF {sleep} $p/cmdline && echo alive; done\necho looked"
+        )
+        result, output = run(look, "bash", uid_range=(uid, uid), uid_lock_dir=lock_dir)
 
         assert result.outcome == "succeeded"
-        assert output.stdout == f"{uid}\n"
+        assert output.stdout == f"{uid}\nlooked\n"
         assert leftover.wait(timeout=10) == -signal.SIGKILL
         assert (Path(lock_dir) / f"{uid}.lock").read_bytes() == b"clean\n"
     finally:
