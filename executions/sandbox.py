@@ -57,23 +57,49 @@ How the sandbox is built, and why
   (often under a home directory the unprivileged user cannot read, and outside what bubblewrap
   exposes) and would hand the script Django and every installed package. Python runs with
   ``-u`` so output is live without the script flushing. Bash scripts run with ``/bin/bash``.
-* **Resource limits** are applied by a tiny trampoline, ``python3 -I -S -c <code>``, that runs
-  *in the child* before exec'ing the real command: ``setrlimit`` for RLIMIT_AS, RLIMIT_FSIZE,
-  RLIMIT_NOFILE, RLIMIT_CORE (0) and RLIMIT_CPU (ceil(timeout) + ``cpu_extra_seconds``, soft;
-  hard one second later, so the script first gets a catchable SIGXCPU). Why not the
-  alternatives: ``preexec_fn`` runs Python code between fork and exec and can deadlock when other
-  threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)`` after spawn races
-  with the script, which is already running; the ``prlimit`` binary would work but adds a
-  dependency on util-linux's option syntax and cannot report failures precisely. The trampoline
-  reports any failure through a close-on-exec pipe (the same trick ``subprocess`` uses): if the
-  pipe closes empty, the exec happened. It also restores SIGPIPE/SIGXFSZ to their defaults
-  (Python ignores them, and ignored signals survive exec), sets a parent-death signal (the
-  script dies if the worker is killed with SIGKILL; its own children need the PID namespace of
-  bwrap for that) and, without bwrap, ``no_new_privs`` so setuid binaries cannot regain root.
-* **Unprivileged user**: when the worker runs as root, ``subprocess.Popen(user=, group=,
-  extra_groups=[])`` drops to ``config.unprivileged_user`` in the child. Those arguments are
-  implemented in C between fork and exec, so unlike ``preexec_fn`` they are safe with threads.
-  The work directory and its files are chowned to that user (mode 0700/0600).
+* **Resource limits and the child's setup** come from two util-linux programs (an essential
+  package on Debian, so bash scripts need nothing else), exec'd in turn by the process Popen
+  creates, so pid == pgid throughout: ``prlimit --as --fsize --nofile --core=0 --cpu=soft:hard
+  [--nproc] -- <next>`` sets RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE (0), RLIMIT_CPU
+  (ceil(timeout) + ``cpu_extra_seconds``, soft; hard one second later, so the script first gets
+  a catchable SIGXCPU) and, with a per-run uid, RLIMIT_NPROC on itself, then execs; without
+  bwrap, ``setpriv --pdeathsig KILL --no-new-privs -- <interpreter> <script>`` follows (the
+  script dies if the worker is killed with SIGKILL; setuid binaries cannot regain root). Under
+  bwrap, prlimit execs bwrap directly: ``--die-with-parent`` is the parent-death signal and bwrap
+  sets ``no_new_privs`` in the sandbox itself (setting it before a setuid bwrap, as some
+  distributions ship, would stop bwrap from working). ``Popen(restore_signals=True)``, the
+  default, resets SIGPIPE and SIGXFSZ (Python ignores them; ignored signals survive exec) in C.
+  Why not the alternatives: ``preexec_fn`` runs Python code between fork and exec and can
+  deadlock when other threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)``
+  after spawn races with the script, which is already running; a ``python3 -I -S`` trampoline
+  (the previous design) cost about 6.5 ms of CPU per run and made bash scripts need python3.
+  Failures are found before spawning where they can be: a missing prlimit/setpriv (``_SpawnError``
+  naming it), a limit above the worker's own hard limit (an unprivileged child can only lower
+  what it inherits). What is left (a kernel refusing a limit, an exec that fails) makes the
+  tool print ``prlimit: ...``/``setpriv: ...`` and exit 1, 126 or 127: under bwrap no sandbox was
+  started (bwrap never reported it), without bwrap the exit status, that stderr line and an
+  empty stdout are read as ``spawn_failed``; only the script itself could imitate that, and only
+  for its own run. The parent-death signal is set a moment after the fork: a worker killed
+  inside that window leaves a script behind, which the uid sweep below ends.
+* **A uid of its own per run**: when the worker runs as root, each run takes a uid of
+  ``config.uid_range`` (default 200000-200999; its gid is the same number; numeric ids need no
+  /etc/passwd entry, and the range is refused if a user or group of the host owns one of them),
+  by an exclusive non-blocking ``flock`` of ``<uid>.lock`` in a root-owned directory
+  (``config.uid_lock_dir``, default /run/taskforge-sandbox, or one in the system temp dir). The
+  kernel drops the lock when the worker dies, however it dies, so workers on one host never share
+  a uid (they must share the directory and range), and the lowest free uid is taken, so a few
+  uids serve most runs. ``subprocess.Popen(user=, group=, extra_groups=[])`` drops to it in the
+  child; those arguments are implemented in C between fork and exec, so unlike ``preexec_fn`` they
+  are safe with threads. The work directory and its files are chowned to it (mode 0700/0600).
+  **The uid sweep** SIGKILLs every process whose real, effective, saved or filesystem uid is the
+  run's (a /proc scan of ``status``; pidfds so a recycled pid is never hit), again until none
+  remain, for at most ``UID_SWEEP_SECONDS``. It runs when the main process exits (after the group
+  kill; it also closes the pipes such processes held), so a process that called ``setsid()`` or
+  double-forked dies with the run; and when a uid is acquired whose lock file does not say
+  ``clean`` (written only after a sweep found nothing), which ends whatever a worker killed
+  mid-run left behind. Under bwrap the exit sweep is skipped: the PID namespace already is one.
+  RLIMIT_NPROC is therefore per run. A worker that is not root cannot switch users: scripts then
+  run as the worker's own uid, without RLIMIT_NPROC and without the sweep.
 * **Process group**: ``start_new_session=True`` gives the child its own session and process group
   (pgid == pid), and no controlling terminal (no TIOCSTI injection into an operator's shell).
   Stopping means SIGTERM to the group, then SIGKILL after a grace (``kill_grace_seconds`` for
@@ -85,23 +111,26 @@ How the sandbox is built, and why
   network: only a loopback inside a fresh network namespace; own PID, IPC, UTS, cgroup and user
   namespaces), read-only binds of /usr, /bin, /sbin, /lib*, /etc, a fresh /proc, /dev and /tmp,
   the work directory bound read-write at the same path, ``--cap-drop ALL``, ``--die-with-parent``
-  and ``--new-session``. The trampoline runs *outside* bwrap (limits and user drop apply to bwrap
-  and are inherited by everything inside; bwrap then runs unprivileged and uses a user
-  namespace, so the sandbox never holds real root). Because of ``--new-session`` the sandboxed
-  processes form their own group, whose id bwrap reports on ``--json-status-fd``; SIGTERM goes to
-  that group only, so the script gets its real grace period (signalling the outer bwrap would
-  make it die and take the sandbox down with SIGKILL at once). SIGKILL goes to that group first
-  (the namespace's init dies and the kernel kills everything inside), then to the outer bwrap if
-  it lingers. bwrap reports a sandbox killed by signal N as exit code 128 + N.
+  and ``--new-session``. prlimit and the user drop apply *outside* bwrap, to bwrap itself, and are
+  inherited by everything inside (bwrap then runs unprivileged and uses a user namespace, so the
+  sandbox never holds real root; the bwrap probe runs as a uid of the range too). Because of
+  ``--new-session`` the sandboxed processes form their own group, whose id bwrap reports on
+  ``--json-status-fd``; SIGTERM goes to that group only, so the script gets its real grace
+  period (signalling the outer bwrap would make it die and take the sandbox down with SIGKILL at
+  once). SIGKILL goes to that group first (the namespace's init dies and the kernel kills
+  everything inside), then to the outer bwrap if it lingers. bwrap reports a sandbox killed by
+  signal N as exit code 128 + N.
 
-Known limits (documented, not solved here): without bubblewrap, concurrent runs share the same
-unprivileged uid (so one script could inspect another's processes), and a process that calls
-``setsid()`` escapes the group kill; with bubblewrap the PID namespace closes both holes. There is
-no memory cgroup: RLIMIT_AS bounds each process, not the group, and RLIMIT_NPROC (applied only
-when dropping to the unprivileged user) counts that user's processes across all runs. The trampoline
-needs ``python3`` even for bash scripts. bwrap leaves its exited init for PID 1 to reap, and so
-does killing a group for grandchildren: run workers in containers under an init (``docker
---init``, tini) so such zombies are collected.
+Known limits (documented, not solved here): when the worker is not root, every run has the
+worker's uid: without bubblewrap a process that calls ``setsid()`` then escapes the group kill
+and concurrent runs can see (and signal) each other's processes; with bubblewrap the PID
+namespace closes both holes. Without bubblewrap, files a script leaves outside its work
+directory (/tmp, /dev/shm) stay readable by a later run that gets the same uid. Workers in
+separate containers on one host must be given disjoint uid ranges (or one shared lock
+directory): their locks would not see each other. There is no memory cgroup: RLIMIT_AS bounds
+each process, not the group. bwrap leaves its exited init for PID 1 to reap, and so does killing
+a group (or a uid) for grandchildren: run workers in containers under an init (``docker --init``,
+tini) so such zombies are collected.
 """
 
 from __future__ import annotations
