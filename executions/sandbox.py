@@ -470,7 +470,24 @@ def _check_uid_range(low: int, high: int) -> None:
             taken.append(f"the worker's own uid {os.getuid()}")
         if taken:
             raise _SpawnError(f"sandbox uid range {low}-{high} overlaps {', '.join(taken[:3])}")
+        for kind in ("uid", "gid"):
+            if not _id_map_covers(f"/proc/self/{kind}_map", low, high):
+                # A container with a user namespace (rootless Docker, Podman) maps few ids.
+                raise _SpawnError(
+                    f"sandbox uid range {low}-{high} is not mapped in this user namespace "
+                    f"(/proc/self/{kind}_map): set TASKFORGE_SANDBOX_UID_RANGE to ids it maps"
+                )
         _checked_uid_ranges.add((low, high))
+
+
+def _id_map_covers(path: str, low: int, high: int) -> bool:
+    """Whether ``low..high`` lies within one line of a uid_map/gid_map (True if unreadable)."""
+    try:
+        with open(path) as handle:
+            lines = [[int(v) for v in line.split()] for line in handle if line.strip()]
+    except (OSError, ValueError):
+        return True
+    return any(len(f) == 3 and f[0] <= low and high < f[0] + f[2] for f in lines)
 
 
 def _uid_lock_dir(config: SandboxConfig) -> str:

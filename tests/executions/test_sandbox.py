@@ -35,6 +35,7 @@ from executions.sandbox import (
     SandboxConfig,
     StopReason,
     StreamName,
+    _id_map_covers,
     run_script,
     utf8_safe_cut,
 )
@@ -829,6 +830,25 @@ def test_a_uid_range_holding_a_user_is_a_spawn_failure() -> None:
     assert result.outcome == "spawn_failed"
     assert user.pw_name in (result.error_detail or "")
     assert result.pid is None
+
+
+@pytest.mark.parametrize(
+    ("uid_map", "low", "high", "covered"),
+    [
+        ("0 0 4294967295\n", 200000, 200999, True),
+        ("0 100000 65536\n", 200000, 200999, False),  # rootless container: ids 0-65535 only
+        ("0 100000 65536\n", 60000, 65535, True),
+        ("0 1000 1\n1 100000 65536\n", 65536, 65536, True),
+        ("0 1000 1\n1 100000 65536\n", 65536, 65537, False),
+    ],
+)
+def test_uid_range_must_be_mapped_in_the_user_namespace(
+    tmp_path: Path, uid_map: str, low: int, high: int, covered: bool
+) -> None:
+    path = tmp_path / "uid_map"
+    path.write_text(uid_map)
+
+    assert _id_map_covers(str(path), low, high) is covered
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
