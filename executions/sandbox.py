@@ -613,7 +613,10 @@ class _UidLease:
             return
         try:
             if self.empty or self.sweep():
-                self.mark(UID_CLEAN_MARK)
+                try:
+                    self.mark(UID_CLEAN_MARK)
+                except OSError:  # left unmarked, the uid is swept again by its next holder
+                    logger.exception("could not mark sandbox uid %s clean", self.uid)
         finally:
             os.close(self._fd)  # releases the flock
             self._fd = None

@@ -47,18 +47,22 @@ def mode(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run(
-    user: Any, script: str, mode: str, *, script_type: str = "bash", timeout: int = 10, **config: Any
-) -> Execution:
+def enqueue(user: Any, script: str, *, name: str, script_type: str = "bash", timeout: int = 60) -> Execution:
     task = Task.objects.create(
         project=user.personal_project,
         created_by=user,
-        name="escape",
+        name=name,
         script_type=script_type,
         script_content=script,
         timeout_seconds=timeout,
     )
-    execution = services.execution_enqueue(task=task, actor=user)
+    return services.execution_enqueue(task=task, actor=user)
+
+
+def run(
+    user: Any, script: str, mode: str, *, script_type: str = "bash", timeout: int = 10, **config: Any
+) -> Execution:
+    execution = enqueue(user, script, name="escape", script_type=script_type, timeout=timeout)
     WorkerProcess(concurrency=1, sandbox=SandboxConfig.from_settings(use_bwrap=mode, **config)).run_pending()
     execution.refresh_from_db()
     return execution
@@ -187,15 +191,7 @@ def test_a_background_child_does_not_outlive_the_timeout(user: Any, mode: str) -
 
 def test_a_background_child_does_not_outlive_cancel(user: Any, mode: str) -> None:
     sleep = marker()
-    task = Task.objects.create(
-        project=user.personal_project,
-        created_by=user,
-        name="cancel me",
-        script_type="bash",
-        script_content=f"(sleep {sleep} &)\necho started\nsleep {sleep}\n",
-        timeout_seconds=60,
-    )
-    execution = services.execution_enqueue(task=task, actor=user)
+    execution = enqueue(user, f"(sleep {sleep} &)\necho started\nsleep {sleep}\n", name="cancel me")
     with worker(extra_env={"TASKFORGE_SANDBOX_BWRAP": mode}):
         started = Execution.objects.filter(pk=execution.pk, chunks__data="started\n")
         wait_for(started.exists, timeout=20)
@@ -245,15 +241,8 @@ def test_leftovers_of_a_killed_worker_die_when_its_uid_is_next_used(
     uid = 201_000 + uuid.uuid4().int % 900  # a one-uid range of this test's own
     private = {"uid_range": (uid, uid), "uid_lock_dir": str(tmp_path)}
     sleep = marker()
-    task = Task.objects.create(
-        project=user.personal_project,
-        created_by=user,
-        name="orphan maker",
-        script_type="bash",
-        script_content=f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\necho started\nsleep 60\n",
-        timeout_seconds=60,
-    )
-    execution = services.execution_enqueue(task=task, actor=user)
+    script = f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\necho started\nsleep 60\n"
+    execution = enqueue(user, script, name="orphan maker")
     env = {
         "TASKFORGE_SANDBOX_BWRAP": mode,
         "TASKFORGE_SANDBOX_UID_RANGE": f"{uid}-{uid}",
