@@ -72,7 +72,8 @@ How the sandbox is built, and why
   Why not the alternatives: ``preexec_fn`` runs Python code between fork and exec and can
   deadlock when other threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)``
   after spawn races with the script, which is already running; a ``python3 -I -S`` trampoline
-  (the previous design) cost about 6.5 ms of CPU per run and made bash scripts need python3.
+  (the previous design) cost 6.5 ms (``-c pass``) to ~14 ms (with its imports) of CPU per run,
+  and made bash scripts need python3.
   Failures are found before spawning where they can be: a missing prlimit/setpriv (``_SpawnError``
   naming it), a limit above the worker's own hard limit (an unprivileged child can only lower
   what it inherits). What is left (a kernel refusing a limit, an exec that fails) makes the
@@ -83,7 +84,8 @@ How the sandbox is built, and why
   inside that window leaves a script behind, which the uid sweep below ends.
 * **A uid of its own per run**: when the worker runs as root, each run takes a uid of
   ``config.uid_range`` (default 200000-200999; its gid is the same number; numeric ids need no
-  /etc/passwd entry, and the range is refused if a user or group of the host owns one of them),
+  /etc/passwd entry; the range is refused if a user or group of the host owns one of them, or
+  if the worker's user namespace does not map it),
   by an exclusive non-blocking ``flock`` of ``<uid>.lock`` in a root-owned directory
   (``config.uid_lock_dir``, default /run/taskforge-sandbox, or one in the system temp dir). The
   kernel drops the lock when the worker dies, however it dies, so workers on one host never share
