@@ -342,5 +342,24 @@ TASKFORGE_SANDBOX_MAX_PROCESSES = env_int("TASKFORGE_SANDBOX_MAX_PROCESSES", 512
 TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS = env_int("TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS", 5)
 TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES = env_int("TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES", 1024**2)
 TASKFORGE_SANDBOX_KILL_GRACE_SECONDS = env_int("TASKFORGE_SANDBOX_KILL_GRACE_SECONDS", 5)
-# The user scripts run as when the worker runs as root.
-TASKFORGE_SANDBOX_USER = os.environ.get("TASKFORGE_SANDBOX_USER", "nobody")
+# When the worker runs as root, each run gets a uid (and the same gid) of its own from this
+# inclusive range, "low-high"; no user or group of the host may own one of them.
+if "TASKFORGE_SANDBOX_USER" in os.environ:
+    raise ImproperlyConfigured(
+        "TASKFORGE_SANDBOX_USER is gone: each run now gets its own uid from TASKFORGE_SANDBOX_UID_RANGE"
+    )
+_uid_range = os.environ.get("TASKFORGE_SANDBOX_UID_RANGE", "200000-200999").strip()
+try:
+    _low, _high = (int(part) for part in _uid_range.split("-"))
+except ValueError:
+    raise ImproperlyConfigured(
+        f"TASKFORGE_SANDBOX_UID_RANGE must be two uids 'low-high', got {_uid_range!r}"
+    ) from None
+if not 0 < _low <= _high < 2**32 - 1:
+    raise ImproperlyConfigured(
+        f"TASKFORGE_SANDBOX_UID_RANGE must satisfy 0 < low <= high, got {_uid_range!r}"
+    )
+TASKFORGE_SANDBOX_UID_RANGE = (_low, _high)
+# The directory of the per-uid lock files, shared by every worker on the host (None: the default,
+# /run/taskforge-sandbox).
+TASKFORGE_SANDBOX_UID_LOCK_DIR = os.environ.get("TASKFORGE_SANDBOX_UID_LOCK_DIR") or None

@@ -57,23 +57,51 @@ How the sandbox is built, and why
   (often under a home directory the unprivileged user cannot read, and outside what bubblewrap
   exposes) and would hand the script Django and every installed package. Python runs with
   ``-u`` so output is live without the script flushing. Bash scripts run with ``/bin/bash``.
-* **Resource limits** are applied by a tiny trampoline, ``python3 -I -S -c <code>``, that runs
-  *in the child* before exec'ing the real command: ``setrlimit`` for RLIMIT_AS, RLIMIT_FSIZE,
-  RLIMIT_NOFILE, RLIMIT_CORE (0) and RLIMIT_CPU (ceil(timeout) + ``cpu_extra_seconds``, soft;
-  hard one second later, so the script first gets a catchable SIGXCPU). Why not the
-  alternatives: ``preexec_fn`` runs Python code between fork and exec and can deadlock when other
-  threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)`` after spawn races
-  with the script, which is already running; the ``prlimit`` binary would work but adds a
-  dependency on util-linux's option syntax and cannot report failures precisely. The trampoline
-  reports any failure through a close-on-exec pipe (the same trick ``subprocess`` uses): if the
-  pipe closes empty, the exec happened. It also restores SIGPIPE/SIGXFSZ to their defaults
-  (Python ignores them, and ignored signals survive exec), sets a parent-death signal (the
-  script dies if the worker is killed with SIGKILL; its own children need the PID namespace of
-  bwrap for that) and, without bwrap, ``no_new_privs`` so setuid binaries cannot regain root.
-* **Unprivileged user**: when the worker runs as root, ``subprocess.Popen(user=, group=,
-  extra_groups=[])`` drops to ``config.unprivileged_user`` in the child. Those arguments are
-  implemented in C between fork and exec, so unlike ``preexec_fn`` they are safe with threads.
-  The work directory and its files are chowned to that user (mode 0700/0600).
+* **Resource limits and the child's setup** come from two util-linux programs (an essential
+  package on Debian, so bash scripts need nothing else), exec'd in turn by the process Popen
+  creates, so pid == pgid throughout: ``prlimit --as --fsize --nofile --core=0 --cpu=soft:hard
+  [--nproc] -- <next>`` sets RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE (0), RLIMIT_CPU
+  (ceil(timeout) + ``cpu_extra_seconds``, soft; hard one second later, so the script first gets
+  a catchable SIGXCPU) and, with a per-run uid, RLIMIT_NPROC on itself, then execs; without
+  bwrap, ``setpriv --pdeathsig KILL --no-new-privs -- <interpreter> <script>`` follows (the
+  script dies if the worker is killed with SIGKILL; setuid binaries cannot regain root). Under
+  bwrap, prlimit execs bwrap directly: ``--die-with-parent`` is the parent-death signal and bwrap
+  sets ``no_new_privs`` in the sandbox itself (setting it before a setuid bwrap, as some
+  distributions ship, would stop bwrap from working). ``Popen(restore_signals=True)``, the
+  default, resets SIGPIPE and SIGXFSZ (Python ignores them; ignored signals survive exec) in C.
+  Why not the alternatives: ``preexec_fn`` runs Python code between fork and exec and can
+  deadlock when other threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)``
+  after spawn races with the script, which is already running; a ``python3 -I -S`` trampoline
+  (the previous design) cost 6.5 ms (``-c pass``) to ~14 ms (with its imports) of CPU per run,
+  and made bash scripts need python3.
+  Failures are found before spawning where they can be: a missing prlimit/setpriv (``_SpawnError``
+  naming it), a limit above the worker's own hard limit (an unprivileged child can only lower
+  what it inherits). What is left (a kernel refusing a limit, an exec that fails) makes the
+  tool print ``prlimit: ...``/``setpriv: ...`` and exit 1, 126 or 127: under bwrap no sandbox was
+  started (bwrap never reported it), without bwrap the exit status, that stderr line and an
+  empty stdout are read as ``spawn_failed``; only the script itself could imitate that, and only
+  for its own run. The parent-death signal is set a moment after the fork: a worker killed
+  inside that window leaves a script behind, which the uid sweep below ends.
+* **A uid of its own per run**: when the worker runs as root, each run takes a uid of
+  ``config.uid_range`` (default 200000-200999; its gid is the same number; numeric ids need no
+  /etc/passwd entry; the range is refused if a user or group of the host owns one of them, or
+  if the worker's user namespace does not map it),
+  by an exclusive non-blocking ``flock`` of ``<uid>.lock`` in a root-owned directory
+  (``config.uid_lock_dir``, default /run/taskforge-sandbox, or one in the system temp dir). The
+  kernel drops the lock when the worker dies, however it dies, so workers on one host never share
+  a uid (they must share the directory and range), and the lowest free uid is taken, so a few
+  uids serve most runs. ``subprocess.Popen(user=, group=, extra_groups=[])`` drops to it in the
+  child; those arguments are implemented in C between fork and exec, so unlike ``preexec_fn`` they
+  are safe with threads. The work directory and its files are chowned to it (mode 0700/0600).
+  **The uid sweep** SIGKILLs every process whose real, effective, saved or filesystem uid is the
+  run's (a /proc scan of ``status``; pidfds so a recycled pid is never hit), again until none
+  remain, for at most ``UID_SWEEP_SECONDS``. It runs when the main process exits (after the group
+  kill; it also closes the pipes such processes held), so a process that called ``setsid()`` or
+  double-forked dies with the run; and when a uid is acquired whose lock file does not say
+  ``clean`` (written only after a sweep found nothing), which ends whatever a worker killed
+  mid-run left behind. Under bwrap the exit sweep is skipped: the PID namespace already is one.
+  RLIMIT_NPROC is therefore per run. A worker that is not root cannot switch users: scripts then
+  run as the worker's own uid, without RLIMIT_NPROC and without the sweep.
 * **Process group**: ``start_new_session=True`` gives the child its own session and process group
   (pgid == pid), and no controlling terminal (no TIOCSTI injection into an operator's shell).
   Stopping means SIGTERM to the group, then SIGKILL after a grace (``kill_grace_seconds`` for
@@ -85,34 +113,40 @@ How the sandbox is built, and why
   network: only a loopback inside a fresh network namespace; own PID, IPC, UTS, cgroup and user
   namespaces), read-only binds of /usr, /bin, /sbin, /lib*, /etc, a fresh /proc, /dev and /tmp,
   the work directory bound read-write at the same path, ``--cap-drop ALL``, ``--die-with-parent``
-  and ``--new-session``. The trampoline runs *outside* bwrap (limits and user drop apply to bwrap
-  and are inherited by everything inside; bwrap then runs unprivileged and uses a user
-  namespace, so the sandbox never holds real root). Because of ``--new-session`` the sandboxed
-  processes form their own group, whose id bwrap reports on ``--json-status-fd``; SIGTERM goes to
-  that group only, so the script gets its real grace period (signalling the outer bwrap would
-  make it die and take the sandbox down with SIGKILL at once). SIGKILL goes to that group first
-  (the namespace's init dies and the kernel kills everything inside), then to the outer bwrap if
-  it lingers. bwrap reports a sandbox killed by signal N as exit code 128 + N.
+  and ``--new-session``. prlimit and the user drop apply *outside* bwrap, to bwrap itself, and are
+  inherited by everything inside (bwrap then runs unprivileged and uses a user namespace, so the
+  sandbox never holds real root; the bwrap probe runs as a uid of the range too). Because of
+  ``--new-session`` the sandboxed processes form their own group, whose id bwrap reports on
+  ``--json-status-fd``; SIGTERM goes to that group only, so the script gets its real grace
+  period (signalling the outer bwrap would make it die and take the sandbox down with SIGKILL at
+  once). SIGKILL goes to that group first (the namespace's init dies and the kernel kills
+  everything inside), then to the outer bwrap if it lingers. bwrap reports a sandbox killed by
+  signal N as exit code 128 + N.
 
-Known limits (documented, not solved here): without bubblewrap, concurrent runs share the same
-unprivileged uid (so one script could inspect another's processes), and a process that calls
-``setsid()`` escapes the group kill; with bubblewrap the PID namespace closes both holes. There is
-no memory cgroup: RLIMIT_AS bounds each process, not the group, and RLIMIT_NPROC (applied only
-when dropping to the unprivileged user) counts that user's processes across all runs. The trampoline
-needs ``python3`` even for bash scripts. bwrap leaves its exited init for PID 1 to reap, and so
-does killing a group for grandchildren: run workers in containers under an init (``docker
---init``, tini) so such zombies are collected.
+Known limits (documented, not solved here): when the worker is not root, every run has the
+worker's uid: without bubblewrap a process that calls ``setsid()`` then escapes the group kill
+and concurrent runs can see (and signal) each other's processes; with bubblewrap the PID
+namespace closes both holes. Without bubblewrap, files a script leaves outside its work
+directory (/tmp, /dev/shm) stay readable by a later run that gets the same uid. Workers in
+separate containers on one host must be given disjoint uid ranges (or one shared lock
+directory): their locks would not see each other. There is no memory cgroup: RLIMIT_AS bounds
+each process, not the group. bwrap leaves its exited init for PID 1 to reap, and so does killing
+a group (or a uid) for grandchildren: run workers in containers under an init (``docker --init``,
+tini) so such zombies are collected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import grp
 import json
 import logging
 import math
 import os
 import pwd
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -151,8 +185,17 @@ SCRIPT_FILE_NAMES: dict[str, str] = {"python": "script.py", "bash": "script.sh"}
 ALLOWED_EXTRA_ENV = frozenset({"TASKFORGE_EXECUTION_ID", "TASKFORGE_TASK_ID"})
 PARAM_ENV_RE = re.compile(r"PARAM_[A-Za-z0-9_]+")
 
-# Exit status of the trampoline when it could not set up the child (never reached after exec).
-TRAMPOLINE_FAILED = 127
+# util-linux tools (an essential package on Debian) that set up the child before the script.
+# Their own failures are a line "prlimit: ..." / "setpriv: ..." on stderr and exit 1, 126 or 127.
+TOOL_FAILURE_RE = re.compile(rb"\A(?:prlimit|setpriv): ")
+TOOL_FAILURE_STATUSES = frozenset({1, 126, 127})
+
+# Per-run uids: one lock file per uid in a root-owned directory (see _UidLease).
+DEFAULT_UID_RANGE = (200000, 200999)
+DEFAULT_UID_LOCK_DIR = "/run/taskforge-sandbox"
+UID_CLEAN_MARK = b"clean\n"
+# How long a uid sweep keeps SIGKILLing before it gives up on processes that will not die.
+UID_SWEEP_SECONDS = 2.0
 
 # System directories bwrap exposes read-only; symlinks (merged /usr) are recreated as symlinks.
 BWRAP_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -171,7 +214,7 @@ class SandboxConfig:
     address_space_bytes: int = 1 * GIB
     file_size_bytes: int = 64 * MIB
     open_files: int = 256
-    # Processes of the unprivileged user at once, across all runs (RLIMIT_NPROC is per uid).
+    # Processes of one run at once (RLIMIT_NPROC counts per uid, and each run has its own uid).
     max_processes: int = 512
     # RLIMIT_CPU = ceil(timeout_seconds) + this: a safety net for CPU-bound scripts whose wall
     # clock timeout could be missed (e.g. the worker stalls); normally the timeout fires first.
@@ -186,7 +229,14 @@ class SandboxConfig:
     # After the main process exits, how long to keep reading pipes still held open by processes
     # that escaped the group (without bwrap). Within the group, everything is killed at once.
     post_exit_drain_seconds: float = 1.0
-    unprivileged_user: str = "nobody"
+    # Inclusive range of uids (and gids: a run's gid is its uid) handed out one per run when the
+    # worker runs as root. No user or group may own one: everything of a run's uid is killed.
+    uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    # Where the per-uid lock files live: the same directory for every worker on the host.
+    # None = DEFAULT_UID_LOCK_DIR, or a directory in the system temp dir when /run is missing.
+    uid_lock_dir: str | None = None
+    prlimit: str = "prlimit"
+    setpriv: str = "setpriv"
     python: str = "python3"
     bash: str = "/bin/bash"
     path: str = SAFE_PATH
@@ -216,6 +266,9 @@ class SandboxConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        low, high = self.uid_range
+        if not (isinstance(low, int) and isinstance(high, int) and 0 < low <= high < 2**32 - 1):
+            raise ValueError(f"uid_range must be two uids with 0 < low <= high, got {self.uid_range!r}")
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> SandboxConfig:
@@ -231,7 +284,8 @@ class SandboxConfig:
             "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
             "output_cap_bytes": "TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES",
             "kill_grace_seconds": "TASKFORGE_SANDBOX_KILL_GRACE_SECONDS",
-            "unprivileged_user": "TASKFORGE_SANDBOX_USER",
+            "uid_range": "TASKFORGE_SANDBOX_UID_RANGE",
+            "uid_lock_dir": "TASKFORGE_SANDBOX_UID_LOCK_DIR",
         }
         values: dict[str, Any] = {}
         for attr, setting in names.items():
@@ -364,74 +418,257 @@ class _OutputStream:
 
 
 # --------------------------------------------------------------------------------------------
-# Child setup: trampoline, user, bwrap
+# Child setup: limits, per-run uid, bwrap
 # --------------------------------------------------------------------------------------------
-
-# Runs in the child as ``python3 -I -S -c TRAMPOLINE <err_fd> <spec_json> <argv...>``; keep it
-# small and stdlib-only. ``-I -S``: ignore PYTHON* variables and site-packages, start fast.
-TRAMPOLINE = """
-import os, sys
-err_fd = int(sys.argv[1])
-os.set_inheritable(err_fd, False)
-try:
-    import json, resource, signal
-    spec = json.loads(sys.argv[2])
-    for name, soft, hard in spec["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-    for name in ("SIGPIPE", "SIGXFSZ"):
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if spec["no_new_privs"] and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != spec["parent"]:
-        raise RuntimeError("worker exited before the script started")
-    os.execv(sys.argv[3], sys.argv[3:])
-except BaseException as exc:
-    os.write(err_fd, (type(exc).__name__ + ": " + str(exc)).encode("utf-8", "replace"))
-    os._exit(127)
-"""
 
 
 class _SpawnError(Exception):
     """Setup failed before or while starting the child: becomes outcome ``spawn_failed``."""
 
 
-@dataclass(frozen=True, slots=True)
-class _RunAs:
-    uid: int
-    gid: int
-
-
-def _resolve_executable(name: str, path: str) -> str:
+def _resolve_executable(name: str, path: str, what: str = "interpreter") -> str:
     if os.path.isabs(name):
         if os.access(name, os.X_OK) and os.path.isfile(name):
             return name
-        raise _SpawnError(f"interpreter {name} is missing or not executable")
+        raise _SpawnError(f"{what} {name} is missing or not executable")
     found = shutil.which(name, path=path)
     if found is None:
-        raise _SpawnError(f"interpreter {name!r} not found on PATH {path}")
+        raise _SpawnError(f"{what} {name!r} not found on PATH {path}")
     return found
 
 
-def _run_as(config: SandboxConfig) -> _RunAs | None:
-    """The user to drop to: only when we are root (otherwise we could not, and need not)."""
-    if os.geteuid() != 0:
+def _resolve_tools(config: SandboxConfig) -> tuple[str, str]:
+    """Absolute paths of ``prlimit`` and ``setpriv``; a clear ``_SpawnError`` when one is missing."""
+    return (
+        _resolve_executable(config.prlimit, config.path, "prlimit (util-linux)"),
+        _resolve_executable(config.setpriv, config.path, "setpriv (util-linux)"),
+    )
+
+
+# --- Per-run uids ------------------------------------------------------------------------------
+
+_checked_uid_ranges: set[tuple[int, int]] = set()
+_checked_uid_ranges_lock = threading.Lock()
+
+
+def _check_uid_range(low: int, high: int) -> None:
+    """Refuse a range that holds a uid or gid in use on this host (checked once per process).
+
+    Everything running under a run's uid is SIGKILLed at the end of the run, and its gid grants
+    that group's file access: neither may belong to anyone else.
+    """
+    with _checked_uid_ranges_lock:
+        if (low, high) in _checked_uid_ranges:
+            return
+        taken: list[str] = []
+        with contextlib.suppress(OSError, ValueError):
+            with open("/proc/sys/kernel/overflowuid") as handle:
+                overflow = int(handle.read())
+            if low <= overflow <= high:
+                taken.append(f"the overflow uid {overflow}")
+        taken += [f"user {e.pw_name} ({e.pw_uid})" for e in pwd.getpwall() if low <= e.pw_uid <= high]
+        taken += [f"group {e.gr_name} ({e.gr_gid})" for e in grp.getgrall() if low <= e.gr_gid <= high]
+        if os.getuid() != 0 and low <= os.getuid() <= high:
+            taken.append(f"the worker's own uid {os.getuid()}")
+        if taken:
+            raise _SpawnError(f"sandbox uid range {low}-{high} overlaps {', '.join(taken[:3])}")
+        for kind in ("uid", "gid"):
+            if not _id_map_covers(f"/proc/self/{kind}_map", low, high):
+                # A container with a user namespace (rootless Docker, Podman) maps few ids.
+                raise _SpawnError(
+                    f"sandbox uid range {low}-{high} is not mapped in this user namespace "
+                    f"(/proc/self/{kind}_map): set TASKFORGE_SANDBOX_UID_RANGE to ids it maps"
+                )
+        _checked_uid_ranges.add((low, high))
+
+
+def _id_map_covers(path: str, low: int, high: int) -> bool:
+    """Whether ``low..high`` lies within one line of a uid_map/gid_map (True if unreadable)."""
+    try:
+        with open(path) as handle:
+            lines = [[int(v) for v in line.split()] for line in handle if line.strip()]
+    except (OSError, ValueError):
+        return True
+    return any(len(f) == 3 and f[0] <= low and high < f[0] + f[2] for f in lines)
+
+
+def _uid_lock_dir(config: SandboxConfig) -> str:
+    """The root-owned directory of the per-uid lock files, created on first use."""
+    directory = config.uid_lock_dir
+    if directory is None:
+        directory = (
+            DEFAULT_UID_LOCK_DIR
+            if os.path.isdir(os.path.dirname(DEFAULT_UID_LOCK_DIR))
+            else os.path.join(tempfile.gettempdir(), "taskforge-sandbox-uids")
+        )
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise _SpawnError(f"sandbox uid lock directory {directory}: {exc}") from exc
+    # Anyone else able to create or replace lock files there could hand two runs one uid.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise _SpawnError(
+            f"sandbox uid lock directory {directory} must be a directory owned by uid "
+            f"{os.geteuid()} and writable by it alone"
+        )
+    return directory
+
+
+def _read_status(pid: int | str) -> tuple[bytes, tuple[int, ...]] | None:
+    """``(state, uids)`` of a process from /proc/<pid>/status (real, effective, saved, fs)."""
+    try:
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
     try:
-        entry = pwd.getpwnam(config.unprivileged_user)
-    except KeyError as exc:
-        raise _SpawnError(f"unprivileged user {config.unprivileged_user!r} does not exist") from exc
-    if entry.pw_uid == 0:
-        raise _SpawnError(f"unprivileged user {config.unprivileged_user!r} is root")
-    return _RunAs(uid=entry.pw_uid, gid=entry.pw_gid)
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The Name line is escaped by the kernel (no raw newline), so "\n<Key>:" finds the key.
+    state_at, uid_at = data.find(b"\nState:"), data.find(b"\nUid:")
+    if state_at < 0 or uid_at < 0:
+        return None
+    state = data[state_at + 7 : data.find(b"\n", state_at + 1)].split(maxsplit=1)[:1]
+    try:
+        uids = tuple(int(v) for v in data[uid_at + 5 : data.find(b"\n", uid_at + 1)].split())
+    except ValueError:
+        return None
+    return (state[0] if state else b"?"), uids
 
 
-def _user_kwargs(run_as: _RunAs | None) -> dict[str, Any]:
-    if run_as is None:
+def _live_processes_of(uid: int) -> list[int]:
+    """Pids of the processes (not zombies) any of whose uids is ``uid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            status = _read_status(name)
+            if status is not None and status[0] not in (b"Z", b"X") and uid in status[1]:
+                found.append(int(name))
+    return found
+
+
+def _kill_if_owned(pid: int, uid: int) -> None:
+    """SIGKILL ``pid`` if it still belongs to ``uid``: a pidfd pins the process across the check,
+    so a pid recycled by an unrelated process between the scan and the kill is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # pragma: no cover - kernels before 5.3: a plain kill, after a re-check
+        status = _read_status(pid)
+        if status is not None and uid in status[1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        status = _read_status(pid)
+        if status is not None and uid in status[1]:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+
+
+class _UidLease:
+    """One uid of ``config.uid_range``, held by one run through an exclusive ``flock``.
+
+    The lock is on ``<lock dir>/<uid>.lock``, opened close-on-exec so no script inherits it; the
+    kernel drops it when the worker dies, however it dies. The file says ``clean`` once a run has
+    ended and none of the uid's processes remain; any other content (a run in progress, or a
+    worker killed mid-run) makes the next holder sweep the uid before using it.
+    """
+
+    def __init__(self, uid: int, fd: int) -> None:
+        self.uid = uid
+        self.gid = uid
+        self._fd: int | None = fd
+        self.empty = False  # True when the last sweep left no process of the uid
+
+    def sweep(self) -> bool:
+        """SIGKILL every process of the uid until none remain (zombies aside), within
+        ``UID_SWEEP_SECONDS``. Catches what the group kill misses: ``setsid()``, double forks,
+        leftovers of a worker killed before it could clean up. True when none remain."""
+        deadline = time.monotonic() + UID_SWEEP_SECONDS
+        while pids := _live_processes_of(self.uid):
+            for pid in pids:
+                _kill_if_owned(pid, self.uid)
+            if time.monotonic() >= deadline:
+                logger.warning("sandbox uid %s: processes %s would not die", self.uid, pids[:10])
+                self.empty = False
+                return False
+            time.sleep(0.005)  # SIGKILLed processes leave /proc once they have exited
+        self.empty = True
+        return True
+
+    def mark(self, content: bytes) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, content, 0)
+
+    def release(self) -> None:
+        """Sweep (unless the last sweep already found the uid empty), then unlock."""
+        if self._fd is None:
+            return
+        try:
+            if self.empty or self.sweep():
+                try:
+                    self.mark(UID_CLEAN_MARK)
+                except OSError:  # left unmarked, the uid is swept again by its next holder
+                    logger.exception("could not mark sandbox uid %s clean", self.uid)
+        finally:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def _acquire_uid(config: SandboxConfig) -> _UidLease | None:
+    """A uid of its own for one run, or None when the worker is not root (no drop possible).
+
+    Tries the range from its start, so the same few uids serve most runs and a uid left dirty
+    by a killed worker is swept soon. Several worker processes on one host never share a uid,
+    as long as they use the same lock directory.
+    """
+    if os.geteuid() != 0:
+        return None
+    low, high = config.uid_range
+    _check_uid_range(low, high)
+    directory = _uid_lock_dir(config)
+    for uid in range(low, high + 1):
+        path = os.path.join(directory, f"{uid}.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _SpawnError(f"sandbox uid lock {path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            raise _SpawnError(f"sandbox uid lock {path}: {exc}") from exc
+        lease = _UidLease(uid, fd)
+        try:
+            if os.pread(fd, 64, 0) != UID_CLEAN_MARK and not lease.sweep():
+                os.close(fd)  # stays dirty: try the next uid
+                continue
+            lease.mark(f"in use by pid {os.getpid()}\n".encode())
+            lease.empty = False  # from now on, processes of the run may exist
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return lease
+    raise _SpawnError(f"no free sandbox uid: all of {low}-{high} are in use on this host")
+
+
+def _user_kwargs(lease: _UidLease | None) -> dict[str, Any]:
+    if lease is None:
         return {}
-    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    return {"user": lease.uid, "group": lease.gid, "extra_groups": []}
 
 
 def _bwrap_base_args(bwrap: str) -> list[str]:
@@ -467,16 +704,17 @@ def _bwrap_args(bwrap: str, work_dir: str, status_fd: int) -> list[str]:
 
 
 _probe_lock = threading.Lock()
-_probe_cache: dict[tuple[str, int | None], str | None] = {}
+_probe_cache: dict[tuple[str, bool], str | None] = {}
 
 
-def _probe_bwrap(bwrap: str, run_as: _RunAs | None) -> str | None:
-    """Whether bwrap works here, as the user the runs will use: ``None`` if it does, else why.
+def _probe_bwrap(bwrap: str, lease: _UidLease | None) -> str | None:
+    """Whether bwrap works here, as the kind of user the runs will use (a uid of the range, or
+    the worker's own): ``None`` if it does, else why.
 
     Cached per process: a bwrap that is installed but blocked (no user namespaces in a container,
     seccomp) fails the same way every time, and the probe costs a process start.
     """
-    key = (bwrap, run_as.uid if run_as else None)
+    key = (bwrap, lease is not None)
     with _probe_lock:
         if key in _probe_cache:
             return _probe_cache[key]
@@ -489,7 +727,7 @@ def _probe_bwrap(bwrap: str, run_as: _RunAs | None) -> str | None:
                 check=False,
                 env={"PATH": SAFE_PATH, "LANG": SANDBOX_LANG},
                 start_new_session=True,
-                **_user_kwargs(run_as),
+                **_user_kwargs(lease),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             problem: str | None = f"{type(exc).__name__}: {exc}"
@@ -504,7 +742,7 @@ def _probe_bwrap(bwrap: str, run_as: _RunAs | None) -> str | None:
         return problem
 
 
-def _choose_bwrap(config: SandboxConfig, run_as: _RunAs | None) -> str | None:
+def _choose_bwrap(config: SandboxConfig, lease: _UidLease | None) -> str | None:
     """Path of a working bwrap, ``None`` to run without; ``_SpawnError`` when required but broken."""
     if config.use_bwrap == "never":
         return None
@@ -513,7 +751,7 @@ def _choose_bwrap(config: SandboxConfig, run_as: _RunAs | None) -> str | None:
         if config.use_bwrap == "always":
             raise _SpawnError("bubblewrap is required (use_bwrap='always') but bwrap is not installed")
         return None
-    problem = _probe_bwrap(bwrap, run_as)
+    problem = _probe_bwrap(bwrap, lease)
     if problem is not None:
         if config.use_bwrap == "always":
             raise _SpawnError(f"bubblewrap is required (use_bwrap='always') but does not work: {problem}")
@@ -521,23 +759,54 @@ def _choose_bwrap(config: SandboxConfig, run_as: _RunAs | None) -> str | None:
     return bwrap
 
 
-def _rlimits(
-    config: SandboxConfig, timeout_seconds: float, run_as: _RunAs | None
-) -> list[tuple[str, int, int]]:
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    option: str  # prlimit's option
+    resource: int
+    soft: int
+    hard: int
+    setting: str  # the SandboxConfig field it comes from, for error messages
+
+
+def _rlimits(config: SandboxConfig, timeout_seconds: float, lease: _UidLease | None) -> list[_Limit]:
     cpu = math.ceil(timeout_seconds) + config.cpu_extra_seconds
+    space, size, files = config.address_space_bytes, config.file_size_bytes, config.open_files
     limits = [
-        ("RLIMIT_AS", config.address_space_bytes, config.address_space_bytes),
-        ("RLIMIT_FSIZE", config.file_size_bytes, config.file_size_bytes),
-        ("RLIMIT_NOFILE", config.open_files, config.open_files),
-        ("RLIMIT_CORE", 0, 0),
-        ("RLIMIT_CPU", cpu, cpu + 1),
+        _Limit("--as", resource.RLIMIT_AS, space, space, "address_space_bytes"),
+        _Limit("--fsize", resource.RLIMIT_FSIZE, size, size, "file_size_bytes"),
+        _Limit("--nofile", resource.RLIMIT_NOFILE, files, files, "open_files"),
+        _Limit("--core", resource.RLIMIT_CORE, 0, 0, "(core dumps)"),
+        # Soft first, hard one second later: the script first gets a catchable SIGXCPU.
+        _Limit("--cpu", resource.RLIMIT_CPU, cpu, cpu + 1, "cpu_extra_seconds"),
     ]
-    if run_as is not None:
-        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for the
-        # dedicated unprivileged user (a fork bomb stops there, the worker is untouched).
+    if lease is not None:
+        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for a uid of
+        # the run's own (a fork bomb stops there, the worker and other runs are untouched).
         # Running as an ordinary user, it would count that user's other processes too.
-        limits.append(("RLIMIT_NPROC", config.max_processes, config.max_processes))
+        n = config.max_processes
+        limits.append(_Limit("--nproc", resource.RLIMIT_NPROC, n, n, "max_processes"))
     return limits
+
+
+def _check_rlimits(limits: list[_Limit]) -> None:
+    """Refuse, before spawning, limits the child could not set: it runs as an unprivileged uid
+    (or the worker's own) and so can only lower the hard limits it inherits from the worker."""
+    for limit in limits:
+        _, inherited = resource.getrlimit(limit.resource)
+        if inherited != resource.RLIM_INFINITY and limit.hard > inherited:
+            raise _SpawnError(
+                f"{limit.setting}: {limit.option[2:]} limit {limit.hard} is above the worker's own "
+                f"hard limit {inherited}, which an unprivileged child cannot raise"
+            )
+
+
+def _prlimit_args(limits: list[_Limit]) -> list[str]:
+    return [
+        f"{limit.option}={limit.soft}"
+        if limit.soft == limit.hard
+        else f"{limit.option}={limit.soft}:{limit.hard}"
+        for limit in limits
+    ]
 
 
 def _validate_env_extra(env_extra: Mapping[str, str]) -> dict[str, str]:
@@ -554,12 +823,12 @@ def _validate_env_extra(env_extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _write_file(path: str, content: bytes, run_as: _RunAs | None) -> None:
+def _write_file(path: str, content: bytes, lease: _UidLease | None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, content)  # small files: one write suffices on a regular file
-        if run_as is not None:
-            os.fchown(fd, run_as.uid, run_as.gid)
+        if lease is not None:
+            os.fchown(fd, lease.uid, lease.gid)
     finally:
         os.close(fd)
 
@@ -625,12 +894,13 @@ class _Supervisor:
     timeout_seconds: float
     should_cancel: CancelCallback
     streams: dict[int, _OutputStream]
-    err_fd: int
     status_fd: int | None
     bwrap: bool
+    # Called once the main process has exited and its group was killed: the uid sweep, which
+    # also ends processes that left the group, so their copies of the pipes close at once.
+    on_exit: Callable[[], object] | None = None
     stop_reason: Literal["timeout", "cancelled", "worker_shutdown"] | None = None
     killed_with_sigkill: bool = False
-    trampoline_error: bytearray = field(default_factory=bytearray)
     sandbox_pgid: int | None = None  # bwrap's inner group, once reported
     _status_buffer: bytearray = field(default_factory=bytearray)
     _kill_at: float | None = None
@@ -649,7 +919,7 @@ class _Supervisor:
         with contextlib.suppress(AttributeError, OSError):
             pidfd = os.pidfd_open(self.process.pid)
         try:
-            for fd in (*self.streams, self.err_fd, self.status_fd, pidfd):
+            for fd in (*self.streams, self.status_fd, pidfd):
                 if fd is not None:
                     os.set_blocking(fd, False)
                     selector.register(fd, selectors.EVENT_READ)
@@ -677,6 +947,9 @@ class _Supervisor:
                     # Anything the script left behind in its group dies with it; the zombie
                     # still holds the pgid, so this cannot hit a recycled group.
                     _killpg(self.process.pid, signal.SIGKILL)
+                    if self.on_exit is not None:
+                        self.on_exit()
+                        now = time.monotonic()
                 if exited_at is not None:
                     drained = all(s.eof for s in self.streams.values())
                     if drained or now >= exited_at + self.config.post_exit_drain_seconds:
@@ -704,10 +977,7 @@ class _Supervisor:
                     else:
                         self._kill_at = None
                         _killpg(self.process.pid, signal.SIGKILL)
-            # The trampoline's error and bwrap's status may still sit unread in their pipes.
-            with contextlib.suppress(OSError):
-                while chunk := os.read(self.err_fd, 4096):
-                    self.trampoline_error += chunk[: 4 * KIB]
+            # bwrap's status may still sit unread in its pipe.
             if self.status_fd is not None:
                 with contextlib.suppress(OSError):
                     while self.sandbox_pgid is None and (chunk := os.read(self.status_fd, 4096)):
@@ -736,8 +1006,6 @@ class _Supervisor:
             return
         if fd in self.streams:
             self.streams[fd].feed(data, time.monotonic())
-        elif fd == self.err_fd:
-            self.trampoline_error += data[: 4 * KIB]
         elif fd == self.status_fd:
             self._status_buffer += data[: 64 * KIB]
             self._parse_status()
@@ -812,6 +1080,7 @@ def run_script(
     work_dir: str | None = None
     pid: int | None = None
     bwrap: str | None = None
+    lease: _UidLease | None = None
     cleanup_fds: list[int] = []
 
     def result(outcome: Outcome, **fields: Any) -> RunResult:
@@ -845,25 +1114,27 @@ def run_script(
     process: subprocess.Popen[bytes] | None = None
     try:
         try:
-            run_as = _run_as(config)
-            interpreter = _resolve_executable(config.python, config.path)
+            prlimit, setpriv = _resolve_tools(config)
             command = (
-                [interpreter, "-u"]
+                [_resolve_executable(config.python, config.path), "-u"]
                 if script_type == "python"
                 else [_resolve_executable(config.bash, config.path)]
             )
-            bwrap = _choose_bwrap(config, run_as)
+            lease = _acquire_uid(config)
+            limits = _rlimits(config, timeout_seconds, lease)
+            _check_rlimits(limits)
+            bwrap = _choose_bwrap(config, lease)
 
             work_dir = tempfile.mkdtemp(prefix="taskforge-run-", dir=config.work_root)
             tmp_dir = os.path.join(work_dir, "tmp")
             os.mkdir(tmp_dir, 0o700)
             script_path = os.path.join(work_dir, SCRIPT_FILE_NAMES[script_type])
             params_path = os.path.join(work_dir, PARAMS_FILE_NAME)
-            _write_file(script_path, script.encode("utf-8", "replace"), run_as)
-            _write_file(params_path, params_json, run_as)
-            if run_as is not None:
+            _write_file(script_path, script.encode("utf-8", "replace"), lease)
+            _write_file(params_path, params_json, lease)
+            if lease is not None:
                 for directory in (work_dir, tmp_dir):
-                    os.chown(directory, run_as.uid, run_as.gid)
+                    os.chown(directory, lease.uid, lease.gid)
 
             env = {
                 **extra_env,
@@ -873,35 +1144,22 @@ def run_script(
                 "TMPDIR": tmp_dir,
                 "TASKFORGE_PARAMS_FILE": params_path,
             }
-            err_read, err_write = os.pipe()
-            cleanup_fds += [err_read, err_write]
-            pass_fds = [err_write]
+            pass_fds: list[int] = []
             status_read: int | None = None
-            prefix: list[str] = []
+            # prlimit sets the limits on itself and execs the rest, all in the one process that
+            # Popen created (already running as the run's uid): pid == pgid throughout.
+            argv = [prlimit, *_prlimit_args(limits), "--"]
             if bwrap is not None:
                 status_read, status_write = os.pipe()
                 cleanup_fds += [status_read, status_write]
                 pass_fds.append(status_write)
-                prefix = _bwrap_args(bwrap, work_dir, status_write)
-            spec = {
-                "rlimits": _rlimits(config, timeout_seconds, run_as),
-                "parent": os.getpid(),
-                # bwrap sets no_new_privs inside the sandbox itself; setting it before a setuid
-                # bwrap (some distributions) would stop bwrap from working.
-                "no_new_privs": bwrap is None,
-            }
-            argv = [
-                interpreter,
-                "-I",
-                "-S",
-                "-c",
-                TRAMPOLINE,
-                str(err_write),
-                json.dumps(spec),
-                *prefix,
-                *command,
-                script_path,
-            ]
+                # bwrap's --die-with-parent sets the parent-death signal on itself, and bwrap
+                # sets no_new_privs in the sandbox (setting it before a setuid bwrap, as some
+                # distributions ship, would stop bwrap from working).
+                argv += _bwrap_args(bwrap, work_dir, status_write)
+            else:
+                argv += [setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--"]
+            argv += [*command, script_path]
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -912,7 +1170,9 @@ def run_script(
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=pass_fds,
-                **_user_kwargs(run_as),
+                # restore_signals (the default) resets SIGPIPE and SIGXFSZ, which Python
+                # ignores, to their defaults before exec: ignored signals would survive it.
+                **_user_kwargs(lease),
             )
         except _SpawnError as exc:
             return spawn_failed(str(exc))
@@ -939,11 +1199,17 @@ def run_script(
             timeout_seconds=timeout_seconds,
             should_cancel=should_cancel,
             streams=streams,
-            err_fd=err_read,
             status_fd=status_read,
             bwrap=bwrap is not None,
+            # Under bwrap the PID namespace is the sweep: by the time the outer bwrap has exited,
+            # the sandbox's init has exited too or been sent SIGKILL (--die-with-parent), and the
+            # kernel kills everything in a namespace whose init dies; nothing of the uid runs
+            # outside it. Without bwrap, sweep the uid (a /proc scan, ~2 ms of worker CPU).
+            on_exit=lease.sweep if lease is not None and bwrap is None else None,
         )
         status = supervisor.run()
+        if lease is not None and bwrap is not None:
+            lease.empty = True
         out, err = streams[process.stdout.fileno()], streams[process.stderr.fileno()]
         fields: dict[str, Any] = {
             "stdout_bytes": out.captured,
@@ -957,12 +1223,19 @@ def run_script(
         else:
             fields["exit_code"] = status
 
-        if supervisor.trampoline_error and status == TRAMPOLINE_FAILED:
-            return spawn_failed(supervisor.trampoline_error.decode("utf-8", "replace"))
+        tool_failed = TOOL_FAILURE_RE.match(err.head) is not None
         if bwrap is not None and supervisor.sandbox_pgid is None and supervisor.stop_reason is None:
-            # bwrap exited before starting the sandbox: its own message is on stderr.
+            # bwrap (or prlimit before it) exited before starting the sandbox: the message is on
+            # stderr, and no script ran.
             message = err.head.decode("utf-8", "replace").strip()
+            if tool_failed:
+                return spawn_failed(message)
             return spawn_failed(f"bubblewrap failed to start the sandbox: {message or status}")
+        if bwrap is None and tool_failed and status in TOOL_FAILURE_STATUSES and out.captured == 0:
+            # prlimit or setpriv could not set up the child or exec the next program. Without
+            # bwrap nothing marks the moment the script starts, so this is read from what they
+            # print; only the script itself could imitate it, and only for its own run.
+            return spawn_failed(err.head.decode("utf-8", "replace").strip())
         if supervisor.stop_reason == "timeout":
             detail = f"timed out after {timeout_seconds:g} s"
             return result("timed_out", error="timeout", error_detail=detail, **fields)
@@ -985,6 +1258,9 @@ def run_script(
             for pipe in (process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
+        if lease is not None:
+            # Before the work dir goes: nothing of the run may still be writing there.
+            lease.release()
         for fd in cleanup_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -1001,10 +1277,16 @@ def _signal_name(number: int) -> str:
 
 def describe_isolation(config: SandboxConfig) -> str:
     """What isolation runs get with ``config``, for the worker's start-up log and its row:
-    ``bwrap`` or ``rlimits`` (plus ``+user`` when scripts drop to the unprivileged user)."""
+    ``bwrap`` or ``rlimits`` (plus ``+user`` when each run drops to a uid of its own)."""
+    lease: _UidLease | None = None
     try:
-        run_as = _run_as(config)
-        kind = "bwrap" if _choose_bwrap(config, run_as) else "rlimits"
+        _resolve_tools(config)
+        lease = _acquire_uid(config)
+        kind = "bwrap" if _choose_bwrap(config, lease) else "rlimits"
     except _SpawnError as exc:
+        logger.error("the sandbox cannot run scripts: %s", exc)
         return f"broken: {exc}"[:32]
-    return f"{kind}+user" if run_as else kind
+    finally:
+        if lease is not None:
+            lease.release()
+    return f"{kind}+user" if lease else kind

@@ -8,13 +8,17 @@ group is gone, and the elapsed time is only logged.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -31,6 +35,7 @@ from executions.sandbox import (
     SandboxConfig,
     StopReason,
     StreamName,
+    _id_map_covers,
     run_script,
     utf8_safe_cut,
 )
@@ -177,6 +182,14 @@ def assert_cleaned_up(result: RunResult, sleep_arg: str | None = None) -> None:
         assert live_processes_with_arg(sleep_arg) == []
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll ``condition``; a generous bound, only there so a broken run cannot hang the suite."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 def cancel_when(
     output: Output, marker: str, reason: StopReason = "cancelled"
 ) -> Callable[[], StopReason | None]:
@@ -246,7 +259,7 @@ def test_stdin_is_empty() -> None:
 
 
 def test_sigpipe_behaves_normally_in_scripts() -> None:
-    # Python (the trampoline) ignores SIGPIPE and ignored signals survive exec: it must be restored,
+    # Python (the worker) ignores SIGPIPE and ignored signals survive exec: Popen restores it,
     # or `yes | head` would make `yes` loop on EPIPE errors instead of dying quietly.
     result, output = run("yes | head -n 1", "bash")
 
@@ -401,6 +414,28 @@ def test_children_of_the_script_die_with_its_group(mode: str) -> None:
     assert result.outcome == "timed_out"
     assert output.stdout == "started\n"
     assert_cleaned_up(result, sleep)
+
+
+def test_setsid_and_double_fork_do_not_outlive_the_run(mode: str, tmp_path: Path) -> None:
+    # Outside the process group (setsid) and reparented away from the script (double fork): the
+    # group kill misses it; the sweep of the run's uid (root) or bwrap's PID namespace does not.
+    if mode == "never" and not IS_ROOT:
+        pytest.skip("without bwrap, only the per-run uid (root) catches a process that left the group")
+    tmp_path.chmod(0o1777)  # the escapee's marker, reachable without bwrap
+    marker = tmp_path / "escaped"
+    sleep = unique_sleep()
+    script = (
+        f"(setsid sh -c 'sleep {sleep} & sleep 1; echo escaped > {marker}' </dev/null >/dev/null 2>&1 &)\n"
+        f"setsid sleep {sleep} &\n"
+        "echo forked\n"
+    )
+    result, output = run(script, "bash", mode=mode)
+
+    assert result.outcome == "succeeded", output.stderr
+    assert output.stdout == "forked\n"
+    assert_cleaned_up(result, sleep)
+    time.sleep(1.5)  # an escapee would have written its marker by now
+    assert not marker.exists()
 
 
 def test_background_children_are_killed_when_the_script_exits(mode: str) -> None:
@@ -683,15 +718,147 @@ def test_opening_too_many_files_fails() -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the user drop only happens when the worker runs as root")
-def test_scripts_run_as_the_unprivileged_user(mode: str) -> None:
+def test_scripts_run_as_a_uid_of_the_range(mode: str) -> None:
     result, output = run(
-        'id -u; id -g; touch "$HOME/mine"; cat ~root/.bashrc 2>&1 || true', "bash", mode=mode
+        'id -u; id -g; id -G; touch "$HOME/mine"; cat ~root/.bashrc 2>&1 || true', "bash", mode=mode
     )
 
     assert result.outcome == "succeeded"
-    uid, gid, *_ = output.stdout.splitlines()
-    assert int(uid) != 0
-    assert int(gid) != 0
+    uid, gid, groups, *_ = output.stdout.splitlines()
+    low, high = SandboxConfig().uid_range
+    assert low <= int(uid) <= high
+    assert gid == groups == uid  # its own group, and no supplementary group
+
+
+def run_until_released(
+    script: str, release: threading.Event, **config: Any
+) -> tuple[threading.Thread, dict[str, tuple[RunResult, Output]], Output]:
+    """Start ``script`` in a thread; it is cancelled once ``release`` is set."""
+    output, results = Output(), {}
+
+    def target() -> None:
+        results["run"] = run(
+            script,
+            "bash",
+            timeout=60,
+            output=output,
+            should_cancel=lambda: "cancelled" if release.is_set() else None,
+            **config,
+        )
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, results, output
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_concurrent_runs_get_different_uids(mode: str) -> None:
+    release = threading.Event()
+    thread, first, first_output = run_until_released("id -u; sleep 60", release, mode=mode)
+    try:
+        wait_until(lambda: first_output.stdout.endswith("\n"))
+        # The first run is still running (it only stops when released): the runs overlap.
+        second, second_output = run("id -u", "bash", mode=mode)
+    finally:
+        release.set()
+        thread.join()
+
+    assert second.outcome == "succeeded"
+    assert first["run"][0].outcome == "cancelled"
+    assert first_output.stdout != second_output.stdout
+    low, high = SandboxConfig().uid_range
+    assert all(low <= int(out.stdout) <= high for out in (first_output, second_output))
+
+
+@pytest.fixture
+def private_uid() -> Iterator[tuple[int, str]]:
+    """A one-uid range outside the default one, with its own lock directory."""
+    directory = tempfile.mkdtemp(prefix="taskforge-uid-locks-")
+    try:
+        yield 201_000 + secrets.randbelow(900), directory
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_leftovers_of_a_uid_are_killed_when_it_is_next_acquired(private_uid: tuple[int, str]) -> None:
+    # What a worker killed with SIGKILL leaves behind: a process of the uid, and the uid's lock
+    # file not marked clean (here: never written).
+    uid, lock_dir = private_uid
+    sleep = unique_sleep()
+    leftover = subprocess.Popen(
+        ["sleep", sleep], user=uid, group=uid, extra_groups=[], start_new_session=True
+    )
+    try:
+        # The script looks for the leftover itself: it must be gone before the script starts.
+        look = (
+            f"id -u\nfor p in /proc/[0-9]*; do grep -qsF {sleep} $p/cmdline && echo alive; done\necho looked"
+        )
+        result, output = run(look, "bash", uid_range=(uid, uid), uid_lock_dir=lock_dir)
+
+        assert result.outcome == "succeeded"
+        assert output.stdout == f"{uid}\nlooked\n"
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert (Path(lock_dir) / f"{uid}.lock").read_bytes() == b"clean\n"
+    finally:
+        leftover.kill()
+        leftover.wait()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_a_uid_locked_by_another_process_is_never_shared(private_uid: tuple[int, str]) -> None:
+    # The lock another worker process would hold on its run's uid: this one must not use it.
+    uid, lock_dir = private_uid
+    with open(Path(lock_dir) / f"{uid}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result, _ = run("id -u", "bash", uid_range=(uid, uid), uid_lock_dir=lock_dir)
+
+    assert result.outcome == "spawn_failed"
+    assert f"no free sandbox uid: all of {uid}-{uid} are in use" in (result.error_detail or "")
+    assert result.pid is None
+
+    result, output = run("id -u", "bash", uid_range=(uid, uid), uid_lock_dir=lock_dir)
+    assert output.stdout == f"{uid}\n"  # free again once the lock is released
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_a_uid_range_holding_a_user_is_a_spawn_failure() -> None:
+    user = next(entry for entry in pwd.getpwall() if entry.pw_uid > 0)
+
+    result, _ = run("print(1)", uid_range=(user.pw_uid, user.pw_uid))
+
+    assert result.outcome == "spawn_failed"
+    assert user.pw_name in (result.error_detail or "")
+    assert result.pid is None
+
+
+@pytest.mark.parametrize(
+    ("uid_map", "low", "high", "covered"),
+    [
+        ("0 0 4294967295\n", 200000, 200999, True),
+        ("0 100000 65536\n", 200000, 200999, False),  # rootless container: ids 0-65535 only
+        ("0 100000 65536\n", 60000, 65535, True),
+        ("0 1000 1\n1 100000 65536\n", 65536, 65536, True),
+        ("0 1000 1\n1 100000 65536\n", 65536, 65537, False),
+    ],
+)
+def test_uid_range_must_be_mapped_in_the_user_namespace(
+    tmp_path: Path, uid_map: str, low: int, high: int, covered: bool
+) -> None:
+    path = tmp_path / "uid_map"
+    path.write_text(uid_map)
+
+    assert _id_map_covers(str(path), low, high) is covered
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_an_unsafe_uid_lock_directory_is_a_spawn_failure(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)  # anyone could swap the lock files: two runs could share a uid
+
+    result, _ = run("print(1)", uid_lock_dir=str(tmp_path))
+
+    assert result.outcome == "spawn_failed"
+    assert "uid lock directory" in (result.error_detail or "")
 
 
 def test_setuid_binaries_cannot_regain_privileges(mode: str) -> None:
@@ -699,14 +866,6 @@ def test_setuid_binaries_cannot_regain_privileges(mode: str) -> None:
 
     assert result.outcome == "succeeded"
     assert output.stdout.split() == ["NoNewPrivs:", "1"]
-
-
-@pytest.mark.skipif(not IS_ROOT, reason="only root can switch users")
-def test_unknown_unprivileged_user_is_a_spawn_failure() -> None:
-    result, _ = run("print(1)", unprivileged_user="no-such-user-here")
-
-    assert result.outcome == "spawn_failed"
-    assert "no-such-user-here" in (result.error_detail or "")
 
 
 # --- Spawn failures ----------------------------------------------------------------------------
@@ -722,18 +881,61 @@ def test_missing_interpreter_is_a_spawn_failure() -> None:
     assert result.pid is None
 
 
-def test_trampoline_failure_is_a_spawn_failure() -> None:
-    # No kernel allows a billion open files: setrlimit fails in the child before exec.
+def test_a_limit_the_child_cannot_set_is_a_spawn_failure() -> None:
+    # Above the worker's own hard limit: refused before anything is spawned.
     result, _ = run("print(1)", open_files=10**12)
 
     assert result.outcome == "spawn_failed"
-    assert "ValueError" in (result.error_detail or "") or "OSError" in (result.error_detail or "")
+    assert "open_files" in (result.error_detail or "")
+    assert result.pid is None
+
+
+@pytest.mark.parametrize("tool", ["prlimit", "setpriv"])
+def test_missing_util_linux_tool_is_a_spawn_failure(tool: str) -> None:
+    result, _ = run("print(1)", **{tool: f"/nonexistent/{tool}"})
+
+    assert result.outcome == "spawn_failed"
+    assert f"{tool} (util-linux) /nonexistent/{tool} is missing" in (result.error_detail or "")
+    assert result.pid is None
+
+
+@pytest.fixture
+def failing_prlimit() -> Iterator[str]:
+    """A ``prlimit`` that fails the way the real one does when the kernel refuses a limit."""
+    directory = Path(tempfile.mkdtemp(prefix="taskforge-fake-prlimit-"))
+    directory.chmod(0o755)  # it runs as the run's uid
+    fake = directory / "prlimit"
+    fake.write_text(
+        "#!/bin/sh\necho 'prlimit: failed to set the NOFILE resource limit: Operation not permitted' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    try:
+        yield str(fake)
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_a_failing_prlimit_is_a_spawn_failure(mode: str, failing_prlimit: str) -> None:
+    result, output = run("print(1)", mode=mode, prlimit=failing_prlimit)
+
+    assert result.outcome == "spawn_failed"
+    assert result.error_detail == "prlimit: failed to set the NOFILE resource limit: Operation not permitted"
+    assert output.stdout == ""
     assert_cleaned_up(result)
+
+
+def test_a_script_exiting_127_is_a_failure_not_a_spawn_failure(mode: str) -> None:
+    result, _ = run("no-such-command-here", "bash", mode=mode)
+
+    assert result.outcome == "failed"
+    assert result.exit_code == 127
 
 
 def test_bwrap_required_but_missing_is_a_spawn_failure() -> None:
     assert SYSTEM_PYTHON is not None
-    result, _ = run("print(1)", mode="always", path="/nonexistent", python=SYSTEM_PYTHON)
+    tools = {name: shutil.which(name, path=SAFE_PATH) for name in ("prlimit", "setpriv")}
+    result, _ = run("print(1)", mode="always", path="/nonexistent", python=SYSTEM_PYTHON, **tools)
 
     assert result.outcome == "spawn_failed"
     assert "bubblewrap is required" in (result.error_detail or "")

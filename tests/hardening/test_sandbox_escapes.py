@@ -5,8 +5,8 @@ bwrap, read-only system): this module covers what they did not.
 
 Each attempt checks: the execution ends with the right status, no secret reaches its output,
 no process survives the run, and the worker and database carry on (the next script runs).
-The no-bwrap limits (network reachable, /tmp shared, setsid escaping the group kill) are
-asserted as such, so a change in them is noticed; docs/security.md lists them.
+The no-bwrap limits (network reachable, /tmp shared) are asserted as such, so a change in
+them is noticed; docs/security.md lists them.
 """
 
 from __future__ import annotations
@@ -47,18 +47,22 @@ def mode(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run(
-    user: Any, script: str, mode: str, *, script_type: str = "bash", timeout: int = 10, **config: Any
-) -> Execution:
+def enqueue(user: Any, script: str, *, name: str, script_type: str = "bash", timeout: int = 60) -> Execution:
     task = Task.objects.create(
         project=user.personal_project,
         created_by=user,
-        name="escape",
+        name=name,
         script_type=script_type,
         script_content=script,
         timeout_seconds=timeout,
     )
-    execution = services.execution_enqueue(task=task, actor=user)
+    return services.execution_enqueue(task=task, actor=user)
+
+
+def run(
+    user: Any, script: str, mode: str, *, script_type: str = "bash", timeout: int = 10, **config: Any
+) -> Execution:
+    execution = enqueue(user, script, name="escape", script_type=script_type, timeout=timeout)
     WorkerProcess(concurrency=1, sandbox=SandboxConfig.from_settings(use_bwrap=mode, **config)).run_pending()
     execution.refresh_from_db()
     return execution
@@ -187,15 +191,7 @@ def test_a_background_child_does_not_outlive_the_timeout(user: Any, mode: str) -
 
 def test_a_background_child_does_not_outlive_cancel(user: Any, mode: str) -> None:
     sleep = marker()
-    task = Task.objects.create(
-        project=user.personal_project,
-        created_by=user,
-        name="cancel me",
-        script_type="bash",
-        script_content=f"(sleep {sleep} &)\necho started\nsleep {sleep}\n",
-        timeout_seconds=60,
-    )
-    execution = services.execution_enqueue(task=task, actor=user)
+    execution = enqueue(user, f"(sleep {sleep} &)\necho started\nsleep {sleep}\n", name="cancel me")
     with worker(extra_env={"TASKFORGE_SANDBOX_BWRAP": mode}):
         started = Execution.objects.filter(pk=execution.pk, chunks__data="started\n")
         wait_for(started.exists, timeout=20)
@@ -211,23 +207,67 @@ def test_a_background_child_does_not_outlive_cancel(user: Any, mode: str) -> Non
     assert_healthy(user, mode)
 
 
-def test_setsid_double_fork(user: Any, mode: str) -> None:
-    """With bwrap the PID namespace takes every process down with the sandbox. Without it,
-    a process that calls setsid() leaves the process group the worker kills: the documented
-    limit of executions/sandbox.py (the test cleans up after it and records the limit)."""
+def test_setsid_double_fork(user: Any, mode: str, tmp_path: Path) -> None:
+    """A process that calls setsid() and is reparented by a double fork leaves the process group
+    the worker kills. With bwrap the PID namespace takes it down with the sandbox; without it,
+    the sweep of the run's own uid does (a root worker). It sleeps, then writes a marker: it
+    must be dead when the run is recorded, and the marker must never appear."""
+    if mode == "never" and not IS_ROOT:
+        pytest.skip("without bwrap only a root worker's per-run uid catches processes outside the group")
     sleep = marker()
-    script = f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\nsleep 0.3\necho forked\n"
+    tmp_path.chmod(0o1777)  # reachable for the escapee without bwrap (bwrap hides the host's /tmp)
+    written = tmp_path / "escaped"
+    script = (
+        f"(setsid sh -c 'sleep {sleep} & sleep 1; echo escaped > {written}' </dev/null >/dev/null 2>&1 &)\n"
+        "sleep 0.3\n"
+        "echo forked\n"
+    )
     execution = run(user, script, mode, timeout=5)
-    assert execution.status == ExecutionStatus.SUCCEEDED
-    time.sleep(0.5)
-    survivors = reap(sleep)
-    if mode == "always":
-        assert survivors == [], "setsid escaped bubblewrap"
-    else:
-        assert_healthy(user, mode)
-        if survivors:
-            pytest.xfail("known limit without bwrap: setsid() escapes the process-group kill")
+    assert execution.status == ExecutionStatus.SUCCEEDED, out(execution, "stderr")
+    assert out(execution) == "forked\n"
+    assert reap(sleep) == [], "a setsid'd, double-forked process outlived the run"
+    time.sleep(1.5)  # the escapee, had it lived, would have written its marker by now
+    assert not written.exists()
     assert_healthy(user, mode)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="per-run uids need a root worker")
+def test_leftovers_of_a_killed_worker_die_when_its_uid_is_next_used(
+    user: Any, mode: str, tmp_path: Path
+) -> None:
+    """kill -9 of the worker mid-run: the script dies of its parent-death signal, but a process
+    it moved out of its group (without bwrap) lives on. The next run that takes the uid finds
+    the uid's lock file not marked clean and kills it first."""
+    uid = 201_000 + uuid.uuid4().int % 900  # a one-uid range of this test's own
+    private = {"uid_range": (uid, uid), "uid_lock_dir": str(tmp_path)}
+    sleep = marker()
+    script = f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\necho started\nsleep 60\n"
+    execution = enqueue(user, script, name="orphan maker")
+    env = {
+        "TASKFORGE_SANDBOX_BWRAP": mode,
+        "TASKFORGE_SANDBOX_UID_RANGE": f"{uid}-{uid}",
+        "TASKFORGE_SANDBOX_UID_LOCK_DIR": str(tmp_path),
+    }
+    try:
+        with worker(extra_env=env) as doomed:
+            wait_for(Execution.objects.filter(pk=execution.pk, chunks__data="started\n").exists, timeout=20)
+            os.kill(doomed.pid, 9)
+            doomed.wait()
+        if mode == "never":
+            assert live_processes_with_arg(sleep) != [], "expected a leftover to clean up"
+
+        # Without bwrap, so that the next script can look for the leftover itself: it must be
+        # gone before the script starts, not only after it ends.
+        look = (
+            f"id -u\nfor p in /proc/[0-9]*; do grep -qsF {sleep} $p/cmdline && echo alive; done\n"
+            "echo looked\n"
+        )
+        after = run(user, look, "never", **private)
+        assert after.status == ExecutionStatus.SUCCEEDED, out(after, "stderr")
+        assert out(after) == f"{uid}\nlooked\n"
+        assert reap(sleep) == [], "a killed worker's leftover survived the next run of its uid"
+    finally:
+        reap(sleep)
 
 
 def test_cpu_spin_in_a_child_is_stopped_at_the_timeout(user: Any, mode: str) -> None:
