@@ -1,6 +1,6 @@
 """Races at 50: fifty concurrent claims of one task, fifty agents on claim-next over a pool
-of ten. (Fifty concurrent requests with one Idempotency-Key belong to that feature's branch,
-``templates``, and are not here.)"""
+of ten. (Fifty concurrent requests with one Idempotency-Key are in
+tests/templates_app/test_idempotency.py.)"""
 
 from __future__ import annotations
 

@@ -291,9 +291,9 @@ def test_disk_filler_is_stopped_by_the_file_size_limit(user: Any, mode: str) -> 
 
 
 def test_output_flood_is_capped_and_the_worker_survives(user: Any, mode: str) -> None:
-    # CI size: a 64 MiB flood against a 256 KiB cap (the 1 GiB flood is the same loop, longer).
-    script = "head -c 67108864 /dev/zero | tr '\\0' 'x'; echo done >&2\n"
-    execution = run(user, script, mode, timeout=60, output_cap_bytes=256 * 1024)
+    # The size: 1 GiB of output against a 256 KiB cap (about 5 s here per mode).
+    script = "head -c 1073741824 /dev/zero | tr '\\0' 'x'; echo done >&2\n"
+    execution = run(user, script, mode, timeout=120, output_cap_bytes=256 * 1024)
     assert execution.status == ExecutionStatus.SUCCEEDED
     assert execution.stdout_truncated is True
     assert len(out(execution)) <= 256 * 1024

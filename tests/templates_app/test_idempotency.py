@@ -149,7 +149,7 @@ def test_every_creating_endpoint_replays(api, project, make_template):
 
 
 # --- the race, on PostgreSQL with real connections ------------------------------------------------
-RACERS = 24
+RACERS = 50  # the hardening issue: fifty concurrent requests with one key
 
 
 def race(url: str, data: Any, raw_key: str) -> list[Any]:
