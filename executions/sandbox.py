@@ -63,25 +63,26 @@ How the sandbox is built, and why
   [--nproc] -- <next>`` sets RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE (0), RLIMIT_CPU
   (ceil(timeout) + ``cpu_extra_seconds``, soft; hard one second later, so the script first gets
   a catchable SIGXCPU) and, with a per-run uid, RLIMIT_NPROC on itself, then execs; without
-  bwrap, ``setpriv --pdeathsig KILL --no-new-privs -- <interpreter> <script>`` follows (the
-  script dies if the worker is killed with SIGKILL; setuid binaries cannot regain root). Under
-  bwrap, prlimit execs bwrap directly: ``--die-with-parent`` is the parent-death signal and bwrap
-  sets ``no_new_privs`` in the sandbox itself (setting it before a setuid bwrap, as some
-  distributions ship, would stop bwrap from working). ``Popen(restore_signals=True)``, the
+  bwrap, ``setpriv [--reuid --regid --clear-groups] --pdeathsig KILL --no-new-privs --
+  <interpreter> <script>`` follows (the script dies if the worker is killed with SIGKILL; setuid
+  binaries cannot regain root). Under bwrap, prlimit execs bwrap (through ``setpriv --reuid
+  --regid --clear-groups`` with a per-run uid): ``--die-with-parent`` is the parent-death signal
+  and bwrap sets ``no_new_privs`` in the sandbox itself (setting it before a setuid bwrap, as
+  some distributions ship, would stop bwrap from working). ``Popen(restore_signals=True)``, the
   default, resets SIGPIPE and SIGXFSZ (Python ignores them; ignored signals survive exec) in C.
   Why not the alternatives: ``preexec_fn`` runs Python code between fork and exec and can
-  deadlock when other threads hold locks (the worker is threaded); ``resource.prlimit(pid, ...)``
-  after spawn races with the script, which is already running; a ``python3 -I -S`` trampoline
-  (the previous design) cost 6.5 ms (``-c pass``) to ~14 ms (with its imports) of CPU per run,
-  and made bash scripts need python3.
-  Failures are found before spawning where they can be: a missing prlimit/setpriv (``_SpawnError``
-  naming it), a limit above the worker's own hard limit (an unprivileged child can only lower
-  what it inherits). What is left (a kernel refusing a limit, an exec that fails) makes the
-  tool print ``prlimit: ...``/``setpriv: ...`` and exit 1, 126 or 127: under bwrap no sandbox was
-  started (bwrap never reported it), without bwrap the exit status, that stderr line and an
-  empty stdout are read as ``spawn_failed``; only the script itself could imitate that, and only
-  for its own run. The parent-death signal is set a moment after the fork: a worker killed
-  inside that window leaves a script behind, which the uid sweep below ends.
+  deadlock when other threads hold locks (the worker is threaded); ``resource.prlimit(pid,
+  ...)`` after spawn races with the script, which is already running; a ``python3 -I -S``
+  trampoline (the previous design) cost 6.5 ms (``-c pass``) to ~14 ms (with its imports) of CPU
+  per run, and made bash scripts need python3. Failures are found before spawning where they can
+  be: a missing prlimit/setpriv (``_SpawnError`` naming it), a limit above the worker's own hard
+  limit (an unprivileged child can only lower what it inherits). What is left (a kernel refusing
+  a limit, an exec that fails) makes the tool print ``prlimit: ...``/``setpriv: ...`` and exit
+  1, 126 or 127: under bwrap no sandbox was started (bwrap never reported it), without bwrap the
+  exit status, that stderr line and an empty stdout are read as ``spawn_failed``; only the
+  script itself could imitate that, and only for its own run. The parent-death signal is set a
+  moment after the fork: a worker killed inside that window leaves a script behind, which the
+  uid sweep below ends.
 * **A uid of its own per run**: when the worker runs as root, each run takes a uid of
   ``config.uid_range`` (default 200000-200999; its gid is the same number; numeric ids need no
   /etc/passwd entry; the range is refused if a user or group of the host owns one of them, or
@@ -90,9 +91,10 @@ How the sandbox is built, and why
   (``config.uid_lock_dir``, default /run/taskforge-sandbox, or one in the system temp dir). The
   kernel drops the lock when the worker dies, however it dies, so workers on one host never share
   a uid (they must share the directory and range), and the lowest free uid is taken, so a few
-  uids serve most runs. ``subprocess.Popen(user=, group=, extra_groups=[])`` drops to it in the
-  child; those arguments are implemented in C between fork and exec, so unlike ``preexec_fn`` they
-  are safe with threads. The work directory and its files are chowned to it (mode 0700/0600).
+  uids serve most runs. ``setpriv --reuid --regid --clear-groups``, exec'd by prlimit, drops to
+  it (Popen's ``user=``/``group=`` would do it too, safely with threads, but make Popen fork the
+  whole worker instead of using vfork: 2.2 ms of CPU per run against 0.1 ms). The work
+  directory and its files are chowned to it (mode 0700/0600).
   **The uid sweep** SIGKILLs every process whose real, effective, saved or filesystem uid is the
   run's (a /proc scan of ``status``; pidfds so a recycled pid is never hit), again until none
   remain, for at most ``UID_SWEEP_SECONDS``. It runs when the main process exits (after the group
@@ -665,6 +667,13 @@ def _acquire_uid(config: SandboxConfig) -> _UidLease | None:
     raise _SpawnError(f"no free sandbox uid: all of {low}-{high} are in use on this host")
 
 
+def _setpriv_user_args(lease: _UidLease | None) -> list[str]:
+    """setpriv's arguments that drop to the run's uid and gid with no supplementary groups."""
+    if lease is None:
+        return []
+    return [f"--reuid={lease.uid}", f"--regid={lease.gid}", "--clear-groups"]
+
+
 def _user_kwargs(lease: _UidLease | None) -> dict[str, Any]:
     if lease is None:
         return {}
@@ -1149,6 +1158,10 @@ def run_script(
             # prlimit sets the limits on itself and execs the rest, all in the one process that
             # Popen created (already running as the run's uid): pid == pgid throughout.
             argv = [prlimit, *_prlimit_args(limits), "--"]
+            # The run's uid is taken by setpriv after prlimit, not by Popen(user=): with a uid
+            # change Popen must fork() the whole worker (2.2 ms of CPU per run measured with a
+            # worker-sized process) where it otherwise uses vfork() (0.1 ms).
+            drop = _setpriv_user_args(lease)
             if bwrap is not None:
                 status_read, status_write = os.pipe()
                 cleanup_fds += [status_read, status_write]
@@ -1156,9 +1169,13 @@ def run_script(
                 # bwrap's --die-with-parent sets the parent-death signal on itself, and bwrap
                 # sets no_new_privs in the sandbox (setting it before a setuid bwrap, as some
                 # distributions ship, would stop bwrap from working).
+                if drop:
+                    argv += [setpriv, *drop, "--"]
                 argv += _bwrap_args(bwrap, work_dir, status_write)
             else:
-                argv += [setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--"]
+                # setpriv sets the parent-death signal after the uid change (which would clear
+                # it), checked by test: the script dies with a worker killed by SIGKILL.
+                argv += [setpriv, *drop, "--pdeathsig", "KILL", "--no-new-privs", "--"]
             argv += [*command, script_path]
             process = subprocess.Popen(
                 argv,
@@ -1172,7 +1189,6 @@ def run_script(
                 pass_fds=pass_fds,
                 # restore_signals (the default) resets SIGPIPE and SIGXFSZ, which Python
                 # ignores, to their defaults before exec: ignored signals would survive it.
-                **_user_kwargs(lease),
             )
         except _SpawnError as exc:
             return spawn_failed(str(exc))

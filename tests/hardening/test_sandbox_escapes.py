@@ -240,8 +240,8 @@ def test_leftovers_of_a_killed_worker_die_when_its_uid_is_next_used(
     the uid's lock file not marked clean and kills it first."""
     uid = 201_000 + uuid.uuid4().int % 900  # a one-uid range of this test's own
     private = {"uid_range": (uid, uid), "uid_lock_dir": str(tmp_path)}
-    sleep = marker()
-    script = f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\necho started\nsleep 60\n"
+    sleep, main = marker(), marker()
+    script = f"setsid sh -c 'sleep {sleep}' </dev/null >/dev/null 2>&1 &\necho started\nexec sleep {main}\n"
     execution = enqueue(user, script, name="orphan maker")
     env = {
         "TASKFORGE_SANDBOX_BWRAP": mode,
@@ -253,6 +253,9 @@ def test_leftovers_of_a_killed_worker_die_when_its_uid_is_next_used(
             wait_for(Execution.objects.filter(pk=execution.pk, chunks__data="started\n").exists, timeout=20)
             os.kill(doomed.pid, 9)
             doomed.wait()
+        # The script itself (in the group) dies of its parent-death signal at once, long
+        # before any sweep: setpriv sets it after taking the run's uid (which would clear it).
+        wait_for(lambda: live_processes_with_arg(main) == [], timeout=5)
         if mode == "never":
             assert live_processes_with_arg(sleep) != [], "expected a leftover to clean up"
 
@@ -268,6 +271,7 @@ def test_leftovers_of_a_killed_worker_die_when_its_uid_is_next_used(
         assert reap(sleep) == [], "a killed worker's leftover survived the next run of its uid"
     finally:
         reap(sleep)
+        reap(main)
 
 
 def test_cpu_spin_in_a_child_is_stopped_at_the_timeout(user: Any, mode: str) -> None:
