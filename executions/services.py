@@ -337,46 +337,48 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     never wait for each other; each candidate's task row is then locked to respect its
     ``max_concurrency`` (executions beyond it stay queued, in order) and its dependencies.
     Claiming several at once (a worker with free slots) costs one commit instead of one each.
-    Candidates are read narrow (a script may be 1 MiB); only the claimed rows are read whole.
+    Candidates are read as ids (a script may be 1 MiB); only the claimed rows are read whole.
     """
-    narrow = Execution.objects.claim_order().only("id", "project_id", "task_id", "number", "status")
+    narrow = Execution.objects.claim_order().values_list("pk", "task_id")
     candidates = list(lock_skipping_locked(narrow)[: max(scan, limit)])
+    tasks: dict[uuid.UUID, Task] = {}  # locked in this transaction, one object per task
     skipped_tasks: set[uuid.UUID] = set()
-    claimed: list[Execution] = []
-    for candidate in candidates:
+    claimed: list[tuple[uuid.UUID, Task]] = []
+    for pk, task_id in candidates:
         if len(claimed) >= limit:
             break
-        if candidate.task_id in skipped_tasks:
+        if task_id in skipped_tasks:
             continue  # keep a task's executions in order: the oldest waits first
-        task = Task.objects.select_for_update().only(*TASK_LOCK_FIELDS).filter(pk=candidate.task_id).first()
-        if task is None:  # pragma: no cover - the cascade removes executions with their task
-            continue
+        task = tasks.get(task_id)
+        if task is None:
+            task = Task.objects.select_for_update().only(*TASK_LOCK_FIELDS).filter(pk=task_id).first()
+            if task is None:  # pragma: no cover - the cascade removes executions with their task
+                continue
+            tasks[task_id] = task
         if not _startable(task):
-            skipped_tasks.add(task.pk)
+            skipped_tasks.add(task_id)
             continue
         now = timezone.now()
-        token = uuid.uuid4()
-        lease_expires_at = now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS)
-        updated = Execution.objects.filter(pk=candidate.pk, status=ExecutionStatus.QUEUED).update(
+        updated = Execution.objects.filter(pk=pk, status=ExecutionStatus.QUEUED).update(
             status=ExecutionStatus.RUNNING,
-            claim_token=token,
+            claim_token=uuid.uuid4(),
             worker=worker,
             started_at=now,
             sandbox=worker.sandbox,
-            lease_expires_at=lease_expires_at,
+            lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
         )
-        if not updated:  # pragma: no cover - the row lock prevents it
-            continue
-        candidate.status, candidate.claim_token, candidate.worker = ExecutionStatus.RUNNING, token, worker
-        candidate.started_at, candidate.sandbox = now, worker.sandbox
-        candidate.lease_expires_at = lease_expires_at
-        execution_event(candidate, EventType.EXECUTION_STARTED, worker=worker.name)
-        _sync_task(task, latest=_if_latest(task, candidate))
-        claimed.append(candidate)
+        if updated:  # always, under the row lock
+            claimed.append((pk, task))
     if not claimed:
         return []
-    whole = Execution.objects.in_bulk([execution.pk for execution in claimed])
-    return [whole[execution.pk] for execution in claimed]
+    whole = Execution.objects.in_bulk([pk for pk, _ in claimed])
+    executions = []
+    for pk, task in claimed:
+        execution = whole[pk]
+        execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
+        _sync_task(task, latest=_if_latest(task, execution))
+        executions.append(execution)
+    return executions
 
 
 # --- Output and finish ------------------------------------------------------------------------
