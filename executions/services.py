@@ -343,11 +343,14 @@ def execution_append_output(
     )
     if not held:
         return False
+    # ignore_conflicts: a worker whose connection died after the commit stores the same
+    # chunks again (same seq, same text) when it retries; the copy already there stands.
     OutputChunk.objects.bulk_create(
         [
             OutputChunk(execution_id=execution_id, seq=seq, stream=stream, data=text)
             for seq, stream, text in chunks
-        ]
+        ],
+        ignore_conflicts=True,
     )
     return True
 

@@ -11,6 +11,13 @@ One process runs ``concurrency`` scripts at once, each in its own thread. Beside
 
 On SIGTERM/SIGINT the worker stops claiming, lets running scripts finish within ``grace``
 seconds, then kills them and marks them failed/worker_shutdown (retried when allowed).
+
+The database may go away under a running worker (PostgreSQL restarted, a failover, a dropped
+connection): the worker does not exit. Every loop catches the error, drops the broken
+connection and tries again; a script's output stays buffered until it can be stored, and how
+a script ended is written again until it lands or the lease runs out (then the reaper fails it
+``worker_lost`` and retries it, as for a dead worker). A script that succeeded during a short
+outage is recorded as succeeded, not failed with a "worker error".
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
@@ -39,6 +46,11 @@ CANCEL_POLL_INTERVAL = 0.5
 REAP_INTERVAL = 5.0
 PRUNE_INTERVAL = 300.0
 FLUSH_BYTES = 64 * 1024
+# A lost connection (server restarting, failover): what a retry can cure.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+RECONNECT_BACKOFF_MAX = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,6 +93,12 @@ class Run:
                     self.pending.append((self.seq, stream, rest))
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
         return chunks
+
+    def put_back(self, chunks: list[tuple[int, str, str]]) -> None:
+        """Chunks that could not be stored (database unreachable): keep them, in order."""
+        with self.lock:
+            self.pending = chunks + self.pending
+            self.pending_bytes += sum(len(text) for _, _, text in chunks)
 
     def should_cancel(self) -> str | None:
         # The sandbox knows two reasons; a lost lease stops the script like a cancel.
@@ -245,18 +263,26 @@ class WorkerProcess:
                 should_cancel=run.should_cancel,
                 config=self.sandbox,
             )
-            self._flush(run)
-            self._record(run, result)
+            self._until_stored(f"output of {execution.pk}", lambda: self._flush(run))
+            self._until_stored(f"end of {execution.pk}", lambda: self._record(run, result))
+        except CONNECTION_ERRORS:
+            # The database stayed away for a whole lease: the reaper fails the run worker_lost
+            # (and retries it); recording a "worker error" here would blame the script.
+            logger.exception("could not record how %s ended; the reaper will", execution.pk)
         except Exception as exc:
             logger.exception("execution %s crashed in the worker", execution.pk)
+            detail = f"worker error: {exc}"[:500]
             try:
-                self._flush(run)
-                services.execution_finish(
-                    execution_id=execution.pk,
-                    claim_token=run.token,
-                    status=ExecutionStatus.FAILED,
-                    error=ErrorCode.SPAWN_FAILED,
-                    error_detail=f"worker error: {exc}"[:500],
+                self._until_stored(f"output of {execution.pk}", lambda: self._flush(run))
+                self._until_stored(
+                    f"failure of {execution.pk}",
+                    lambda: services.execution_finish(
+                        execution_id=execution.pk,
+                        claim_token=run.token,
+                        status=ExecutionStatus.FAILED,
+                        error=ErrorCode.SPAWN_FAILED,
+                        error_detail=detail,
+                    ),
                 )
             except Exception:
                 logger.exception("could not record the failure of %s; the reaper will", execution.pk)
@@ -292,13 +318,38 @@ class WorkerProcess:
         outcome = finished.status if finished else "lost (another worker took over)"
         self.on_event(f"execution {execution.pk} finished: {outcome} exit={result.exit_code}")
 
+    def _until_stored(self, what: str, write: Callable[[], T]) -> T:
+        """Run a database write, retrying through a lost connection (PostgreSQL restarting)
+        for up to one lease: after that the reaper has failed the run and the claim-token
+        fence would refuse the write anyway. The writes are idempotent under the fence (a
+        finish that did commit before its connection died is simply not applied twice)."""
+        deadline = time.monotonic() + settings.TASKFORGE_EXECUTION_LEASE_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return write()
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("storing the %s failed (%s); retrying in %.1fs", what, exc, delay)
+                drop_connection()
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_BACKOFF_MAX)
+
     # --- housekeeping ------------------------------------------------------------------------
     def _flush(self, run: Run) -> None:
         with run.flush_lock:
             chunks = run.take()
-            if chunks and not services.execution_append_output(
-                execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
-            ):
+            if not chunks:
+                return
+            try:
+                stored = services.execution_append_output(
+                    execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
+                )
+            except Exception:
+                run.put_back(chunks)  # stored on the next flush, once the database is back
+                raise
+            if not stored:
                 run.stop_reason = run.stop_reason or "lease_lost"
 
     def _housekeeping(self) -> None:
@@ -378,6 +429,15 @@ class WorkerProcess:
             except Exception:
                 logger.exception("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
                 time.sleep(1)
+
+
+def drop_connection() -> None:
+    """Hand back this thread's connection after a connection error, so the next query gets
+    a fresh one (the pool discards a broken connection instead of lending it again)."""
+    try:
+        connection.close()
+    except Exception:  # it is broken already; closing is best effort
+        logger.debug("closing a broken connection failed", exc_info=True)
 
 
 def _json(value: Any) -> str:
