@@ -5,8 +5,9 @@ test's private PostgreSQL (the test process itself stays on the suite's database
         -> {"user": username, "tasks": [ids]}: tasks with scripts, each enqueued <copies> times
     python -m tests.hardening.pg_restart_probe enqueue <task ids...>
         -> {"executions": [ids]}: one more execution of each
-    python -m tests.hardening.pg_restart_probe check <task ids...>
+    python -m tests.hardening.pg_restart_probe check <task ids...> --in-flight <execution ids...>
         -> the queue invariants (AssertionError, exit 1, if one fails), then a JSON summary
+           (with the status of each execution that was running when the server went down)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def enqueue(task_ids: list[str]) -> dict[str, Any]:
     return {"executions": [str(execution.pk) for execution in executions]}
 
 
-def check(task_ids: list[str]) -> dict[str, Any]:
+def check(task_ids: list[str], in_flight: list[str]) -> dict[str, Any]:
     from executions.models import Execution
     from tasks.models import Task
     from tests.hardening.queue_invariants import assert_invariants
@@ -62,6 +63,11 @@ def check(task_ids: list[str]) -> dict[str, Any]:
         for previous, current in itertools.pairwise(chain):
             if previous.started_at and current.started_at:
                 assert previous.finished_at <= current.started_at, (previous.pk, current.pk)
+    # Output survives the outage: complete, each chunk once, for every run that succeeded.
+    expected = {LONG_SCRIPT: "start\nend\n", SHORT_SCRIPT: "quick\n"}
+    for execution in executions.filter(status="succeeded"):
+        output = "".join(execution.chunks.order_by("seq").values_list("data", flat=True))
+        assert output == expected[execution.script], (execution.pk, output)
     return {
         "executions": executions.count(),
         "statuses": dict(Counter(executions.values_list("status", flat=True))),
@@ -70,6 +76,7 @@ def check(task_ids: list[str]) -> dict[str, Any]:
         "max_attempt": max(e.attempt for e in executions),
         "worker_pids": sorted({e.worker.pid for e in executions if e.worker is not None}),
         "pids_by_execution": {str(e.pk): e.worker.pid for e in executions if e.worker is not None},
+        "in_flight": {str(e.pk): e.status for e in Execution.objects.filter(pk__in=in_flight)},
         "tasks": dict(Counter(Task.objects.filter(pk__in=task_ids).values_list("status", flat=True))),
     }
 
@@ -84,7 +91,8 @@ def main(argv: list[str]) -> None:
     elif command == "enqueue":
         out = enqueue(args)
     elif command == "check":
-        out = check(args)
+        split = args.index("--in-flight") if "--in-flight" in args else len(args)
+        out = check(args[:split], args[split + 1 :])
     else:
         raise SystemExit(f"unknown command {command!r}")
     print(json.dumps(out))

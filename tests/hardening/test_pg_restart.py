@@ -44,6 +44,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.hardening.pg_restart_probe import LONG_SCRIPT
 from tests.live import ROOT, free_port, wait_for, worker
 
 
@@ -84,7 +85,7 @@ pytestmark = [
     pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
 ]
 
-LEASE_SECONDS = 6
+LEASE_SECONDS = 10
 DBNAME = "taskforge"
 
 
@@ -92,6 +93,11 @@ DBNAME = "taskforge"
 class PrivatePostgres:
     datadir: Path
     port: int
+    options: str = ""
+
+    @property
+    def logfile(self) -> str:
+        return str(self.datadir / "server.log")
 
     @property
     def url(self) -> str:
@@ -107,9 +113,20 @@ class PrivatePostgres:
             cwd="/",
         )
 
-    def restart(self, mode: str) -> None:
-        result = self.pg_ctl("-m", mode, "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "restart")
+    def start(self) -> None:
+        result = self.pg_ctl("-o", self.options, "-l", self.logfile, "-w", "-t", "60", "start")
         assert result.returncode == 0, result.stdout + result.stderr + self.log()
+
+    def restart(self, mode: str, down_for: float = 0) -> None:
+        """``pg_ctl restart -m mode``; with ``down_for``, stop, stay down that long, start."""
+        if not down_for:
+            result = self.pg_ctl("-m", mode, "-w", "-t", "60", "-l", self.logfile, "restart")
+            assert result.returncode == 0, result.stdout + result.stderr + self.log()
+            return
+        result = self.pg_ctl("-m", mode, "-w", "-t", "60", "stop")
+        assert result.returncode == 0, result.stdout + result.stderr + self.log()
+        time.sleep(down_for)
+        self.start()
 
     def log(self) -> str:
         path = self.datadir / "server.log"
@@ -187,17 +204,17 @@ def private_pg() -> Iterator[PrivatePostgres]:
             cwd="/",
         )
         assert init.returncode == 0, init.stdout + init.stderr
-        pg = PrivatePostgres(datadir=datadir, port=free_port())
+        port = free_port()
         # Unix socket in the data directory (not /var/run/postgresql, the shared server's);
         # fsync off: an immediate restart kills processes, not the machine, so the OS still
         # holds every write (synchronous_commit stays on: a commit is in the WAL before it
         # is acknowledged, which is what crash recovery replays).
         options = (
-            f"-p {pg.port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c shared_buffers=32MB -c max_connections=100"
         )
-        started = pg.pg_ctl("-o", options, "-l", str(datadir / "server.log"), "-w", "-t", "60", "start")
-        assert started.returncode == 0, started.stdout + started.stderr + pg.log()
+        pg = PrivatePostgres(datadir=datadir, port=port, options=options)
+        pg.start()
         with psycopg.connect(f"postgres://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DBNAME}")
         migrate = subprocess.run(
@@ -258,30 +275,72 @@ def alive(*procs: subprocess.Popen) -> bool:
     return all(proc.poll() is None for proc in procs)
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_workers_survive_a_postgresql_restart(private_pg: PrivatePostgres, mode: str) -> None:
+def running(pg: PrivatePostgres, task_ids: list[str]) -> list[tuple[Any, ...]]:
+    rows = pg.query(
+        "SELECT id FROM executions_execution WHERE task_id = ANY(%s::uuid[]) AND status = 'running'", task_ids
+    )
+    assert rows is not None
+    return rows
+
+
+def long_scripts_near_their_end(pg: PrivatePostgres, task_ids: list[str]) -> bool:
+    """A long (4 s) script has run for 2.5 s: it ends during an outage that starts now."""
+    rows = pg.query(
+        "SELECT count(*) FROM executions_execution WHERE task_id = ANY(%s::uuid[]) AND status = 'running' "
+        "AND script = %s AND started_at < now() - interval '2500 milliseconds'",
+        task_ids,
+        LONG_SCRIPT,
+    )
+    return bool(rows and rows[0][0])
+
+
+@pytest.mark.parametrize(
+    ("mode", "down_for"),
+    [("fast", 0), ("immediate", 0), ("fast", 3)],
+    ids=["restart-fast", "restart-immediate", "stop-fast-3s-start"],
+)
+def test_workers_survive_a_postgresql_restart(
+    private_pg: PrivatePostgres, mode: str, down_for: float, tmp_path: Path
+) -> None:
     pg = private_pg
-    seeded = probe(pg, "seed", mode, "3", "4", "2")  # 3 long + 4 short tasks, queued twice each
+    seeded = probe(pg, "seed", f"{mode}-{down_for}", "3", "4", "2")  # 3 long + 4 short tasks, twice each
     task_ids = seeded["tasks"]
     env = _env(pg)
+    if down_for:
+        # The pool stops waiting for a connection after 1 s (not 10), so during the outage
+        # the worker's own retries, not the pool's patience, carry the scripts' last writes.
+        env["DATABASE_POOL_TIMEOUT"] = "1"
+    logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
     with (
-        worker("--concurrency", "2", "--grace", "5", extra_env=env) as first,
-        worker("--concurrency", "2", "--grace", "5", extra_env=env) as second,
+        worker("--concurrency", "2", "--grace", "5", extra_env=env, log_to=logs[0]) as first,
+        worker("--concurrency", "2", "--grace", "5", extra_env=env, log_to=logs[1]) as second,
     ):
-        # Long scripts mid-run on both workers when the server goes away.
+        # Long scripts mid-run on both workers when the server goes away; with an outage,
+        # timed so that scripts end (and must be recorded) while the server is down.
         wait_for(lambda: (counts(pg, task_ids) or {}).get("running", 0) >= 3, timeout=60, interval=0.1)
-        time.sleep(1)
-        pg.restart(mode)
+        wait_for(lambda: long_scripts_near_their_end(pg, task_ids), timeout=60, interval=0.1)
+        in_flight = [str(row[0]) for row in running(pg, task_ids)]
+        pg.restart(mode, down_for=down_for)
         assert alive(first, second), "a worker died when PostgreSQL restarted"
         # Work queued after the restart must be picked up by the same two processes.
         late = probe(pg, "enqueue", *task_ids)["executions"]
         wait_for(lambda: settled(pg, task_ids), timeout=120, interval=0.3)
         assert alive(first, second), "a worker died after PostgreSQL restarted"
         pids = {first.pid, second.pid}
-    summary = probe(pg, "check", *task_ids)
-    print(mode, json.dumps({k: v for k, v in summary.items() if k != "pids_by_execution"}))
+    output = "\n".join(log.read_text(errors="replace") for log in logs)
+    summary = probe(pg, "check", *task_ids, "--in-flight", *in_flight)
+    summary["reconnects"] = output.count("LISTEN connection failed")
+    summary["writes_retried"] = output.count("; retrying in ")
+    print(mode, down_for, json.dumps({k: v for k, v in summary.items() if k != "pids_by_execution"}))
+    # The restart did happen under them: each worker's LISTEN connection broke and came back.
+    assert summary["reconnects"] >= 2, output[-6000:]
+    if down_for:  # scripts ended while the server was down: their last writes were retried
+        assert summary["writes_retried"] >= 1, output[-6000:]
     # Scripts all exit 0: anything but success is a lease lost in the outage, then retried.
     assert set(summary["errors"]) <= {"worker_lost"}, summary["errors"]
+    # The outage is far shorter than a lease: what was running when the server went down
+    # finished there, recorded once, as it ended (succeeded, first attempt, full output).
+    assert summary["in_flight"] == dict.fromkeys(in_flight, "succeeded"), summary["in_flight"]
     assert set(summary["worker_pids"]) <= pids
     late_pids = {summary["pids_by_execution"][e] for e in late if e in summary["pids_by_execution"]}
     assert late_pids, "nothing queued after the restart ran"
