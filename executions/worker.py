@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -46,8 +47,15 @@ CANCEL_POLL_INTERVAL = 0.5
 REAP_INTERVAL = 5.0
 PRUNE_INTERVAL = 300.0
 FLUSH_BYTES = 64 * 1024
-# A lost connection (server restarting, failover): what a retry can cure.
-CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# A lost connection (server restarting, failover): what a retry can cure. psycopg's own
+# error too: the LISTEN connections are psycopg connections outside Django.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+try:
+    import psycopg
+
+    CONNECTION_ERRORS += (psycopg.OperationalError, psycopg.InterfaceError)
+except ImportError:  # pragma: no cover - psycopg is a dependency; SQLite-only installs may lack it
+    pass
 RECONNECT_BACKOFF_MAX = 2.0
 
 T = TypeVar("T")
@@ -183,7 +191,7 @@ class WorkerProcess:
                     if not self._claim_batch():
                         break
             except Exception:
-                logger.exception("claiming failed; retrying")
+                log_retry("claiming failed; retrying")
                 close_old_connections()
                 time.sleep(1)
             self.wake.wait(self.poll_interval)
@@ -268,7 +276,7 @@ class WorkerProcess:
         except CONNECTION_ERRORS:
             # The database stayed away for a whole lease: the reaper fails the run worker_lost
             # (and retries it); recording a "worker error" here would blame the script.
-            logger.exception("could not record how %s ended; the reaper will", execution.pk)
+            log_retry(f"could not record how {execution.pk} ended; the reaper will")
         except Exception as exc:
             logger.exception("execution %s crashed in the worker", execution.pk)
             detail = f"worker error: {exc}"[:500]
@@ -391,7 +399,7 @@ class WorkerProcess:
 
                     prune_idempotency_keys()
             except Exception:
-                logger.exception("housekeeping failed; retrying")
+                log_retry("housekeeping failed; retrying")
                 close_old_connections()
                 time.sleep(1)
             time.sleep(FLUSH_INTERVAL)
@@ -404,7 +412,7 @@ class WorkerProcess:
             try:
                 busy = fan_out() + deliver_due()
             except Exception:
-                logger.exception("webhook delivery failed; retrying")
+                log_retry("webhook delivery failed; retrying")
                 close_old_connections()
                 busy = 0
             if not busy:
@@ -427,8 +435,20 @@ class WorkerProcess:
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()
             except Exception:
-                logger.exception("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
+                log_retry("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
                 time.sleep(1)
+
+
+def log_retry(message: str) -> None:
+    """Log, from inside an ``except`` block, a failure the caller will retry: a lost database
+    connection (expected while PostgreSQL restarts) as one warning line, anything else with
+    its traceback."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, CONNECTION_ERRORS):
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        logger.warning("%s (database unavailable: %s)", message, first_line)
+    else:
+        logger.exception("%s", message)
 
 
 def drop_connection() -> None:

@@ -1,7 +1,8 @@
 """Queue chaos against PostgreSQL with several real ``runworker`` processes and 2 s leases:
-kill -9 (ten times, quickly), pg_terminate_backend of the workers' connections (the stand-in
-for a PostgreSQL restart, which this shared server must not get), SIGKILL during the SIGTERM
-grace, and a worker paused (SIGSTOP) past its lease whose late writes must be fenced off.
+kill -9 (ten times, quickly), pg_terminate_backend of the workers' connections (killed with
+the server up; a real restart, on a private cluster, is test_pg_restart.py), SIGKILL during
+the SIGTERM grace, and a worker paused (SIGSTOP) past its lease whose late writes must be
+fenced off.
 
 Invariants after each: no execution lost (every attempt chain ends final), none started twice,
 none left running once leases expire, retries counted (attempt n+1 retries attempt n, never
