@@ -3,10 +3,11 @@
 The suite's PostgreSQL is shared and must never be restarted, so this module runs ``initdb``
 into a temporary directory (as the ``postgres`` user: initdb refuses root), starts that
 cluster on a free loopback port, migrates a database there (``manage.py migrate`` in a
-subprocess) and points two ``runworker`` processes (concurrency 2, 6 s leases) at it. With
-long (4 s) and short scripts queued and running, it restarts the server with ``pg_ctl restart
--m fast`` (clean: connections are closed) and ``-m immediate`` (a crash: no shutdown
-checkpoint, crash recovery on start), then queues more work.
+subprocess) and points two ``runworker`` processes (concurrency 2, 10 s leases) at it. With
+long (4 s) and short scripts queued and running, it restarts the server three ways:
+``pg_ctl restart -m fast`` (clean: connections are closed), ``pg_ctl restart -m immediate``
+(a crash: no shutdown checkpoint, crash recovery on start), and ``stop -m fast``, 3 s down,
+``start`` (running scripts end while the server is down), then queues more work.
 
 What the product promises (and the test checks, once everything settles):
 
