@@ -2,7 +2,8 @@
 test's private PostgreSQL (the test process itself stays on the suite's database).
 
     python -m tests.hardening.pg_restart_probe seed <label> <long> <short> <copies>
-        -> {"user": username, "tasks": [ids]}: tasks with scripts, each enqueued <copies> times
+        -> {"user": username, "key": an API key, "tasks": [ids]}: tasks with scripts, each
+           enqueued <copies> times
     python -m tests.hardening.pg_restart_probe enqueue <task ids...>
         -> {"executions": [ids]}: one more execution of each
     python -m tests.hardening.pg_restart_probe check <task ids...> --in-flight <execution ids...>
@@ -25,7 +26,7 @@ MAX_RETRIES = 3
 
 def seed(label: str, long: int, short: int, copies: int) -> dict[str, Any]:
     from executions import services
-    from tests.factories import UserFactory
+    from tests.factories import UserFactory, make_key
     from tests.hardening.queue_invariants import make_tasks
 
     user = UserFactory(username=f"restart-{label}")
@@ -34,7 +35,8 @@ def seed(label: str, long: int, short: int, copies: int) -> dict[str, Any]:
     for _ in range(copies):
         for task in tasks:
             services.execution_enqueue(task=task, actor=None)
-    return {"user": user.username, "tasks": [str(task.pk) for task in tasks]}
+    _, raw = make_key(user, ["*"])
+    return {"user": user.username, "key": raw, "tasks": [str(task.pk) for task in tasks]}
 
 
 def enqueue(task_ids: list[str]) -> dict[str, Any]:

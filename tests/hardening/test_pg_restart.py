@@ -12,6 +12,9 @@ long (4 s) and short scripts queued and running, it restarts the server three wa
 What the product promises (and the test checks, once everything settles):
 
 - both workers survive the restart (same pids), reconnect, and run the work queued after it;
+- the API (gunicorn, 2 processes, on the same cluster) never answers 500: a request made
+  while the server is down waits for it or gets 503 with ``Retry-After``, and the first
+  requests once it is back get 200 (the pool checks a connection before lending it);
 - no execution lost, none started twice, none left ``running`` or ``queued``, retries chained
   and counted (never past ``max_retries``), each task's status follows its latest execution,
   no two executions of one task overlapping;
@@ -34,19 +37,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
 
 from tests.hardening.pg_restart_probe import LONG_SCRIPT
-from tests.live import ROOT, free_port, wait_for, worker
+from tests.live import ROOT, free_port, gunicorn, wait_for, worker
 
 
 def _pg_bindir() -> Path | None:
@@ -118,15 +123,19 @@ class PrivatePostgres:
         result = self.pg_ctl("-o", self.options, "-l", self.logfile, "-w", "-t", "60", "start")
         assert result.returncode == 0, result.stdout + result.stderr + self.log()
 
-    def restart(self, mode: str, down_for: float = 0) -> None:
-        """``pg_ctl restart -m mode``; with ``down_for``, stop, stay down that long, start."""
+    def restart(self, mode: str, down_for: float = 0, while_down: Callable[[], None] | None = None) -> None:
+        """``pg_ctl restart -m mode``; with ``down_for``, stop, call ``while_down``, stay down
+        ``down_for`` seconds in all, start."""
         if not down_for:
             result = self.pg_ctl("-m", mode, "-w", "-t", "60", "-l", self.logfile, "restart")
             assert result.returncode == 0, result.stdout + result.stderr + self.log()
             return
         result = self.pg_ctl("-m", mode, "-w", "-t", "60", "stop")
         assert result.returncode == 0, result.stdout + result.stderr + self.log()
-        time.sleep(down_for)
+        stopped = time.monotonic()
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, down_for - (time.monotonic() - stopped)))
         self.start()
 
     def log(self) -> str:
@@ -308,21 +317,38 @@ def test_workers_survive_a_postgresql_restart(
     task_ids = seeded["tasks"]
     env = _env(pg)
     if down_for:
-        # The pool stops waiting for a connection after 1 s (not 10), so during the outage
-        # the worker's own retries, not the pool's patience, carry the scripts' last writes.
+        # The workers' pool stops waiting for a connection after 1 s (not 10), so during the
+        # outage the worker's own retries, not the pool's patience, carry the last writes.
         env["DATABASE_POOL_TIMEOUT"] = "1"
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
     with (
         worker("--concurrency", "2", "--grace", "5", extra_env=env, log_to=logs[0]) as first,
         worker("--concurrency", "2", "--grace", "5", extra_env=env, log_to=logs[1]) as second,
+        gunicorn(workers=2, extra_env=_env(pg)) as base,
     ):
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Api-Key {seeded['key']}"}, timeout=30)
+        assert [api.get("/api/v1/tasks").status_code for _ in range(6)] == [200] * 6
         # Long scripts mid-run on both workers when the server goes away; with an outage,
         # timed so that scripts end (and must be recorded) while the server is down.
         wait_for(lambda: (counts(pg, task_ids) or {}).get("running", 0) >= 3, timeout=60, interval=0.1)
         wait_for(lambda: long_scripts_near_their_end(pg, task_ids), timeout=60, interval=0.1)
         in_flight = [str(row[0]) for row in running(pg, task_ids)]
-        pg.restart(mode, down_for=down_for)
+        # A request made while the server is down (in a thread: it may wait for the server).
+        outage: list[httpx.Response] = []
+        asker = threading.Thread(target=lambda: outage.append(api.get("/api/v1/tasks")))
+        pg.restart(mode, down_for=down_for, while_down=asker.start)
+        if down_for:
+            asker.join(timeout=30)
         assert alive(first, second), "a worker died when PostgreSQL restarted"
+        # A request made while the server is down waits for it (up to the pool's 10 s), or
+        # is told to retry shortly (503 + Retry-After): never a 500. Once the server is back,
+        # the API answers at once: no request meets a dead pooled connection.
+        for response in outage:
+            assert response.status_code == 200 or (
+                response.status_code == 503 and response.headers["Retry-After"]
+            ), (response.status_code, response.text)
+        statuses = [api.get("/api/v1/tasks").status_code for _ in range(6)]
+        assert statuses == [200] * 6, statuses
         # Work queued after the restart must be picked up by the same two processes.
         late = probe(pg, "enqueue", *task_ids)["executions"]
         wait_for(lambda: settled(pg, task_ids), timeout=120, interval=0.3)
