@@ -99,6 +99,8 @@ def test_the_live_api_conforms_to_its_schema(tmp_path: Path) -> None:
             [
                 str(ST),
                 "--no-color",
+                "--config-file",
+                str(Path(__file__).with_name("schemathesis.toml")),
                 "run",
                 f"{base}/api/schema/",
                 "-H",
