@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions, status
@@ -175,7 +177,30 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     return page_not_found(request, exception)  # type: ignore[arg-type]
 
 
+# A database that went away (restarting, failing over, a pool with no connection to lend):
+# the request may well succeed in a few seconds, so it is a 503 with Retry-After, not a 500.
+DATABASE_UNAVAILABLE_RETRY_AFTER = 5
+
+
 def handler500(request: HttpRequest) -> HttpResponse:
+    exc = sys.exc_info()[1]  # Django calls this inside the except block of the failed request
+    if isinstance(exc, OperationalError | InterfaceError):
+        logger.warning(
+            "Database unavailable on %s %s (request id %s): %s",
+            request.method,
+            request.path,
+            get_request_id(),
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        )
+        response = problem_response(
+            request,
+            503,
+            "The database is unavailable for a moment; retry shortly.",
+            type_="database-unavailable",
+            retry_after=DATABASE_UNAVAILABLE_RETRY_AFTER,
+        )
+        response["Retry-After"] = str(DATABASE_UNAVAILABLE_RETRY_AFTER)
+        return response
     logger.error("Unhandled error on %s %s (request id %s)", request.method, request.path, get_request_id())
     return problem_response(
         request,

@@ -116,10 +116,16 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=False)
     if _db["ENGINE"] == "django.db.backends.postgresql":
+        from psycopg_pool import ConnectionPool
+
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1),
             "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
             "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+            # Test a pooled connection before lending it (one empty round trip): after a
+            # PostgreSQL restart or failover every idle connection is dead, and without the
+            # check each would fail one request (or worker write) before being discarded.
+            "check": ConnectionPool.check_connection,
         }
 else:
     _db = {

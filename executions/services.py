@@ -399,11 +399,14 @@ def execution_append_output(
 
 
 def _store_chunks(execution_id: uuid.UUID, chunks: list[tuple[int, str, str]]) -> None:
+    # ignore_conflicts: a worker whose connection died after the commit stores the same
+    # chunks again (same seq, same text) when it retries; the copy already there stands.
     OutputChunk.objects.bulk_create(
         [
             OutputChunk(execution_id=execution_id, seq=seq, stream=stream, data=text)
             for seq, stream, text in chunks
-        ]
+        ],
+        ignore_conflicts=True,
     )
 
 

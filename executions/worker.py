@@ -11,6 +11,13 @@ One process runs ``concurrency`` scripts at once, each in its own thread. Beside
 
 On SIGTERM/SIGINT the worker stops claiming, lets running scripts finish within ``grace``
 seconds, then kills them and marks them failed/worker_shutdown (retried when allowed).
+
+The database may go away under a running worker (PostgreSQL restarted, a failover, a dropped
+connection): the worker does not exit. Every loop catches the error, drops the broken
+connection and tries again; a script's output stays buffered until it can be stored, and how
+a script ended is written again until it lands or the lease runs out (then the reaper fails it
+``worker_lost`` and retries it, as for a dead worker). A script that succeeded during a short
+outage is recorded as succeeded, not failed with a "worker error".
 """
 
 from __future__ import annotations
@@ -18,15 +25,16 @@ from __future__ import annotations
 import codecs
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
@@ -42,6 +50,18 @@ FLUSH_BYTES = 64 * 1024
 WEBHOOK_PAUSE = 0.2
 FANOUT_BATCH = 500
 DELIVERY_BATCH = 50
+# A lost connection (server restarting, failover): what a retry can cure. psycopg's own
+# error too: the LISTEN connections are psycopg connections outside Django.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+try:
+    import psycopg
+
+    CONNECTION_ERRORS += (psycopg.OperationalError, psycopg.InterfaceError)
+except ImportError:  # pragma: no cover - psycopg is a dependency; SQLite-only installs may lack it
+    pass
+RECONNECT_BACKOFF_MAX = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -84,6 +104,12 @@ class Run:
                     self.pending.append((self.seq, stream, rest))
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
         return chunks
+
+    def put_back(self, chunks: list[tuple[int, str, str]]) -> None:
+        """Chunks that could not be stored (database unreachable): keep them, in order."""
+        with self.lock:
+            self.pending = chunks + self.pending
+            self.pending_bytes += sum(len(text) for _, _, text in chunks)
 
     def should_cancel(self) -> str | None:
         # The sandbox knows two reasons; a lost lease stops the script like a cancel.
@@ -168,7 +194,7 @@ class WorkerProcess:
                     if not self._claim_batch():
                         break
             except Exception:
-                logger.exception("claiming failed; retrying")
+                log_retry("claiming failed; retrying")
                 close_old_connections()
                 time.sleep(1)
             self.wake.wait(self.poll_interval)
@@ -252,15 +278,20 @@ class WorkerProcess:
                 should_cancel=run.should_cancel,
                 config=self.sandbox,
             )
-            self._record(run, result)
+            self._until_stored(f"end of {execution.pk}", lambda: self._record(run, result))
+        except CONNECTION_ERRORS:
+            # The database stayed away for a whole lease: the reaper fails the run worker_lost
+            # (and retries it); recording a "worker error" here would blame the script.
+            log_retry(f"could not record how {execution.pk} ended; the reaper will")
         except Exception as exc:
             logger.exception("execution %s crashed in the worker", execution.pk)
+            detail = f"worker error: {exc}"[:500]
             try:
-                self._finish(
-                    run,
-                    status=ExecutionStatus.FAILED,
-                    error=ErrorCode.SPAWN_FAILED,
-                    error_detail=f"worker error: {exc}"[:500],
+                self._until_stored(
+                    f"failure of {execution.pk}",
+                    lambda: self._finish(
+                        run, status=ExecutionStatus.FAILED, error=ErrorCode.SPAWN_FAILED, error_detail=detail
+                    ),
                 )
             except Exception:
                 logger.exception("could not record the failure of %s; the reaper will", execution.pk)
@@ -297,19 +328,50 @@ class WorkerProcess:
 
     def _finish(self, run: Run, **outcome: Any) -> Execution | None:
         """Record the end of ``run`` with its last output in one transaction. The flush lock
-        is held throughout, so a housekeeping flush cannot store chunks after the finish."""
+        is held throughout, so a housekeeping flush cannot store chunks after the finish; if
+        the write fails (the database went away), the chunks are kept for the retry."""
         with run.flush_lock:
-            return services.execution_finish(
-                execution_id=run.execution.pk, claim_token=run.token, chunks=run.take(), **outcome
-            )
+            chunks = run.take()
+            try:
+                return services.execution_finish(
+                    execution_id=run.execution.pk, claim_token=run.token, chunks=chunks, **outcome
+                )
+            except Exception:
+                run.put_back(chunks)
+                raise
+
+    def _until_stored(self, what: str, write: Callable[[], T]) -> T:
+        """Run a database write, retrying through a lost connection (PostgreSQL restarting)
+        for up to one lease: after that the reaper has failed the run and the claim-token
+        fence would refuse the write anyway. The writes are idempotent under the fence (a
+        finish that did commit before its connection died is simply not applied twice)."""
+        deadline = time.monotonic() + settings.TASKFORGE_EXECUTION_LEASE_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return write()
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("storing the %s failed (%s); retrying in %.1fs", what, exc, delay)
+                drop_connection()
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_BACKOFF_MAX)
 
     # --- housekeeping ------------------------------------------------------------------------
     def _flush(self, run: Run) -> None:
         with run.flush_lock:
             chunks = run.take()
-            if chunks and not services.execution_append_output(
-                execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
-            ):
+            if not chunks:
+                return
+            try:
+                stored = services.execution_append_output(
+                    execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
+                )
+            except Exception:
+                run.put_back(chunks)  # stored on the next flush, once the database is back
+                raise
+            if not stored:
                 run.stop_reason = run.stop_reason or "lease_lost"
 
     def _housekeeping(self) -> None:
@@ -351,7 +413,7 @@ class WorkerProcess:
 
                     prune_idempotency_keys()
             except Exception:
-                logger.exception("housekeeping failed; retrying")
+                log_retry("housekeeping failed; retrying")
                 close_old_connections()
                 time.sleep(1)
             time.sleep(FLUSH_INTERVAL)
@@ -364,7 +426,7 @@ class WorkerProcess:
             try:
                 events, sent = fan_out(FANOUT_BATCH), deliver_due(DELIVERY_BATCH)
             except Exception:
-                logger.exception("webhook delivery failed; retrying")
+                log_retry("webhook delivery failed; retrying")
                 close_old_connections()
                 events = sent = 0
             # Idle: look again in a second. Busy but not saturated: pause briefly, so a steady
@@ -390,8 +452,29 @@ class WorkerProcess:
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()
             except Exception:
-                logger.exception("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
+                log_retry("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
                 time.sleep(1)
+
+
+def log_retry(message: str) -> None:
+    """Log, from inside an ``except`` block, a failure the caller will retry: a lost database
+    connection (expected while PostgreSQL restarts) as one warning line, anything else with
+    its traceback."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, CONNECTION_ERRORS):
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        logger.warning("%s (database unavailable: %s)", message, first_line)
+    else:
+        logger.exception("%s", message)
+
+
+def drop_connection() -> None:
+    """Hand back this thread's connection after a connection error, so the next query gets
+    a fresh one (the pool discards a broken connection instead of lending it again)."""
+    try:
+        connection.close()
+    except Exception:  # it is broken already; closing is best effort
+        logger.debug("closing a broken connection failed", exc_info=True)
 
 
 def _json(value: Any) -> str:

@@ -98,10 +98,13 @@ def gunicorn(workers: int = 2, extra_env: dict[str, str] | None = None) -> Itera
 
 
 @contextmanager
-def worker(*args: str, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``manage.py runworker`` against the test database; stopped (SIGTERM) on exit."""
+def worker(
+    *args: str, extra_env: dict[str, str] | None = None, log_to: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run ``manage.py runworker`` against the test database; stopped (SIGTERM) on exit.
+    Its output goes to ``log_to`` when given (to read it afterwards), else to a temporary file."""
     env = {**test_database_env(), **(extra_env or {})}
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    log = open(log_to, "w") if log_to else tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runworker", "--queue-poll", "0.2", *args],
         cwd=ROOT,

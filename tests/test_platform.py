@@ -85,6 +85,19 @@ def test_500_is_a_problem_without_trace_and_logs_request_id(user, caplog):
     assert any(body["request_id"] in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.urls("tests.crash_urls")
+def test_a_lost_database_is_a_503_with_retry_after(user):
+    # A PostgreSQL restart or failover: retry shortly (503), not a server bug (500).
+    _api_key, raw = make_key(user)
+    client = APIClient(raise_request_exception=False)
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    response = client.get("/api/v1/crash-db")
+    body = assert_problem(response, 503)
+    assert body["type"].endswith(":database-unavailable")
+    assert response["Retry-After"] == str(body["retry_after"])
+    assert "10.0.0.5" not in response.content.decode()
+
+
 def test_rate_limit_headers_and_429(user, key_client):
     client = key_client(user, rate_limit="3/15m")
     for remaining in (2, 1, 0):
