@@ -199,6 +199,25 @@ LINKS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
 }
 
 
+def require_comma_list_items(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: a comma-list filter (``status=a,b``: an array in
+    form style, not exploded) holds at least one item. ``?status=`` on the wire is both the
+    empty array and ``[""]``; the API refuses it (400: omit the parameter to not filter), so
+    the schema says ``minItems: 1`` and the empty array is not a valid value."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema") or {}
+                comma_list = schema.get("type") == "array" and not parameter.get("explode", True)
+                if parameter.get("in") == "query" and comma_list:
+                    schema["minItems"] = 1
+    return result
+
+
 def add_links(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: attach ``LINKS`` to the success responses."""
     operations = {
