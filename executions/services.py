@@ -33,8 +33,8 @@ from executions.models import (
     Trigger,
     Worker,
 )
-from tasks.models import EventType, Status, Task
-from tasks.services import event_record, lock_skipping_locked, task_blockers
+from tasks.models import Event, EventType, Status, Task
+from tasks.services import event_build, lock_skipping_locked, task_blockers
 
 logger = logging.getLogger("taskforge.executions")
 
@@ -71,7 +71,14 @@ def notify(channel: str, payload: str = "") -> None:
 def execution_event(
     execution: Execution, type_: str, *, actor: User | None = None, api_key: ApiKey | None = None, **data: Any
 ) -> None:
-    event_record(
+    _execution_event(execution, type_, actor=actor, api_key=api_key, **data).save(force_insert=True)
+
+
+def _execution_event(
+    execution: Execution, type_: str, *, actor: User | None = None, api_key: ApiKey | None = None, **data: Any
+) -> Event:
+    """The event, not stored yet: ``_sync_task`` stores it with the task's own in one INSERT."""
+    return event_build(
         type=type_,
         project=execution.project_id,
         task=execution.task_id,
@@ -165,8 +172,11 @@ def execution_enqueue(
         timeout_seconds=timeout_seconds or task.timeout_seconds,
         priority=task.priority,
     )
-    execution_event(execution, EventType.EXECUTION_QUEUED, actor=actor, api_key=api_key, trigger=trigger)
-    _sync_task(task, actor=actor, api_key=api_key, latest=execution)  # numbered last, under the lock
+    queued = _execution_event(
+        execution, EventType.EXECUTION_QUEUED, actor=actor, api_key=api_key, trigger=trigger
+    )
+    # The execution is numbered last, under the task's lock: it is the latest.
+    _sync_task(task, actor=actor, api_key=api_key, latest=execution, events=[queued])
     notify(QUEUE_CHANNEL, str(execution.pk))
     return execution
 
@@ -188,8 +198,10 @@ def _sync_task(
     actor: User | None = None,
     api_key: ApiKey | None = None,
     latest: Execution | None = None,
+    events: list[Event] | None = None,
 ) -> None:
-    """Make ``task.status`` (and ``result`` once finished) follow its latest execution.
+    """Make ``task.status`` (and ``result`` once finished) follow its latest execution, and
+    store ``events`` (the caller's, not stored yet) followed by the task's own in one INSERT.
 
     The caller holds the task's row lock (or SQLite's write lock) and read ``task`` under it,
     so ``task.status`` is the current status; it is updated here too. ``latest`` is passed
@@ -204,7 +216,9 @@ def _sync_task(
             .order_by("-number")
             .first()
         )
+    events = list(events or [])
     if latest is None:
+        Event.objects.bulk_create(events)
         return
     new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
     fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now(), "last_execution": latest}
@@ -222,35 +236,46 @@ def _sync_task(
     Task.objects.filter(pk=task.pk).update(**fields)
     task.status, task.last_execution = new_status, latest
     if old_status != new_status:
-        event_record(
-            type=EventType.TASK_STATUS_CHANGED,
-            project=task.project_id,
-            task=task.pk,
-            actor=actor,
-            api_key=api_key,
-            data={
-                "from": old_status,
-                "to": new_status,
-                "reason": "execution",
-                "execution_id": str(latest.pk),
-            },
+        events.append(
+            event_build(
+                type=EventType.TASK_STATUS_CHANGED,
+                project=task.project_id,
+                task=task.pk,
+                actor=actor,
+                api_key=api_key,
+                data={
+                    "from": old_status,
+                    "to": new_status,
+                    "reason": "execution",
+                    "execution_id": str(latest.pk),
+                },
+            )
         )
         if new_status == Status.COMPLETED:
-            event_record(
-                type=EventType.TASK_COMPLETED,
-                project=task.project_id,
-                task=task.pk,
-                actor=None,
-                data={"execution_id": str(latest.pk), "exit_code": latest.exit_code},
+            events.append(
+                event_build(
+                    type=EventType.TASK_COMPLETED,
+                    project=task.project_id,
+                    task=task.pk,
+                    actor=None,
+                    data={"execution_id": str(latest.pk), "exit_code": latest.exit_code},
+                )
             )
         elif new_status == Status.FAILED:
-            event_record(
-                type=EventType.TASK_FAILED,
-                project=task.project_id,
-                task=task.pk,
-                actor=None,
-                data={"execution_id": str(latest.pk), "exit_code": latest.exit_code, "error": latest.error},
+            events.append(
+                event_build(
+                    type=EventType.TASK_FAILED,
+                    project=task.project_id,
+                    task=task.pk,
+                    actor=None,
+                    data={
+                        "execution_id": str(latest.pk),
+                        "exit_code": latest.exit_code,
+                        "error": latest.error,
+                    },
+                )
             )
+    Event.objects.bulk_create(events)
 
 
 # --- Workers ------------------------------------------------------------------------------------
@@ -375,8 +400,8 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     executions = []
     for pk, task in claimed:
         execution = whole[pk]
-        execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
-        _sync_task(task, latest=_if_latest(task, execution))
+        started = _execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
+        _sync_task(task, latest=_if_latest(task, execution), events=[started])
         executions.append(execution)
     return executions
 
@@ -466,7 +491,7 @@ def _finish(
     execution.secret_parameters = {}
     saved = ["status", "finished_at", "duration_ms", "lease_expires_at", "secret_parameters", *fields]
     execution.save(update_fields=saved)
-    execution_event(
+    finished = _execution_event(
         execution,
         EventType.EXECUTION_FINISHED,
         actor=actor,
@@ -475,16 +500,15 @@ def _finish(
         error=execution.error or None,
         duration_ms=execution.duration_ms,
     )
-    retry = None
     if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
-        retry = _queue_retry(execution, task)
-    if retry is None:
-        _sync_task(task, actor=actor, api_key=api_key, latest=_if_latest(task, execution))
+        _queue_retry(execution, task, events=[finished])
+    else:
+        _sync_task(task, actor=actor, api_key=api_key, latest=_if_latest(task, execution), events=[finished])
     notify(DONE_CHANNEL, str(execution.pk))
     return execution
 
 
-def _queue_retry(execution: Execution, task: Task) -> Execution:
+def _queue_retry(execution: Execution, task: Task, *, events: list[Event]) -> Execution:
     retry = Execution.objects.create(
         project_id=execution.project_id,
         task_id=execution.task_id,
@@ -499,8 +523,10 @@ def _queue_retry(execution: Execution, task: Task) -> Execution:
         timeout_seconds=execution.timeout_seconds,
         priority=execution.priority,
     )
-    execution_event(retry, EventType.EXECUTION_QUEUED, trigger=Trigger.RETRY, retry_of=str(execution.pk))
-    _sync_task(task, latest=retry)
+    queued = _execution_event(
+        retry, EventType.EXECUTION_QUEUED, trigger=Trigger.RETRY, retry_of=str(execution.pk)
+    )
+    _sync_task(task, latest=retry, events=[*events, queued])
     notify(QUEUE_CHANNEL, str(retry.pk))
     return retry
 

@@ -71,7 +71,23 @@ def event_record(
     data: dict[str, Any] | None = None,
 ) -> Event:
     """Append one event. Call it inside the transaction that makes the change."""
-    return Event.objects.create(
+    event = event_build(type=type, project=project, task=task, actor=actor, api_key=api_key, data=data)
+    event.save(force_insert=True)
+    return event
+
+
+def event_build(
+    *,
+    type: str,
+    project: Project | uuid.UUID,
+    task: Task | uuid.UUID | None,
+    actor: User | None,
+    api_key: ApiKey | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """An event not yet stored, for a caller that stores several at once (``bulk_create``:
+    one statement, in the order given, as the outbox reads them)."""
+    return Event(
         type=type,
         project_id=project.pk if isinstance(project, Project) else project,
         task_id=task.pk if isinstance(task, Task) else task,
