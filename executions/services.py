@@ -251,29 +251,15 @@ def _sync_task(
                 },
             )
         )
-        if new_status == Status.COMPLETED:
+        ended = {
+            Status.COMPLETED: (EventType.TASK_COMPLETED, {}),
+            Status.FAILED: (EventType.TASK_FAILED, {"error": latest.error}),
+        }.get(new_status)
+        if ended is not None:
+            type_, extra = ended
+            data = {"execution_id": str(latest.pk), "exit_code": latest.exit_code, **extra}
             events.append(
-                event_build(
-                    type=EventType.TASK_COMPLETED,
-                    project=task.project_id,
-                    task=task.pk,
-                    actor=None,
-                    data={"execution_id": str(latest.pk), "exit_code": latest.exit_code},
-                )
-            )
-        elif new_status == Status.FAILED:
-            events.append(
-                event_build(
-                    type=EventType.TASK_FAILED,
-                    project=task.project_id,
-                    task=task.pk,
-                    actor=None,
-                    data={
-                        "execution_id": str(latest.pk),
-                        "exit_code": latest.exit_code,
-                        "error": latest.error,
-                    },
-                )
+                event_build(type=type_, project=task.project_id, task=task.pk, actor=None, data=data)
             )
     Event.objects.bulk_create(events)
 
