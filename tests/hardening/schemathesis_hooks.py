@@ -97,30 +97,34 @@ def _codes(response: Any) -> set[str]:
 TEMPLATE_DECLARATION_FIELDS = ("parameters", "script", "name_pattern", "description_pattern")
 
 
+def _path(case: Any) -> str:
+    return getattr(getattr(case, "operation", None), "path", "") or ""
+
+
+def _errors(response: Any) -> list[dict[str, Any]]:
+    """The ``errors`` of a problem response ([] when the body is not JSON)."""
+    try:
+        return response.json().get("errors") or []
+    except ValueError:
+        return []
+
+
 def _template_parameters_unknown(case: Any, response: Any) -> bool:
     """A trigger's ``parameters`` are checked against the template's declarations (data the
     schema of one endpoint for every template cannot list): ``parameters.<name>`` unknown."""
-    operation = getattr(case, "operation", None)
-    if not (getattr(operation, "path", "") or "").endswith("/trigger"):
+    if not _path(case).endswith("/trigger"):
         return False
-    try:
-        errors = response.json().get("errors") or []
-    except ValueError:
-        return False
+    errors = _errors(response)
     return bool(errors) and all(
         str(e.get("field") or "").startswith("parameters.") and e.get("code") == "unknown" for e in errors
     )
 
 
 def _template_declaration_rules(case: Any, response: Any) -> bool:
-    operation = getattr(case, "operation", None)
-    path = getattr(operation, "path", "") or ""
+    path = _path(case)
     if not path.startswith("/api/v1/templates") or path.endswith("/trigger"):
         return False
-    try:
-        errors = response.json().get("errors") or []
-    except ValueError:
-        return False
+    errors = _errors(response)
     return bool(errors) and all(
         str(e.get("field") or "").startswith(TEMPLATE_DECLARATION_FIELDS) for e in errors
     )

@@ -227,16 +227,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.start()
         with psycopg.connect(f"postgres://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DBNAME}")
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=ROOT,
-            env=_env(pg),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        _python(pg, "manage.py", "migrate", "--noinput", timeout=300)
         yield pg
     finally:
         _stop_and_remove(datadir)
@@ -254,18 +245,24 @@ def _env(pg: PrivatePostgres) -> dict[str, str]:
     return env
 
 
-def probe(pg: PrivatePostgres, *args: str) -> dict[str, Any]:
+def _python(pg: PrivatePostgres, *argv: str, timeout: int) -> str:
+    """Run ``python <argv>`` against the private cluster; its stdout (it must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.hardening.pg_restart_probe", *args],
+        [sys.executable, *argv],
         cwd=ROOT,
         env=_env(pg),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout
+
+
+def probe(pg: PrivatePostgres, *args: str) -> dict[str, Any]:
+    stdout = _python(pg, "-m", "tests.hardening.pg_restart_probe", *args, timeout=120)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def counts(pg: PrivatePostgres, task_ids: list[str]) -> dict[str, int] | None:
