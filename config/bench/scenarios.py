@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.db import connection
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Min, OuterRef, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -447,6 +447,9 @@ def _queue_backlog(bench: Bench, account: Account, backlog: int) -> list[uuid.UU
         for start in range(0, backlog, 5_000):
             Execution.objects.bulk_create(rows[start : start + 5_000])
             bar.advance(len(rows[start : start + 5_000]))
+    # As enqueueing does: each task records its latest execution.
+    latest = Execution.objects.filter(task=OuterRef("pk")).order_by("-number").values("pk")[:1]
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(last_execution=Subquery(latest))
     return [t.pk for t in tasks]
 
 

@@ -168,3 +168,25 @@ def test_wait_returns_the_finished_execution(api, user, project, make_template, 
     execution = response.json()["execution"]
     assert execution["status"] == "succeeded"
     assert execution["stdout"] == "deploying api\n"
+
+
+def test_an_automatic_retry_gets_the_secret_parameters_too(user, project, inline_worker):
+    """A failed attempt's retry runs with the same secret (wiped from both once finished),
+    not with the variable unset."""
+    template = services.template_create(
+        project=project,
+        actor=user,
+        slug=f"t-{uuid.uuid4().hex[:6]}",
+        name="retried",
+        name_pattern="Retried",
+        script_type="bash",
+        script='printf "%s|" {{ token }}; exit 1',
+        parameters=[{"name": "token", "type": "string", "required": True, "secret": True}],
+        max_retries=1,
+    )
+    task, _ = services.template_trigger(template=template, actor=user, parameters={"token": "s3cr3t"})
+    assert inline_worker.run_pending() == 2
+    attempts = list(Execution.objects.filter(task=task).order_by("number"))
+    assert [e.attempt for e in attempts] == [1, 2]
+    assert [output(e) for e in attempts] == ["s3cr3t|", "s3cr3t|"]
+    assert [e.secret_parameters for e in attempts] == [{}, {}]
