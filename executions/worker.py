@@ -1,6 +1,7 @@
 """The worker: claims queued executions and runs their scripts in the sandbox.
 
-One process runs ``concurrency`` scripts at once, each in its own thread. Besides those:
+One process runs ``concurrency`` scripts at once, each in one of ``concurrency`` long-lived run
+threads (each keeps its database connection from one script to the next). Besides those:
 
 - the main loop claims work whenever a slot is free, woken by ``LISTEN/NOTIFY`` on
   PostgreSQL (so a queued execution starts within milliseconds) and by a poll timer
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -138,6 +140,8 @@ class WorkerProcess:
         self.on_event = on_event or (lambda message: logger.info("%s", message))
         self.runs: dict[uuid.UUID, Run] = {}
         self.runs_lock = threading.Lock()
+        # Claimed runs wait here for a free run thread (there is one per slot, so never long).
+        self.ready: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -171,6 +175,12 @@ class WorkerProcess:
             f"worker {self.worker.name} started: concurrency {self.concurrency}, "
             f"isolation {self.worker.sandbox}, {wakeup} every {self.poll_interval:g}s"
         )
+        self.threads = [
+            threading.Thread(target=self._run_thread, name=f"run-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in self.threads:
+            thread.start()
         helpers = [threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)]
         if connection.vendor == "postgresql":
             helpers.append(threading.Thread(target=self._listen, name="listen", daemon=True))
@@ -200,10 +210,7 @@ class WorkerProcess:
             self.wake.wait(self.poll_interval)
 
     def _free_slots(self) -> int:
-        # Counted from ``runs`` (an entry leaves before its thread wakes this loop), not from
-        # live threads: a finishing thread is still alive when it wakes us, and counting it
-        # left the slot idle until the next poll.
-        self.threads = [t for t in self.threads if t.is_alive()]
+        # Counted from ``runs``: an entry leaves before its thread wakes this loop.
         with self.runs_lock:
             return self.concurrency - len(self.runs)
 
@@ -215,14 +222,12 @@ class WorkerProcess:
             run = Run(execution=execution, token=execution.claim_token)
             with self.runs_lock:
                 self.runs[execution.pk] = run
-            thread = threading.Thread(
-                target=self._execute_in_thread, args=(run,), name=f"run-{execution.pk}", daemon=True
-            )
-            self.threads.append(thread)
-            thread.start()
+            self.ready.put(run)
         return bool(executions)
 
     def _shutdown(self) -> None:
+        for _ in self.threads:
+            self.ready.put(None)  # each run thread ends after its current script
         deadline = time.monotonic() + self.grace
         while any(t.is_alive() for t in self.threads):
             if self.killing.is_set() or time.monotonic() >= deadline:
@@ -250,12 +255,16 @@ class WorkerProcess:
         return done
 
     # --- running one script ------------------------------------------------------------------
-    def _execute_in_thread(self, run: Run) -> None:
+    def _run_thread(self) -> None:
+        """Run the scripts handed over by the main loop, one at a time, until told to stop."""
         try:
-            self._execute(run)
+            while (run := self.ready.get()) is not None:
+                try:
+                    self._execute(run)
+                finally:
+                    self.wake.set()
         finally:
             connections.close_all()
-            self.wake.set()
 
     def _execute(self, run: Run) -> None:
         execution = run.execution
