@@ -7,6 +7,7 @@ changes nothing when it comes back.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -46,8 +47,6 @@ RESULT_TAIL_CHARS = 4096
 # (config.sql): the same statements through the ORM cost the worker ~10 ms more CPU per run.
 # What claiming and finishing read of the task they lock (not its script or metadata).
 TASK_LOCK_FIELDS = ("id", "project", "status", "max_concurrency", "max_retries", "last_execution")
-# What finishing reads of the execution (not its script, parameters or output).
-FINISH_FIELDS = ("id", "project", "task", "number", "attempt", "status", "started_at", "exit_code", "error")
 LATEST_FIELDS = ("id", "task", "number", "status", "exit_code", "error")
 EVENT_FIELDS = ("project", "task", "type", "actor", "actor_key_prefix", "data", "created_at")
 CHUNK_FIELDS = ("execution", "seq", "stream", "data", "created_at")
@@ -352,21 +351,43 @@ def cancel_requested(execution_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
 
 
 # --- Claim ------------------------------------------------------------------------------------
-def _startable(task: Task) -> bool:
-    """Whether another execution of ``task`` may start now: fewer running than its
-    ``max_concurrency`` and no unfinished dependency. One statement, run after the task's row
-    lock is taken, so it sees every claim committed before (in PostgreSQL's read committed
-    mode each statement takes a fresh snapshot; a subquery in the locking statement itself
-    would not).
+def _claim_if_startable(pk: Any, task: Task, worker: Worker) -> Execution | None:
+    """Mark queued execution ``pk`` running for ``worker`` if its task may start another run:
+    fewer running than its ``max_concurrency`` and no unfinished dependency. One UPDATE,
+    sent after the task's row lock is taken, so its conditions see every claim committed
+    before (in PostgreSQL's read committed mode each statement takes a fresh snapshot; a
+    condition in the locking statement itself would not). Returns the whole row, or None.
     """
+    now = timezone.now()
+    assigned, params = sql.assignments(
+        Execution,
+        status=ExecutionStatus.RUNNING,
+        claim_token=uuid.uuid4(),
+        worker=worker.pk,
+        started_at=now,
+        sandbox=worker.sandbox,
+        lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
+    )
     task_id = sql.values(Task, id=task.pk)[0]
-    running, blocked = sql.rows(
-        'SELECT (SELECT COUNT(*) FROM "executions_execution" WHERE "task_id" = %s AND "status" = %s),'
-        ' EXISTS(SELECT 1 FROM "tasks_task_depends_on" d INNER JOIN "tasks_task" t ON t."id" = d."to_task_id"'
-        ' WHERE d."from_task_id" = %s AND t."status" <> %s)',
-        [task_id, ExecutionStatus.RUNNING, task_id, Status.COMPLETED],
-    )[0]
-    return running < task.max_concurrency and not blocked
+    names = [field.name for field in Execution._meta.concrete_fields]
+    updated = sql.rows(
+        f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND "status" = %s'
+        ' AND (SELECT COUNT(*) FROM "executions_execution" r WHERE r."task_id" = %s AND r."status" = %s) < %s'
+        ' AND NOT EXISTS(SELECT 1 FROM "tasks_task_depends_on" d INNER JOIN "tasks_task" t'
+        ' ON t."id" = d."to_task_id" WHERE d."from_task_id" = %s AND t."status" <> %s)'
+        f" RETURNING {sql.columns(Execution, names)}",
+        [
+            *params,
+            pk,
+            ExecutionStatus.QUEUED,
+            task_id,
+            ExecutionStatus.RUNNING,
+            task.max_concurrency,
+            task_id,
+            Status.COMPLETED,
+        ],
+    )
+    return sql.load(Execution, names, updated[0]) if updated else None
 
 
 def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
@@ -393,7 +414,7 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     )
     tasks: dict[Any, Task] = {}  # locked in this transaction, one object per task
     skipped_tasks: set[Any] = set()
-    claimed: list[tuple[Any, Task]] = []
+    claimed: list[tuple[Execution, Task]] = []
     for pk, task_id in candidates:
         if len(claimed) >= limit:
             break
@@ -402,27 +423,11 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         task = tasks.get(task_id)
         if task is None:
             task = tasks[task_id] = _lock_task(task_id)
-        if not _startable(task):
+        execution = _claim_if_startable(pk, task, worker)
+        if execution is None:  # (the candidate itself is locked: it is still queued)
             skipped_tasks.add(task_id)
             continue
-        now = timezone.now()
-        assigned, params = sql.assignments(
-            Execution,
-            status=ExecutionStatus.RUNNING,
-            claim_token=uuid.uuid4(),
-            worker=worker.pk,
-            started_at=now,
-            sandbox=worker.sandbox,
-            lease_expires_at=now + timedelta(seconds=settings.TASKFORGE_EXECUTION_LEASE_SECONDS),
-        )
-        names = [field.name for field in Execution._meta.concrete_fields]
-        updated = sql.rows(
-            f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND "status" = %s'
-            f" RETURNING {sql.columns(Execution, names)}",
-            [*params, pk, ExecutionStatus.QUEUED],
-        )
-        if updated:  # always, under the row lock
-            claimed.append((sql.load(Execution, names, updated[0]), task))
+        claimed.append((execution, task))
     executions = []
     for execution, task in claimed:
         started = _execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
@@ -437,7 +442,7 @@ def execution_append_output(
     *, execution_id: uuid.UUID, claim_token: uuid.UUID, chunks: list[tuple[int, str, str]]
 ) -> bool:
     """Store ``(seq, stream, text)`` chunks; False (nothing stored) if the claim was lost."""
-    if _lock_running(execution_id, claim_token, ("id",)) is None:
+    if not _holds(execution_id, claim_token):
         return False
     _store_chunks(execution_id, chunks)
     return True
@@ -457,26 +462,25 @@ def _store_chunks(execution_id: uuid.UUID, chunks: list[tuple[int, str, str]]) -
     )
 
 
-def _lock_running(
-    execution_id: uuid.UUID, claim_token: uuid.UUID, names: tuple[str, ...]
-) -> Execution | None:
-    """The execution (fields ``names``), locked, if it is running under ``claim_token``."""
-    found = sql.rows(
-        f'SELECT {sql.columns(Execution, names)} FROM "executions_execution"'
-        f' WHERE "id" = %s AND "status" = %s AND "claim_token" = %s{sql.for_update()}',
-        [
-            *sql.values(Execution, id=execution_id),
-            ExecutionStatus.RUNNING,
-            *sql.values(Execution, claim_token=claim_token),
-        ],
+def _holds(execution_id: uuid.UUID, claim_token: uuid.UUID) -> bool:
+    """Whether the execution is running under ``claim_token`` (its row locked, if so)."""
+    return bool(
+        sql.rows(
+            'SELECT 1 FROM "executions_execution" WHERE "id" = %s AND "status" = %s'
+            f' AND "claim_token" = %s{sql.for_update()}',
+            [
+                *sql.values(Execution, id=execution_id),
+                ExecutionStatus.RUNNING,
+                *sql.values(Execution, claim_token=claim_token),
+            ],
+        )
     )
-    return sql.load(Execution, names, found[0]) if found else None
 
 
 @transaction.atomic
 def execution_finish(
     *,
-    execution_id: uuid.UUID,
+    execution: Execution,
     claim_token: uuid.UUID,
     status: str,
     exit_code: int | None = None,
@@ -486,22 +490,20 @@ def execution_finish(
     stderr_truncated: bool = False,
     chunks: list[tuple[int, str, str]] | None = None,
 ) -> Execution | None:
-    """Record how a run ended, with its last output ``chunks`` (stored in the same transaction:
-    one commit for both); None, and nothing stored, if this worker no longer holds the claim."""
+    """Record how the run of ``execution`` (as claimed) ended, with its last output ``chunks``
+    (stored in the same transaction: one commit for both); None, and nothing stored, if this
+    worker no longer holds the claim."""
     assert status in FINAL_STATUSES
-    execution = _lock_running(execution_id, claim_token, FINISH_FIELDS)
-    if execution is None:
-        return None
-    if chunks:
-        _store_chunks(execution_id, chunks)
     return _finish(
         execution,
         status=status,
+        claim_token=claim_token,
         exit_code=exit_code,
         error=error,
         error_detail=error_detail,
         stdout_truncated=stdout_truncated,
         stderr_truncated=stderr_truncated,
+        chunks=chunks,
     )
 
 
@@ -509,14 +511,20 @@ def _finish(
     execution: Execution,
     *,
     status: str,
+    claim_token: uuid.UUID | None = None,
+    chunks: list[tuple[int, str, str]] | None = None,
     actor: User | None = None,
     api_key: ApiKey | None = None,
     **fields: Any,
-) -> Execution:
-    task = _lock_task(execution.task_id)
-    retry = status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries
-    # What the retry runs, read before the secrets are wiped (the retry needs them too).
-    source = Execution.objects.values(*RETRY_COPIED).get(pk=execution.pk) if retry else None
+) -> Execution | None:
+    """Finish ``execution`` with ``status`` (and ``fields``); returns it finished (a copy:
+    ``execution`` is left as it was, so a caller retrying after a lost connection starts
+    from the same values), or None if ``claim_token`` is given and no longer holds it.
+
+    ``execution`` is the whole row: as read under its row lock (cancel, the reaper) or as
+    claimed (the worker; then the UPDATE, fenced by ``claim_token``, takes the row lock). Its
+    task is locked after it, in the order claims take them. ``chunks``: the run's last output.
+    """
     now = timezone.now()
     fields = {
         "status": status,
@@ -528,13 +536,25 @@ def _finish(
         "secret_parameters": {},
         **fields,
     }
+    assigned, params = sql.assignments(Execution, **fields)
+    where, fence = '"status" = %s', [execution.status]
+    if claim_token is not None:
+        where += ' AND "claim_token" = %s'
+        fence = [ExecutionStatus.RUNNING, *sql.values(Execution, claim_token=claim_token)]
+    changed = sql.execute(
+        f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND {where}',
+        [*params, *sql.values(Execution, id=execution.pk), *fence],
+    )
+    if not changed:
+        return None
+    if chunks:  # before the task's result reads the tails
+        _store_chunks(execution.pk, chunks)
+    # What a retry runs, taken before the secrets are wiped (the retry needs them too).
+    source = {name: getattr(execution, name) for name in RETRY_COPIED}
+    execution = copy.copy(execution)
     for name, value in fields.items():
         setattr(execution, name, value)
-    assigned, params = sql.assignments(Execution, **fields)
-    sql.execute(
-        f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s',
-        [*params, *sql.values(Execution, id=execution.pk)],
-    )
+    task = _lock_task(execution.task_id)
     finished = _execution_event(
         execution,
         EventType.EXECUTION_FINISHED,
@@ -544,7 +564,7 @@ def _finish(
         error=execution.error or None,
         duration_ms=execution.duration_ms,
     )
-    if source is not None:
+    if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
         _queue_retry(execution, source, task, events=[finished])
     else:
         _sync_task(task, execution, actor=actor, api_key=api_key, events=[finished])
@@ -582,13 +602,15 @@ def execution_cancel(*, execution: Execution, actor: User | None, api_key: ApiKe
     """Queued: cancelled at once. Running: flagged; its worker kills it within 2 s. Over: 409."""
     execution = Execution.objects.select_for_update().get(pk=execution.pk)
     if execution.status == ExecutionStatus.QUEUED:
-        return _finish(
+        cancelled = _finish(
             execution,
             status=ExecutionStatus.CANCELLED,
             actor=actor,
             api_key=api_key,
             error=ErrorCode.CANCELLED,
         )
+        assert cancelled is not None  # the row is locked and was read queued
+        return cancelled
     if execution.status == ExecutionStatus.RUNNING:
         if execution.cancel_requested_at is None:
             execution.cancel_requested_at = timezone.now()

@@ -343,7 +343,7 @@ class WorkerProcess:
             chunks = run.take()
             try:
                 return services.execution_finish(
-                    execution_id=run.execution.pk, claim_token=run.token, chunks=chunks, **outcome
+                    execution=run.execution, claim_token=run.token, chunks=chunks, **outcome
                 )
             except Exception:
                 run.put_back(chunks)

@@ -187,9 +187,7 @@ def test_max_concurrency_keeps_the_rest_waiting_in_order(make_task):
     assert services.execution_claim_next(worker=worker).pk == first.pk
     assert services.execution_claim_next(worker=worker) is None
     first.refresh_from_db()
-    services.execution_finish(
-        execution_id=first.pk, claim_token=first.claim_token, status="succeeded", exit_code=0
-    )
+    services.execution_finish(execution=first, claim_token=first.claim_token, status="succeeded", exit_code=0)
     assert services.execution_claim_next(worker=worker).pk == second.pk
 
 
@@ -202,19 +200,16 @@ def test_writes_are_fenced_by_the_claim_token(make_task):
     assert not services.execution_append_output(
         execution_id=execution.pk, claim_token=stranger, chunks=[(1, "stdout", "x")]
     )
-    assert (
-        services.execution_finish(execution_id=execution.pk, claim_token=stranger, status="succeeded") is None
-    )
+    assert services.execution_finish(execution=claimed, claim_token=stranger, status="succeeded") is None
     assert (
         services.execution_finish(
-            execution_id=execution.pk, claim_token=claimed.claim_token, status="succeeded", exit_code=0
+            execution=claimed, claim_token=claimed.claim_token, status="succeeded", exit_code=0
         )
         is not None
     )
     # A late write from the token holder after the end changes nothing either.
     assert (
-        services.execution_finish(execution_id=execution.pk, claim_token=claimed.claim_token, status="failed")
-        is None
+        services.execution_finish(execution=claimed, claim_token=claimed.claim_token, status="failed") is None
     )
     execution.refresh_from_db()
     assert execution.status == "succeeded"
