@@ -83,6 +83,10 @@ USER_AGENT = f"Taskforge-Webhooks/{settings.TASKFORGE_VERSION}"
 
 
 # --- Fan-out ------------------------------------------------------------------------------------
+# What matching an event to subscriptions reads of it (not its data, nor who did it).
+EVENT_MATCH_FIELDS = ("id", "project_id", "task_id", "type", "created_at")
+
+
 def fan_out(batch: int = 500, *, now: datetime | None = None) -> int:
     """Turn up to ``batch`` new events into deliveries; returns how many events were read.
 
@@ -102,7 +106,8 @@ def fan_out(batch: int = 500, *, now: datetime | None = None) -> int:
         wanted = Q(pk__gt=cursor.last_event_id)
         for low, high, _ in gaps:
             wanted |= Q(pk__range=(low, high))
-        events = list(Event.objects.filter(wanted).select_related("actor").order_by("pk")[:batch])
+        # Read narrow: most events match no subscription; the rest are read whole below.
+        events = list(Event.objects.filter(wanted).only(*EVENT_MATCH_FIELDS).order_by("pk")[:batch])
         if not events and gaps == cursor.gaps:
             return 0
         seen = [event.pk for event in events]
@@ -194,6 +199,10 @@ def _make_deliveries(events: list[Event], now: datetime) -> int:
         ]
         if targets:
             matches.append((event, targets))
+    if not matches:
+        return 0
+    whole = Event.objects.select_related("actor").in_bulk([event.pk for event, _ in matches])
+    matches = [(whole[event.pk], targets) for event, targets in matches if event.pk in whole]  # (pruned)
     task_ids = {event.task_id for event, _ in matches if event.task_id is not None}
     tasks = Task.objects.for_api().in_bulk(task_ids) if task_ids else {}
     deliveries = []
