@@ -20,3 +20,16 @@ keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker: object) -> None:
+    """Load the URL conf (every view, serializer and filter) now, then freeze what start-up
+    made: those objects live as long as the process, and left to the garbage collector every
+    full collection would walk them all again, inside some unlucky request."""
+    import gc
+
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imported for its side effect
+    gc.collect()
+    gc.freeze()
