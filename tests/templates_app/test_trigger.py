@@ -46,7 +46,9 @@ def marker() -> Path:
     path.unlink(missing_ok=True)
 
 
-def hostile_template(user: Any, project: Any, script_type: str, script: str, secret: bool = False) -> Any:
+def hostile_template(
+    user: Any, project: Any, script_type: str, script: str, secret: bool = False, **fields: Any
+) -> Any:
     return services.template_create(
         project=project,
         actor=user,
@@ -56,6 +58,7 @@ def hostile_template(user: Any, project: Any, script_type: str, script: str, sec
         script_type=script_type,
         script=script,
         parameters=[{"name": "msg", "type": "string", "required": True, "secret": secret}],
+        **fields,
     )
 
 
@@ -173,18 +176,10 @@ def test_wait_returns_the_finished_execution(api, user, project, make_template, 
 def test_an_automatic_retry_gets_the_secret_parameters_too(user, project, inline_worker):
     """A failed attempt's retry runs with the same secret (wiped from both once finished),
     not with the variable unset."""
-    template = services.template_create(
-        project=project,
-        actor=user,
-        slug=f"t-{uuid.uuid4().hex[:6]}",
-        name="retried",
-        name_pattern="Retried",
-        script_type="bash",
-        script='printf "%s|" {{ token }}; exit 1',
-        parameters=[{"name": "token", "type": "string", "required": True, "secret": True}],
-        max_retries=1,
+    template = hostile_template(
+        user, project, "bash", 'printf "%s|" {{ msg }}; exit 1', secret=True, max_retries=1
     )
-    task, _ = services.template_trigger(template=template, actor=user, parameters={"token": "s3cr3t"})
+    task, _ = services.template_trigger(template=template, actor=user, parameters={"msg": "s3cr3t"})
     assert inline_worker.run_pending() == 2
     attempts = list(Execution.objects.filter(task=task).order_by("number"))
     assert [e.attempt for e in attempts] == [1, 2]
