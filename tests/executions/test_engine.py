@@ -541,3 +541,32 @@ def test_claim_batch_respects_order_and_max_concurrency(make_task):
     claimed = services.execution_claim_batch(worker=worker, limit=8)
     assert [e.pk for e in claimed] == [first_one.pk, runs_two[0].pk, runs_two[1].pk]
     assert services.execution_claim_batch(worker=worker, limit=8) == []
+
+
+# --- races: real concurrent connections -----------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_racing_claimers_respect_max_concurrency(make_task):
+    """Twelve workers claim at once over two tasks (max_concurrency 2 and 1): exactly three
+    executions start, each task's oldest first. The claiming UPDATE's conditions must see
+    every claim committed while it waited for the task's lock."""
+    from tests.tasks.test_claims import run_concurrently
+
+    wide, narrow = make_task(name="wide", max_concurrency=2), make_task(name="narrow", max_concurrency=1)
+    queued = {
+        t.pk: [services.execution_enqueue(task=t, actor=None).pk for _ in range(6)] for t in (wide, narrow)
+    }
+    workers = [services.worker_register(concurrency=1, sandbox="test") for _ in range(12)]
+
+    def claim(index: int) -> list[uuid.UUID]:
+        claimed = []
+        while (execution := services.execution_claim_next(worker=workers[index])) is not None:
+            claimed.append(execution.pk)
+        return claimed
+
+    results = run_concurrently(12, claim)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    claimed = [pk for r in results for pk in r]
+    assert sorted(claimed) == sorted(queued[wide.pk][:2] + queued[narrow.pk][:1])
+    running = Execution.objects.filter(status=ExecutionStatus.RUNNING)
+    assert set(running.values_list("pk", flat=True)) == set(claimed)
+    assert Event.objects.filter(type="execution.started").count() == 3
