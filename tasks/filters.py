@@ -160,7 +160,7 @@ class TaskFilter(StrictFilterSet):
         fields: list[str] = []
 
     def __init__(self, data: Any = None, *args: Any, **kwargs: Any) -> None:
-        if data is not None and not data.get("archived"):
+        if data is not None and "archived" not in data:  # (an empty archived= is a 400)
             data = data.copy()
             data["archived"] = "false"
         super().__init__(data, *args, **kwargs)
