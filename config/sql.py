@@ -1,10 +1,10 @@
 """Hand-written SQL for the worker's hot path (claim, finish, the task following its run).
 
 The ORM spends ~0.7 ms of Python per statement building and compiling a query (measured
-on this project's 2-core machine: 14.6 ms of the worker's CPU per claim + finish, against
-~1 ms for the same statements sent as text). These helpers send plain statements through
-Django's own cursor (so transactions, error wrapping and the query log stay Django's) on
-either database: values are adapted by the model fields, rows are turned into model
+on this project's 2-core machine: 14.6 ms of the worker's CPU for the 16 statements of a
+claim + finish, against 4.3 ms for 11 statements sent as text). These helpers send plain
+statements through Django's own cursor (so transactions, error wrapping and the query log
+stay Django's) on either database: values are adapted by the model fields, rows are turned into model
 instances by the fields' converters, exactly as a queryset would.
 
 Only statements that both PostgreSQL and SQLite understand are written here; the one
