@@ -110,7 +110,8 @@ def test_operator_day(browser, db):
         browser.find_element(By.ID, "id_who").send_keys("operators")
         shot(browser, "trigger-form")
         browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-        assert "/admin/executions/execution/" in browser.current_url
+        # click() returns before the POST's redirect is followed: wait for the page to change.
+        wait_for(lambda: "/admin/executions/execution/" in browser.current_url, timeout=20)
         wait_text(browser, "#output-stdout", "hello operators 3", timeout=30)
         shot(browser, "execution-live")
 
@@ -141,6 +142,7 @@ def test_operator_day(browser, db):
             operator.username,
         )
         browser.find_element(By.NAME, "_save").click()
+        wait_text(browser, "#new-api-key", ".")  # the next page, however long the save takes
         key_text = browser.find_element(By.ID, "new-api-key").text
         assert browser.find_element(By.XPATH, "//button[text()='Copy']")
         shot(browser, "api-key-created")
