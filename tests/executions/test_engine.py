@@ -7,9 +7,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Role
+from config import sql
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus
 from tasks.models import Event, Status, Task
@@ -570,3 +572,38 @@ def test_racing_claimers_respect_max_concurrency(make_task):
     running = Execution.objects.filter(status=ExecutionStatus.RUNNING)
     assert set(running.values_list("pk", flat=True)) == set(claimed)
     assert Event.objects.filter(type="execution.started").count() == 3
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner only")
+def test_the_queue_head_is_read_in_index_order_even_with_stale_statistics(make_task):
+    """Statistics taken while the queue was empty, then a burst of 3,000 executions: the
+    planner, left alone, sorts the whole queue for every claim (bitmap scan + sort)."""
+    task = make_task()
+    with connection.cursor() as cursor:
+        cursor.execute('ANALYZE "executions_execution"')
+    base = timezone.now()
+    Execution.objects.bulk_create(
+        Execution(
+            project_id=task.project_id,
+            task=task,
+            number=n,
+            script_type="bash",
+            script="true",
+            timeout_seconds=60,
+            priority=5,
+            queued_at=base + timedelta(microseconds=n),
+        )
+        for n in range(1, 3001)
+    )
+    with transaction.atomic():
+        head = services._queue_head(5)
+        plan = "\n".join(
+            row[0]
+            for row in sql.rows(
+                f"EXPLAIN {services.QUEUE_HEAD} FOR UPDATE SKIP LOCKED", [ExecutionStatus.QUEUED, 5]
+            )
+        )
+    numbers = dict(Execution.objects.filter(pk__in=[pk for pk, _ in head]).values_list("pk", "number"))
+    assert sorted(numbers.values()) == [1, 2, 3, 4, 5]
+    assert "Index Scan using execution_queue_idx" in plan
+    assert "Sort" not in plan
