@@ -47,7 +47,7 @@ How the sandbox is built, and why
 
 * **Work directory**: ``tempfile.mkdtemp`` per run, HOME is the directory itself and TMPDIR a
   ``tmp`` directory inside it; the script (``script.py``/``script.sh``) and ``params.json`` are
-  written there. It is removed in a ``finally`` in every case.
+  written there. It is removed in every case: when the run ends, or after its uid sweep (below).
 * **Environment**: built from scratch (never ``os.environ``): PATH, LANG, HOME, TMPDIR,
   TASKFORGE_PARAMS_FILE, plus ``env_extra`` keys matching ``PARAM_*``,
   ``TASKFORGE_EXECUTION_ID`` and ``TASKFORGE_TASK_ID``. Anything else is a ``ValueError``.
@@ -97,11 +97,15 @@ How the sandbox is built, and why
   directory and its files are chowned to it (mode 0700/0600).
   **The uid sweep** SIGKILLs every process whose real, effective, saved or filesystem uid is the
   run's (a /proc scan of ``status``; pidfds so a recycled pid is never hit), again until none
-  remain, for at most ``UID_SWEEP_SECONDS``. It runs when the main process exits (after the group
-  kill; it also closes the pipes such processes held), so a process that called ``setsid()`` or
-  double-forked dies with the run; and when a uid is acquired whose lock file does not say
-  ``clean`` (written only after a sweep found nothing), which ends whatever a worker killed
-  mid-run left behind. Under bwrap the exit sweep is skipped: the PID namespace already is one.
+  remain, for at most ``UID_SWEEP_SECONDS``. It runs after the main process exits (after the
+  group kill), so a process that called ``setsid()`` or double-forked dies with the run: at once
+  when such a process still holds the run's pipes (the sweep closes them; the run cannot end
+  before), otherwise within ``JANITOR_INTERVAL`` (0.1 s) after the run, in one scan for every
+  run that ended meanwhile (a scan is ~2 ms of CPU, a tenth of a trivial run's cost when it was
+  made per run), followed by the removal of the work directory; the uid stays locked until
+  then. It also runs when a uid is acquired whose lock file does not say ``clean`` (written
+  only after a sweep found nothing), which ends whatever a worker killed mid-run left behind.
+  Under bwrap the exit sweep is skipped: the PID namespace already is one.
   RLIMIT_NPROC is therefore per run. A worker that is not root cannot switch users: scripts then
   run as the worker's own uid, without RLIMIT_NPROC and without the sweep.
 * **Process group**: ``start_new_session=True`` gives the child its own session and process group
@@ -139,6 +143,7 @@ tini) so such zombies are collected.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import grp
@@ -157,7 +162,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -198,6 +203,8 @@ DEFAULT_UID_LOCK_DIR = "/run/taskforge-sandbox"
 UID_CLEAN_MARK = b"clean\n"
 # How long a uid sweep keeps SIGKILLing before it gives up on processes that will not die.
 UID_SWEEP_SECONDS = 2.0
+# How long a finished run's cleanup may wait to be batched with others' (see _Janitor).
+JANITOR_INTERVAL = 0.1
 
 # System directories bwrap exposes read-only; symlinks (merged /usr) are recreated as symlinks.
 BWRAP_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -542,15 +549,38 @@ def _read_status(pid: int | str) -> tuple[bytes, tuple[int, ...]] | None:
     return (state[0] if state else b"?"), uids
 
 
-def _live_processes_of(uid: int) -> list[int]:
-    """Pids of the processes (not zombies) any of whose uids is ``uid``."""
+def _live_processes_of(uids: Collection[int]) -> list[tuple[int, int]]:
+    """``(pid, uid)`` of the processes (not zombies) one of whose uids is in ``uids``: one
+    scan of /proc, whatever the number of uids."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             status = _read_status(name)
-            if status is not None and status[0] not in (b"Z", b"X") and uid in status[1]:
-                found.append(int(name))
+            if status is not None and status[0] not in (b"Z", b"X"):
+                for uid in status[1]:
+                    if uid in uids:
+                        found.append((int(name), uid))
+                        break
     return found
+
+
+def _sweep(leases: Collection[_UidLease]) -> None:
+    """SIGKILL every process of the leases' uids until none remain (zombies aside), within
+    ``UID_SWEEP_SECONDS``; sets each lease's ``empty``. Catches what the group kill misses:
+    ``setsid()``, double forks, leftovers of a worker killed before it could clean up."""
+    uids = {lease.uid for lease in leases}
+    deadline = time.monotonic() + UID_SWEEP_SECONDS
+    stuck: set[int] = set()
+    while found := _live_processes_of(uids):
+        for pid, uid in found:
+            _kill_if_owned(pid, uid)
+        if time.monotonic() >= deadline:
+            stuck = {uid for _, uid in found}
+            logger.warning("sandbox uids %s: processes %s would not die", sorted(stuck), found[:10])
+            break
+        time.sleep(0.005)  # SIGKILLed processes leave /proc once they have exited
+    for lease in leases:
+        lease.empty = lease.uid not in stuck
 
 
 def _kill_if_owned(pid: int, uid: int) -> None:
@@ -591,20 +621,9 @@ class _UidLease:
         self.empty = False  # True when the last sweep left no process of the uid
 
     def sweep(self) -> bool:
-        """SIGKILL every process of the uid until none remain (zombies aside), within
-        ``UID_SWEEP_SECONDS``. Catches what the group kill misses: ``setsid()``, double forks,
-        leftovers of a worker killed before it could clean up. True when none remain."""
-        deadline = time.monotonic() + UID_SWEEP_SECONDS
-        while pids := _live_processes_of(self.uid):
-            for pid in pids:
-                _kill_if_owned(pid, self.uid)
-            if time.monotonic() >= deadline:
-                logger.warning("sandbox uid %s: processes %s would not die", self.uid, pids[:10])
-                self.empty = False
-                return False
-            time.sleep(0.005)  # SIGKILLed processes leave /proc once they have exited
-        self.empty = True
-        return True
+        """Sweep this uid now (see :func:`_sweep`); True when none of its processes remain."""
+        _sweep([self])
+        return self.empty
 
     def mark(self, content: bytes) -> None:
         assert self._fd is not None
@@ -615,8 +634,16 @@ class _UidLease:
         """Sweep (unless the last sweep already found the uid empty), then unlock."""
         if self._fd is None:
             return
+        if not self.empty:
+            self.sweep()
+        self.unlock()
+
+    def unlock(self) -> None:
+        """Mark the uid clean if the last sweep found it empty, then release the lock."""
+        if self._fd is None:
+            return
         try:
-            if self.empty or self.sweep():
+            if self.empty:
                 try:
                     self.mark(UID_CLEAN_MARK)
                 except OSError:  # left unmarked, the uid is swept again by its next holder
@@ -624,6 +651,71 @@ class _UidLease:
         finally:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+
+class _Janitor:
+    """Ends finished runs off their path, in batches: one /proc scan sweeps the uids of every
+    run that ended in the last ``JANITOR_INTERVAL`` seconds, then their work directories are
+    removed and their uids released. A scan costs ~2 ms of CPU on a quiet host (more with
+    more processes on it); once per run it was a tenth of the worker's CPU per trivial run.
+
+    A run whose pipes are still held when its main process exits is swept at once instead
+    (the run cannot end before they close). A uid waiting here stays locked, so it is never
+    handed to another run before it is swept. :func:`finish_cleanup` empties the queue now:
+    the worker calls it when it stops, and at interpreter exit it is called anyway.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the queue and the thread
+        self._batch_lock = threading.Lock()  # one batch at a time
+        self._queue: list[tuple[_UidLease, str | None]] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, lease: _UidLease, work_dir: str | None) -> None:
+        with self._lock:
+            self._queue.append((lease, work_dir))
+            if self._thread is None or not self._thread.is_alive():
+                if self._thread is None:
+                    atexit.register(self.finish)
+                self._thread = threading.Thread(target=self._loop, name="sandbox-janitor", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(JANITOR_INTERVAL)  # let a batch gather
+            try:
+                self.finish()
+            except Exception:  # pragma: no cover - logged; the next holder of a uid sweeps it
+                logger.exception("sandbox cleanup failed")
+
+    def finish(self) -> None:
+        """Sweep, clean up and release every run queued so far (waits for a batch in progress)."""
+        with self._batch_lock:
+            with self._lock:
+                batch, self._queue = self._queue, []
+            if not batch:
+                return
+            _sweep([lease for lease, _ in batch])
+            for lease, work_dir in batch:
+                try:
+                    if work_dir is not None:
+                        _remove_tree(work_dir)
+                finally:
+                    lease.unlock()
+
+
+_janitor = _Janitor()
+
+
+def finish_cleanup() -> None:
+    """Finish cleaning up after every run that has ended: their leftover processes killed,
+    work directories removed, uids released. Runs end this way within ``JANITOR_INTERVAL``
+    by themselves; call this to wait for it (a worker stopping, a test)."""
+    _janitor.finish()
 
 
 def _acquire_uid(config: SandboxConfig) -> _UidLease | None:
@@ -905,8 +997,9 @@ class _Supervisor:
     streams: dict[int, _OutputStream]
     status_fd: int | None
     bwrap: bool
-    # Called once the main process has exited and its group was killed: the uid sweep, which
-    # also ends processes that left the group, so their copies of the pipes close at once.
+    # Called once the main process has exited and its group was killed, if its pipes are still
+    # held: the uid sweep, which also ends processes that left the group, so their copies of
+    # the pipes close at once.
     on_exit: Callable[[], object] | None = None
     stop_reason: Literal["timeout", "cancelled", "worker_shutdown"] | None = None
     killed_with_sigkill: bool = False
@@ -956,7 +1049,7 @@ class _Supervisor:
                     # Anything the script left behind in its group dies with it; the zombie
                     # still holds the pgid, so this cannot hit a recycled group.
                     _killpg(self.process.pid, signal.SIGKILL)
-                    if self.on_exit is not None:
+                    if self.on_exit is not None and not self._drained(selector):
                         self.on_exit()
                         now = time.monotonic()
                 if exited_at is not None:
@@ -1000,6 +1093,17 @@ class _Supervisor:
         for stream in self.streams.values():
             stream.flush(final, final=True)
         return self.process.wait()
+
+    def _drained(self, selector: selectors.BaseSelector) -> bool:
+        """Read what the pipes hold now; True when every one is at end of file (the exited
+        process held the last copies: nothing it left behind keeps them open)."""
+        for _ in range(64):  # a pipe holds 64 KiB: bounded even if something keeps writing
+            ready = [key.fd for key, _events in selector.select(0) if key.fd in self.streams]
+            if not ready:
+                break
+            for fd in ready:
+                self._read(selector, int(fd))
+        return all(stream.eof for stream in self.streams.values())
 
     def _read(self, selector: selectors.BaseSelector, fd: int) -> None:
         try:
@@ -1220,7 +1324,8 @@ def run_script(
             # Under bwrap the PID namespace is the sweep: by the time the outer bwrap has exited,
             # the sandbox's init has exited too or been sent SIGKILL (--die-with-parent), and the
             # kernel kills everything in a namespace whose init dies; nothing of the uid runs
-            # outside it. Without bwrap, sweep the uid (a /proc scan, ~2 ms of worker CPU).
+            # outside it. Without bwrap the uid is swept: at once if the pipes are still held
+            # when the main process exits, otherwise in a batch after the run (_Janitor).
             on_exit=lease.sweep if lease is not None and bwrap is None else None,
         )
         status = supervisor.run()
@@ -1274,14 +1379,18 @@ def run_script(
             for pipe in (process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
-        if lease is not None:
-            # Before the work dir goes: nothing of the run may still be writing there.
-            lease.release()
         for fd in cleanup_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if work_dir is not None:
-            _remove_tree(work_dir)
+        if lease is not None and not lease.empty:
+            # Processes of the uid may remain: swept (then the work dir removed, the uid
+            # released) with the other runs that end about now, off this run's path.
+            _janitor.submit(lease, work_dir)
+        else:
+            if lease is not None:
+                lease.unlock()
+            if work_dir is not None:
+                _remove_tree(work_dir)
 
 
 def _signal_name(number: int) -> str:

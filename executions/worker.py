@@ -40,7 +40,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
-from executions.sandbox import RunResult, SandboxConfig, describe_isolation, run_script
+from executions.sandbox import RunResult, SandboxConfig, describe_isolation, finish_cleanup, run_script
 
 logger = logging.getLogger("taskforge.worker")
 
@@ -192,6 +192,7 @@ class WorkerProcess:
             self._loop()
         finally:
             self._shutdown()
+            finish_cleanup()  # the last runs' uid sweeps and work directories
             services.worker_stop(worker=self.worker)
             self.on_event(f"worker {self.worker.name} stopped")
             connections.close_all()

@@ -36,6 +36,7 @@ from executions.sandbox import (
     StopReason,
     StreamName,
     _id_map_covers,
+    finish_cleanup,
     run_script,
     utf8_safe_cut,
 )
@@ -174,6 +175,7 @@ def live_group_members(pgid: int) -> list[int]:
 
 
 def assert_cleaned_up(result: RunResult, sleep_arg: str | None = None) -> None:
+    finish_cleanup()  # what the sandbox does by itself within JANITOR_INTERVAL of the run's end
     assert result.work_dir is not None
     assert not os.path.exists(result.work_dir)
     assert result.pid is not None
@@ -551,6 +553,7 @@ def test_callback_failure_kills_the_script_and_cleans_up() -> None:
         )
 
     work_dir = seen[0].decode().strip()
+    finish_cleanup()
     assert not os.path.exists(work_dir)
     assert live_group_members(pids[0]) == []
     assert live_processes_with_arg(sleep) == []
@@ -799,6 +802,7 @@ def test_leftovers_of_a_uid_are_killed_when_it_is_next_acquired(private_uid: tup
         assert result.outcome == "succeeded"
         assert output.stdout == f"{uid}\nlooked\n"
         assert leftover.wait(timeout=10) == -signal.SIGKILL
+        finish_cleanup()
         assert (Path(lock_dir) / f"{uid}.lock").read_bytes() == b"clean\n"
     finally:
         leftover.kill()
@@ -1064,6 +1068,7 @@ def test_no_file_descriptors_leak() -> None:
         return len(os.listdir("/proc/self/fd"))
 
     run("print(1)")  # warm-up: imports, probes
+    finish_cleanup()  # a finished run's uid lock is held until its sweep
     before = open_fds()
     run("print(1)")
     run("sleep 30", "bash", timeout=0.2)
@@ -1083,4 +1088,5 @@ def test_no_file_descriptors_leak() -> None:
             config=SandboxConfig(use_bwrap="never"),
         )
 
+    finish_cleanup()
     assert open_fds() == before

@@ -225,6 +225,10 @@ def test_setsid_double_fork(user: Any, mode: str, tmp_path: Path) -> None:
     execution = run(user, script, mode, timeout=5)
     assert execution.status == ExecutionStatus.SUCCEEDED, out(execution, "stderr")
     assert out(execution) == "forked\n"
+    # Without bwrap, swept with the run's uid within JANITOR_INTERVAL (0.1 s) of the run's end.
+    deadline = time.monotonic() + 2
+    while live_processes_with_arg(sleep) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert reap(sleep) == [], "a setsid'd, double-forked process outlived the run"
     time.sleep(1.5)  # the escapee, had it lived, would have written its marker by now
     assert not written.exists()
