@@ -231,10 +231,13 @@ def _sync_task(
     actor: User | None = None,
     api_key: ApiKey | None = None,
     events: list[Event] | None = None,
+    tails: Mapping[str, str] | None = None,
 ) -> None:
     """Make ``task.status`` (and ``result`` once finished) follow its latest execution, after
     ``changed`` was ``created`` or changed, and store ``events`` (the caller's, not stored
-    yet) followed by the task's own in one INSERT.
+    yet) followed by the task's own in one INSERT. ``tails``: the last RESULT_TAIL_CHARS of
+    ``changed``'s stdout and stderr when the caller has them (the worker keeps them as the
+    output goes by); read from the stored output otherwise.
 
     The caller holds the task's row lock (or SQLite's write lock) and read ``task`` under it,
     so ``task.status`` is the current status; it is updated here too. Every execution is
@@ -263,7 +266,8 @@ def _sync_task(
     new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
     fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now(), "last_execution": latest}
     if latest.is_final:
-        tails = _tails(latest)
+        if tails is None or latest.pk != changed.pk:
+            tails = _tails(latest)
         fields["result"] = {
             "execution_id": str(latest.pk),
             "number": latest.number,
@@ -504,10 +508,13 @@ def execution_finish(
     stdout_truncated: bool = False,
     stderr_truncated: bool = False,
     chunks: list[tuple[int, str, str]] | None = None,
+    tails: Mapping[str, str] | None = None,
 ) -> Execution | None:
     """Record how the run of ``execution`` (as claimed) ended, with its last output ``chunks``
     (stored in the same transaction: one commit for both); None, and nothing stored, if this
-    worker no longer holds the claim."""
+    worker no longer holds the claim. ``tails``: the last RESULT_TAIL_CHARS of each stream
+    of all its output (``{"stdout": ..., "stderr": ...}``), for the task's result; read back
+    from the stored output when not given."""
     assert status in FINAL_STATUSES
     return _finish(
         execution,
@@ -519,6 +526,7 @@ def execution_finish(
         stdout_truncated=stdout_truncated,
         stderr_truncated=stderr_truncated,
         chunks=chunks,
+        tails=tails,
     )
 
 
@@ -530,6 +538,7 @@ def _finish(
     chunks: list[tuple[int, str, str]] | None = None,
     actor: User | None = None,
     api_key: ApiKey | None = None,
+    tails: Mapping[str, str] | None = None,
     **fields: Any,
 ) -> Execution | None:
     """Finish ``execution`` with ``status`` (and ``fields``); returns it finished (a copy:
@@ -556,10 +565,17 @@ def _finish(
     if claim_token is not None:
         where += ' AND "claim_token" = %s'
         fence = [ExecutionStatus.RUNNING, *sql.values(Execution, claim_token=claim_token)]
-    changed = sql.execute(
-        f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND {where}',
-        [*params, *sql.values(Execution, id=execution.pk), *fence],
-    )
+    statement = f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND {where}'
+    values = [*params, *sql.values(Execution, id=execution.pk), *fence]
+    if connection.vendor == "postgresql":
+        # The wake-up of those waiting on it (``?wait=``) rides on the UPDATE, one round trip
+        # fewer (NOTIFY is delivered at commit, and never if the transaction rolls back).
+        notified = sql.rows(
+            f"{statement} RETURNING pg_notify(%s, %s)", [*values, DONE_CHANNEL, str(execution.pk)]
+        )
+        changed = len(notified)
+    else:
+        changed = sql.execute(statement, values)
     if not changed:
         return None
     if chunks:  # before the task's result reads the tails
@@ -582,8 +598,7 @@ def _finish(
     if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
         _queue_retry(execution, source, task, events=[finished])
     else:
-        _sync_task(task, execution, actor=actor, api_key=api_key, events=[finished])
-    notify(DONE_CHANNEL, str(execution.pk))
+        _sync_task(task, execution, actor=actor, api_key=api_key, events=[finished], tails=tails)
     return execution
 
 

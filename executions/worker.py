@@ -88,22 +88,28 @@ class Run:
         }
     )
 
+    # The end of each stream, for the task's result (the finish need not read it back).
+    tails: dict[str, str] = field(default_factory=lambda: {"stdout": "", "stderr": ""})
+
     def on_output(self, stream: str, data: bytes | str) -> None:
         text = data if isinstance(data, str) else self.decoders[stream].decode(data)
         if not text:
             return
         with self.lock:
-            self.seq += 1
-            self.pending.append((self.seq, stream, text))
-            self.pending_bytes += len(text)
+            self._add(stream, text)
+
+    def _add(self, stream: str, text: str) -> None:
+        self.seq += 1
+        self.pending.append((self.seq, stream, text))
+        self.pending_bytes += len(text)
+        self.tails[stream] = (self.tails[stream] + text)[-services.RESULT_TAIL_CHARS :]
 
     def take(self) -> list[tuple[int, str, str]]:
         with self.lock:
             for stream, decoder in self.decoders.items():
                 rest = decoder.decode(b"", final=False)
                 if rest:
-                    self.seq += 1
-                    self.pending.append((self.seq, stream, rest))
+                    self._add(stream, rest)
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
         return chunks
 
@@ -344,7 +350,7 @@ class WorkerProcess:
             chunks = run.take()
             try:
                 return services.execution_finish(
-                    execution=run.execution, claim_token=run.token, chunks=chunks, **outcome
+                    execution=run.execution, claim_token=run.token, chunks=chunks, tails=run.tails, **outcome
                 )
             except Exception:
                 run.put_back(chunks)

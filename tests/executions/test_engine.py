@@ -607,3 +607,25 @@ def test_the_queue_head_is_read_in_index_order_even_with_stale_statistics(make_t
     assert sorted(numbers.values()) == [1, 2, 3, 4, 5]
     assert "Index Scan using execution_queue_idx" in plan
     assert "Sort" not in plan
+
+
+def test_the_result_keeps_the_end_of_long_output_as_the_log_has_it(api, make_task, inline_worker):
+    """Output in many chunks (flushed line by line, 0.05 s apart) and longer than the tail:
+    the task's result holds exactly the last RESULT_TAIL_CHARS of each stream, as stored."""
+    script = (
+        "import sys, time\n"
+        "for i in range(40):\n"
+        "    print(f'line {i:03d} ' + 'x' * 150, flush=True)\n"
+        "    print(f'err {i:03d}', file=sys.stderr, flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    task = make_task(script, "python")
+    execution_id = execute(api, task).json()["id"]
+    assert inline_worker.run_pending() == 1
+    detail = api.get(f"/api/v1/tasks/{task.pk}/executions/{execution_id}").json()
+    assert detail["status"] == "succeeded"
+    assert len(detail["stdout"]) == 40 * 160
+    task.refresh_from_db()
+    assert task.result["stdout_tail"] == detail["stdout"][-services.RESULT_TAIL_CHARS :]
+    assert task.result["stderr_tail"] == detail["stderr"]
+    assert len(task.result["stdout_tail"]) == services.RESULT_TAIL_CHARS
