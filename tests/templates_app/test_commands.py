@@ -16,8 +16,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def run_inline(monkeypatch, inline_worker) -> None:
-    """--wait polls with time.sleep: run the queued executions there instead."""
-    monkeypatch.setattr(trigger_command.time, "sleep", lambda seconds: inline_worker.run_pending())
+    """--wait pauses between polls: run the queued executions there instead. (Not by patching
+    time.sleep, which every thread shares: the sandbox's own waits would run them too.)"""
+    monkeypatch.setattr(trigger_command.Command, "pause", lambda self: inline_worker.run_pending())
 
 
 def call(*args: Any) -> tuple[int | None, str]:

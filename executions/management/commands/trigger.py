@@ -113,4 +113,9 @@ class Command(BaseCommand):
                     return execution.exit_code
                 return 0 if execution.status == "succeeded" else 1
             if not chunks:
-                time.sleep(0.2)
+                self.pause()
+
+    def pause(self) -> None:
+        """Between two looks at a followed execution (its own method: the tests run the
+        queued work there instead of sleeping)."""
+        time.sleep(0.2)
