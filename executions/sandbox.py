@@ -699,13 +699,17 @@ class _Janitor:
                 batch, self._queue = self._queue, []
             if not batch:
                 return
-            _sweep([lease for lease, _ in batch])
-            for lease, work_dir in batch:
-                try:
-                    if work_dir is not None:
-                        _remove_tree(work_dir)
-                finally:
-                    lease.unlock()
+            try:
+                _sweep([lease for lease, _ in batch])
+            finally:
+                # Even if the sweep failed: its uids are then left unmarked (swept again by
+                # their next holders), never locked for good.
+                for lease, work_dir in batch:
+                    try:
+                        if work_dir is not None:
+                            _remove_tree(work_dir)  # logs what it cannot remove
+                    finally:
+                        lease.unlock()
 
 
 _janitor = _Janitor()
