@@ -17,8 +17,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, StringAgg, Subquery, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Project, ProjectScopedQuerySet, Role, User
@@ -256,7 +257,7 @@ class TaskQuerySet(ProjectScopedQuerySet):
                 "claimed_by_key__prefix",
                 *(f"last_execution__{name}" for name in LAST_EXECUTION_FIELDS),
             )
-            .prefetch_related(models.Prefetch("depends_on", queryset=Task.objects.only("id").order_by("id")))
+            .annotate(dependency_ids=_dependency_ids())
         )
 
 
@@ -401,6 +402,21 @@ class Task(models.Model):
     @property
     def is_claimed(self) -> bool:
         return self.lease_expires_at is not None
+
+
+def _dependency_ids() -> Subquery:
+    """The ids of the tasks a task depends on, comma-separated (in no order: SQLite before 3.44
+    cannot order an aggregate), read with the task row itself as ``dependency_ids``, None when
+    there are none. prefetch_related cost a query of its own and about 1 ms of Python per
+    list page (it clones querysets deeply)."""
+    through = Task.depends_on.through
+    return Subquery(
+        through.objects.filter(from_task=OuterRef("pk"))
+        .order_by()
+        .values("from_task")
+        .annotate(ids=StringAgg(Cast("to_task", models.TextField()), Value(",")))
+        .values("ids")
+    )
 
 
 class Note(models.Model):

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from config.bench.load import Client, LoadResult, percentile, run_load
 from config.bench.report import Figure, Report
-from config.bench.seed import Account, seed_accounts, seed_tasks
+from config.bench.seed import Account, analyze, seed_accounts, seed_tasks
 from config.bench.stack import BenchmarkError, Stack
 
 SCENARIOS = ("list", "throughput", "latency", "executions", "claims", "memory")
@@ -665,9 +665,7 @@ def scenario_claims(bench: Bench) -> None:
             for i in range(s.claim_tasks)
         ]
     )
-    if bench.postgres:
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE tasks_task")
+    analyze(Task._meta.db_table)
     task_ids = [t.pk for t in tasks]
     claimed: list[tuple[str, int]] = []
     errors: list[str] = []

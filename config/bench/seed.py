@@ -35,9 +35,26 @@ class Account:
         return {"Authorization": f"Api-Key {self.key}"}
 
 
-@transaction.atomic
+def analyze(*tables: str) -> None:
+    """Planner statistics for what was just seeded, as autovacuum would gather them in a
+    deployment. Without them PostgreSQL plans for empty tables (a machine may also run with
+    autovacuum off, as this one's does): the list then joined 1,000 users by scanning them
+    all for each row, 2.5 ms of its 2.9 ms query."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for table in tables:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+
+
 def seed_accounts(count: int, *, prefix: str) -> list[Account]:
     """``count`` users, each with a personal project (admin) and a ``*`` API key."""
+    accounts = _seed_accounts(count, prefix=prefix)
+    analyze(*(model._meta.db_table for model in (User, Project, Membership, ApiKey)))
+    return accounts
+
+
+@transaction.atomic
+def _seed_accounts(count: int, *, prefix: str) -> list[Account]:
     users = User.objects.bulk_create(
         [User(username=f"{prefix}-{i}", password="!") for i in range(count)]  # noqa: S106 - unusable
     )
@@ -73,9 +90,7 @@ def seed_tasks(
         _seed_tasks_sql(accounts, total, every=every, batch=batch, on_progress=on_progress)
     else:
         _seed_tasks_orm(accounts, total, every=every, batch=min(batch, 5_000), on_progress=on_progress)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE tasks_task")
+    analyze(Task._meta.db_table)
 
 
 SEED_SQL = """

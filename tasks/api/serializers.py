@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -265,7 +266,9 @@ class TaskSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_depends_on(self, task: Task) -> list[str]:
-        return [str(dependency.pk) for dependency in task.depends_on.all()]
+        # Read with the row by TaskQuerySet.for_api(), which every rendered task comes from.
+        ids = task.dependency_ids
+        return [str(value) for value in sorted(uuid.UUID(value) for value in ids.split(","))] if ids else []
 
     @extend_schema_field(ClaimSerializer(allow_null=True))
     def get_claimed_by(self, task: Task) -> dict[str, Any] | None:
