@@ -274,3 +274,24 @@ def test_list_query_count_does_not_grow_with_rows(api, user):
     TaskFactory.create_batch(30, created_by=user, claimed_by=user)
     assert task_queries(api, "/api/v1/tasks?limit=50") == few
     assert task_queries(api, "/api/v1/tasks?limit=50&pagination=cursor") == few - 1  # no count
+
+
+def test_filtersets_never_share_their_filters_or_the_requests_values():
+    """Filters are copied one by one per request (not deep-copied): a method filter must still
+    call the FilterSet it belongs to, and two requests' values never mix."""
+    from django.http import QueryDict
+
+    from tasks.filters import TaskFilter
+
+    claimed = TaskFilter(QueryDict("claimed=true&search=deploy"), Task.objects.all())
+    free = TaskFilter(QueryDict("claimed=false&archived=all"), Task.objects.all())
+    assert claimed.filters["claimed"] is not free.filters["claimed"]
+    for filterset in (claimed, free):
+        assert filterset.is_valid(), filterset.errors
+        for name in ("claimed", "archived", "search"):
+            assert filterset.filters[name].parent is filterset
+            assert filterset.filters[name].filter.method.__self__ is filterset
+        assert TaskFilter.base_filters["claimed"] not in filterset.filters.values()
+    where_claimed, where_free = (str(f.qs.query).split("WHERE")[1] for f in (claimed, free))
+    assert "IS NOT NULL" in where_claimed and "LIKE" in where_claimed and "archived" in where_claimed
+    assert "IS NULL" in where_free and "LIKE" not in where_free and "archived" not in where_free
