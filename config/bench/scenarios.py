@@ -450,6 +450,7 @@ def _queue_backlog(bench: Bench, account: Account, backlog: int) -> list[uuid.UU
     # As enqueueing does: each task records its latest execution.
     latest = Execution.objects.filter(task=OuterRef("pk")).order_by("-number").values("pk")[:1]
     Task.objects.filter(pk__in=[t.pk for t in tasks]).update(last_execution=Subquery(latest))
+    analyze(Task._meta.db_table, Execution._meta.db_table)
     return [t.pk for t in tasks]
 
 
