@@ -127,13 +127,6 @@ if DATABASE_URL:
             # check each would fail one request (or worker write) before being discarded.
             "check": ConnectionPool.check_connection,
         }
-        # Parameters bound by the server, so that psycopg can prepare a statement once a
-        # connection has run it DATABASE_PREPARE_THRESHOLD times: PostgreSQL then neither
-        # parses nor plans it again. The worker's hot path is a dozen fixed statements per
-        # execution (docs/performance.md, 2026-12-05 afternoon). 0 turns preparing off (for
-        # a PgBouncer in transaction mode older than 1.21).
-        _db["OPTIONS"]["server_side_binding"] = True
-        _db["OPTIONS"]["prepare_threshold"] = env_int("DATABASE_PREPARE_THRESHOLD", 5) or None
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
