@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from config.bench.load import Client, LoadResult, percentile, run_load
 from config.bench.report import Figure, Report
-from config.bench.seed import Account, analyze, seed_accounts, seed_tasks
+from config.bench.seed import Account, seed_accounts, seed_tasks, settle
 from config.bench.stack import BenchmarkError, Stack
 
 SCENARIOS = ("list", "throughput", "latency", "executions", "claims", "memory")
@@ -450,7 +450,7 @@ def _queue_backlog(bench: Bench, account: Account, backlog: int) -> list[uuid.UU
     # As enqueueing does: each task records its latest execution.
     latest = Execution.objects.filter(task=OuterRef("pk")).order_by("-number").values("pk")[:1]
     Task.objects.filter(pk__in=[t.pk for t in tasks]).update(last_execution=Subquery(latest))
-    analyze(Task._meta.db_table, Execution._meta.db_table)
+    settle(Task._meta.db_table, Execution._meta.db_table)
     return [t.pk for t in tasks]
 
 
@@ -666,7 +666,7 @@ def scenario_claims(bench: Bench) -> None:
             for i in range(s.claim_tasks)
         ]
     )
-    analyze(Task._meta.db_table)
+    settle(Task._meta.db_table)
     task_ids = [t.pk for t in tasks]
     claimed: list[tuple[str, int]] = []
     errors: list[str] = []

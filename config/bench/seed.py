@@ -35,7 +35,7 @@ class Account:
         return {"Authorization": f"Api-Key {self.key}"}
 
 
-def analyze(*tables: str) -> None:
+def settle(*tables: str) -> None:
     """Bring what was just seeded to the state autovacuum keeps a deployment's tables in:
     statistics for the planner and pages already vacuumed. Without statistics PostgreSQL
     plans for empty tables (a machine may run with autovacuum off, as this one's does): the
@@ -54,7 +54,7 @@ def analyze(*tables: str) -> None:
 def seed_accounts(count: int, *, prefix: str) -> list[Account]:
     """``count`` users, each with a personal project (admin) and a ``*`` API key."""
     accounts = _seed_accounts(count, prefix=prefix)
-    analyze(*(model._meta.db_table for model in (User, Project, Membership, ApiKey)))
+    settle(*(model._meta.db_table for model in (User, Project, Membership, ApiKey)))
     return accounts
 
 
@@ -95,7 +95,7 @@ def seed_tasks(
         _seed_tasks_sql(accounts, total, every=every, batch=batch, on_progress=on_progress)
     else:
         _seed_tasks_orm(accounts, total, every=every, batch=min(batch, 5_000), on_progress=on_progress)
-    analyze(Task._meta.db_table)
+    settle(Task._meta.db_table)
 
 
 SEED_SQL = """
