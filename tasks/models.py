@@ -255,6 +255,9 @@ class TaskQuerySet(ProjectScopedQuerySet):
                 *(f"{user}__{name}" for user in ("created_by", "claimed_by") for name in ("id", "username")),
                 "claimed_by_key__id",
                 "claimed_by_key__prefix",
+                # rest_framework_api_key's ApiKey.__init__ reads ``revoked`` (to refuse un-revoking
+                # on save): deferred, it would cost a query per claimed task rendered.
+                "claimed_by_key__revoked",
                 *(f"last_execution__{name}" for name in LAST_EXECUTION_FIELDS),
             )
             .annotate(dependency_ids=_dependency_ids())
