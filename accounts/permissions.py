@@ -6,6 +6,7 @@ A request needs the scope of its action (keys only; session logins carry every s
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -61,8 +62,8 @@ class HasScope(permissions.BasePermission):
         return True
 
 
-def project_role(user: Any, project: Project | None) -> str | None:
-    """The user's role in ``project``; superusers act as admins everywhere."""
+def project_role(user: Any, project: Project | uuid.UUID | None) -> str | None:
+    """The user's role in ``project`` (a Project or its id); superusers act as admins everywhere."""
     if project is None:
         return None
     if user.is_superuser:
@@ -79,7 +80,7 @@ class RoleDenied(exceptions.PermissionDenied):
         )
 
 
-def require_role(request: Request, project: Project, needed: str) -> None:
+def require_role(request: Request, project: Project | uuid.UUID, needed: str) -> None:
     """Raise 403 unless the caller's role in ``project`` is at least ``needed``."""
     role = project_role(request.user, project)
     if not role_at_least(role, needed):

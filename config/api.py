@@ -8,6 +8,7 @@ A test walks the URL conf and fails for any API view that does not inherit from 
 from __future__ import annotations
 
 import operator
+import uuid
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -99,19 +100,25 @@ class TaskforgeViewSet(TaskforgeAPIMixin, viewsets.GenericViewSet):
 
     Declare ``queryset`` (its model's QuerySet has ``visible_to``), ``scope_object``,
     ``project_lookup`` (attribute path from the object to its Project, or None for objects
-    owned by a user) and ``write_role``.
+    owned by a user) and ``write_role``. Roles are checked by the project's id, read off the
+    object's foreign key: the Project row itself is never loaded for that.
     """
 
     _taskforge_base = True
     project_lookup: ClassVar[str | None] = "project"
     write_role: ClassVar[str] = Role.MEMBER
 
+    _visible: models.QuerySet | None = None
+
     def get_queryset(self) -> models.QuerySet:
-        queryset = self.queryset
-        if queryset is None or not hasattr(queryset, "visible_to"):
-            raise ImproperlyConfigured(f"{type(self).__name__}.queryset needs a visible_to() method")
-        visible = queryset.all().visible_to(self.request.user, api_key=self.api_key)
-        return self.scoped_queryset(visible)
+        # A view instance serves one request: what the caller may see (the project ids, resolved
+        # by visible_to) is read once, not again when a write reads its object back to render it.
+        if self._visible is None:
+            queryset = self.queryset
+            if queryset is None or not hasattr(queryset, "visible_to"):
+                raise ImproperlyConfigured(f"{type(self).__name__}.queryset needs a visible_to() method")
+            self._visible = queryset.all().visible_to(self.request.user, api_key=self.api_key)
+        return self.scoped_queryset(self._visible.all())
 
     def scoped_queryset(self, queryset: models.QuerySet) -> models.QuerySet:
         """Narrow (filter, select_related) the visible queryset; never widen it."""
@@ -120,10 +127,12 @@ class TaskforgeViewSet(TaskforgeAPIMixin, viewsets.GenericViewSet):
     def get_object(self) -> Any:
         return super().get_object()
 
-    def project_of(self, obj: Any) -> Project | None:
+    def project_of(self, obj: Any) -> Project | uuid.UUID | None:
+        """``obj``'s project or its id (the last hop's foreign key column: no query)."""
         if self.project_lookup is None:
             return None
-        return operator.attrgetter(self.project_lookup.replace("__", "."))(obj)
+        *hops, last = self.project_lookup.split("__")
+        return operator.attrgetter(".".join([*hops, f"{last}_id"]))(obj)
 
-    def require_role(self, project: Project, needed: str | None = None) -> None:
+    def require_role(self, project: Project | uuid.UUID, needed: str | None = None) -> None:
         require_role(self.request, project, needed or self.write_role)

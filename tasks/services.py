@@ -97,10 +97,16 @@ def event_build(
     )
 
 
+def events_record(*events: Event) -> None:
+    """Append ``events`` in one INSERT, in the order given (the outbox reads them by id)."""
+    Event.objects.bulk_create(events)
+
+
 def _status_event(
     task: Task, old: str, new: str, *, reason: str, actor: User | None, api_key: ApiKey | None
-) -> None:
-    event_record(
+) -> Event:
+    """The task.status_changed event, built (the caller stores it with its other events)."""
+    return event_build(
         type=EventType.TASK_STATUS_CHANGED,
         project=task.project_id,
         task=task,
@@ -365,7 +371,7 @@ def task_move(
     if not updated:  # pragma: no cover - the row lock (or SQLite's write lock) prevents it
         raise Conflict("The task changed meanwhile; try again.", code="concurrent_change")
     current.refresh_from_db()
-    _status_event(current, old, to_status, reason=reason, actor=actor, api_key=api_key)
+    events_record(_status_event(current, old, to_status, reason=reason, actor=actor, api_key=api_key))
     return current
 
 
@@ -413,15 +419,17 @@ def _claim_values(actor: User, api_key: ApiKey | None, lease: timedelta) -> dict
 def _claimed(task_id: uuid.UUID, *, actor: User, api_key: ApiKey | None, reason: str) -> Task:
     task = Task.objects.get(pk=task_id)
     data = {"lease_expires_at": _iso(task.lease_expires_at), "by": actor.get_username()}
-    event_record(
-        type=EventType.TASK_CLAIMED,
-        project=task.project_id,
-        task=task,
-        actor=actor,
-        api_key=api_key,
-        data=data,
+    events_record(
+        event_build(
+            type=EventType.TASK_CLAIMED,
+            project=task.project_id,
+            task=task,
+            actor=actor,
+            api_key=api_key,
+            data=data,
+        ),
+        _status_event(task, Status.PENDING, Status.RUNNING, reason=reason, actor=actor, api_key=api_key),
     )
-    _status_event(task, Status.PENDING, Status.RUNNING, reason=reason, actor=actor, api_key=api_key)
     return task
 
 
@@ -555,13 +563,19 @@ def _finish_claim(
     values: dict[str, Any],
     data: dict[str, Any],
 ) -> Task:
+    changes = {"status": to_status, "updated_at": timezone.now(), **values}
+    reason = event.removeprefix("task.")
     with transaction.atomic():
-        if not _claimer_guard(task, actor).update(status=to_status, updated_at=timezone.now(), **values):
+        if not _claimer_guard(task, actor).update(**changes):
             raise _not_claimer(task, actor)
-        task.refresh_from_db()
-        event_record(type=event, project=task.project_id, task=task, actor=actor, api_key=api_key, data=data)
-        _status_event(
-            task, Status.RUNNING, to_status, reason=event.removeprefix("task."), actor=actor, api_key=api_key
+        # Applied to this instance as well (the API reads the row back to render it).
+        for name, value in changes.items():
+            setattr(task, name, value)
+        events_record(
+            event_build(
+                type=event, project=task.project_id, task=task, actor=actor, api_key=api_key, data=data
+            ),
+            _status_event(task, Status.RUNNING, to_status, reason=reason, actor=actor, api_key=api_key),
         )
     return task
 
@@ -639,19 +653,21 @@ def reap_expired_claims(
             if not back:
                 continue
             reaped += 1
-            event_record(
-                type=EventType.TASK_LEASE_EXPIRED,
-                project=project_id,
-                task=pk,
-                actor=None,
-                data={"claimed_by": claimer_id, "lease_expired_at": _iso(lease_expires_at)},
-            )
-            event_record(
-                type=EventType.TASK_STATUS_CHANGED,
-                project=project_id,
-                task=pk,
-                actor=None,
-                data={"from": Status.RUNNING, "to": Status.PENDING, "reason": "lease_expired"},
+            events_record(
+                event_build(
+                    type=EventType.TASK_LEASE_EXPIRED,
+                    project=project_id,
+                    task=pk,
+                    actor=None,
+                    data={"claimed_by": claimer_id, "lease_expired_at": _iso(lease_expires_at)},
+                ),
+                event_build(
+                    type=EventType.TASK_STATUS_CHANGED,
+                    project=project_id,
+                    task=pk,
+                    actor=None,
+                    data={"from": Status.RUNNING, "to": Status.PENDING, "reason": "lease_expired"},
+                ),
             )
     return reaped
 

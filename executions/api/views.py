@@ -129,7 +129,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
     @idempotent
     def execute(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         task = self.task()
-        self.require_role(task.project)
+        self.require_role(task.project_id)
         wait = wait_seconds(request)
         incoming = ExecuteSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)

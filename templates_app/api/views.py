@@ -233,7 +233,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
     @idempotent
     def trigger(self, request: Request, ref: str | None = None) -> Response:
         template = self.get_object()
-        self.require_role(template.project, Role.MEMBER)
+        self.require_role(template.project_id, Role.MEMBER)
         wait = wait_seconds(request)
         incoming = TriggerSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)

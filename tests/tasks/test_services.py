@@ -71,12 +71,20 @@ def test_back_to_pending_clears_the_claim(user):
 def test_a_change_and_its_event_share_one_transaction(user):
     task = TaskFactory(created_by=user)
     with (
-        mock.patch("tasks.services.event_record", side_effect=RuntimeError("outbox down")),
+        mock.patch("tasks.services.events_record", side_effect=RuntimeError("outbox down")),
         pytest.raises(RuntimeError),
     ):
         services.task_move(task=task, to_status=Status.QUEUED, actor=user)
     task.refresh_from_db()
     assert task.status == Status.PENDING
+    services.task_claim(task=task, actor=user)
+    with (
+        mock.patch("tasks.services.events_record", side_effect=RuntimeError("outbox down")),
+        pytest.raises(RuntimeError),
+    ):
+        services.task_complete(task=task, actor=user, result={"ok": True})
+    task.refresh_from_db()
+    assert (task.status, task.result) == (Status.RUNNING, None)
     with (
         mock.patch("tasks.services.event_record", side_effect=RuntimeError("outbox down")),
         pytest.raises(RuntimeError),
