@@ -138,7 +138,8 @@ separate containers on one host must be given disjoint uid ranges (or one shared
 directory): their locks would not see each other. There is no memory cgroup: RLIMIT_AS bounds
 each process, not the group. bwrap leaves its exited init for PID 1 to reap, and so does killing
 a group (or a uid) for grandchildren: run workers in containers under an init (``docker --init``,
-tini) so such zombies are collected.
+tini) so such zombies are collected (a worker that is PID 1 says so at start, ``reaping_problem``),
+and on a host whose PID 1 collects them promptly (zombies count against RLIMIT_NPROC).
 """
 
 from __future__ import annotations
@@ -1402,6 +1403,23 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def reaping_problem() -> str | None:
+    """Why the sandboxes' exited processes would never be collected in this process, or None.
+
+    bwrap leaves its sandbox's exited init to PID 1 (as killing a group leaves grandchildren),
+    and a zombie counts against its uid's RLIMIT_NPROC until it is collected: a worker that is
+    PID 1 itself (a container started without an init) never collects them, so after
+    ``max_processes`` runs on a uid every new run there fails to start.
+    """
+    if os.getpid() != 1:
+        return None
+    return (
+        "this worker is PID 1 (a container without an init): nothing collects the sandboxes' "
+        "exited processes, and each run's uid fills up with them until its process limit refuses "
+        "new runs; start the container with an init (docker run --init, tini)"
+    )
 
 
 def describe_isolation(config: SandboxConfig) -> str:

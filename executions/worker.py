@@ -40,7 +40,14 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
-from executions.sandbox import RunResult, SandboxConfig, describe_isolation, finish_cleanup, run_script
+from executions.sandbox import (
+    RunResult,
+    SandboxConfig,
+    describe_isolation,
+    finish_cleanup,
+    reaping_problem,
+    run_script,
+)
 
 logger = logging.getLogger("taskforge.worker")
 
@@ -176,6 +183,8 @@ class WorkerProcess:
         self.worker = services.worker_register(
             concurrency=self.concurrency, sandbox=describe_isolation(self.sandbox), name=self.name
         )
+        if problem := reaping_problem():
+            logger.error(problem)
         wakeup = "LISTEN/NOTIFY + polling" if connection.vendor == "postgresql" else "polling"
         self.on_event(
             f"worker {self.worker.name} started: concurrency {self.concurrency}, "

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +38,7 @@ from executions.sandbox import (
     StreamName,
     _id_map_covers,
     finish_cleanup,
+    reaping_problem,
     run_script,
     utf8_safe_cut,
 )
@@ -1090,3 +1092,23 @@ def test_no_file_descriptors_leak() -> None:
 
     finish_cleanup()
     assert open_fds() == before
+
+
+@pytest.mark.skipif(
+    not IS_ROOT or shutil.which("unshare") is None, reason="a PID namespace needs root and unshare"
+)
+def test_a_worker_that_is_pid_1_is_told_to_run_under_an_init() -> None:
+    """As PID 1 (a container without an init) nothing would collect the sandboxes' exited
+    processes: the worker says so at start. Checked in a real PID namespace."""
+    code = "from executions.sandbox import reaping_problem; print(reaping_problem())"
+    root = Path(__file__).resolve().parents[2]
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "PID 1" in inside.stdout and "--init" in inside.stdout
+    assert reaping_problem() is None  # this process is not PID 1
