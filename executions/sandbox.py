@@ -145,6 +145,7 @@ and on a host whose PID 1 collects them promptly (zombies count against RLIMIT_N
 from __future__ import annotations
 
 import atexit
+import codecs
 import contextlib
 import fcntl
 import grp
@@ -192,6 +193,8 @@ SCRIPT_FILE_NAMES: dict[str, str] = {"python": "script.py", "bash": "script.sh"}
 # Keys the worker may pass in env_extra; everything else in the environment is set here.
 ALLOWED_EXTRA_ENV = frozenset({"TASKFORGE_EXECUTION_ID", "TASKFORGE_TASK_ID"})
 PARAM_ENV_RE = re.compile(r"PARAM_[A-Za-z0-9_]+")
+# Lone surrogates (from surrogateescape) cannot be encoded: output_text replaces them.
+SURROGATES_RE = re.compile("[\ud800-\udfff]")
 
 # util-linux tools (an essential package on Debian) that set up the child before the script.
 # Their own failures are a line "prlimit: ..." / "setpriv: ..." on stderr and exit 1, 126 or 127.
@@ -337,6 +340,27 @@ StartedCallback = Callable[[int], None]
 # --------------------------------------------------------------------------------------------
 # Output capture
 # --------------------------------------------------------------------------------------------
+
+
+def output_text(data: bytes | str, decoder: codecs.IncrementalDecoder | None = None) -> str:
+    """Text that any database stores, from anything a script produced (the one place).
+
+    Used for every chunk, the final output, the error detail and anything else that comes from
+    the script or from the tools around it. Invalid UTF-8 becomes U+FFFD (the replacement
+    character), and so does NUL (U+0000), which PostgreSQL's text type refuses; a lone
+    surrogate in a ``str`` (from ``surrogateescape`` somewhere) becomes U+FFFD too, since it
+    cannot be encoded. ``decoder``: an incremental UTF-8 decoder with ``errors="replace"``, so a
+    character split between two chunks is decoded once it is whole.
+    """
+    if isinstance(data, str):
+        text = data
+        if not text.isascii():
+            text = SURROGATES_RE.sub("\ufffd", text)
+    elif decoder is not None:
+        text = decoder.decode(data)
+    else:
+        text = data.decode("utf-8", "replace")
+    return text.replace("\0", "\ufffd") if "\0" in text else text
 
 
 def utf8_safe_cut(data: bytes | bytearray, limit: int) -> int:
@@ -1353,7 +1377,7 @@ def run_script(
         if bwrap is not None and supervisor.sandbox_pgid is None and supervisor.stop_reason is None:
             # bwrap (or prlimit before it) exited before starting the sandbox: the message is on
             # stderr, and no script ran.
-            message = err.head.decode("utf-8", "replace").strip()
+            message = output_text(bytes(err.head)).strip()
             if tool_failed:
                 return spawn_failed(message)
             return spawn_failed(f"bubblewrap failed to start the sandbox: {message or status}")
@@ -1361,7 +1385,7 @@ def run_script(
             # prlimit or setpriv could not set up the child or exec the next program. Without
             # bwrap nothing marks the moment the script starts, so this is read from what they
             # print; only the script itself could imitate it, and only for its own run.
-            return spawn_failed(err.head.decode("utf-8", "replace").strip())
+            return spawn_failed(output_text(bytes(err.head)).strip())
         if supervisor.stop_reason == "timeout":
             detail = f"timed out after {timeout_seconds:g} s"
             return result("timed_out", error="timeout", error_detail=detail, **fields)
