@@ -346,12 +346,6 @@ TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES = env_int("TASKFORGE_SANDBOX_ADDRESS_SPACE
 TASKFORGE_SANDBOX_FILE_SIZE_BYTES = env_int("TASKFORGE_SANDBOX_FILE_SIZE_BYTES", 64 * 1024**2)
 # Each writable tmpfs under bwrap (/tmp, /dev/shm, the work directory) holds at most this.
 TASKFORGE_SANDBOX_TMPFS_BYTES = env_int("TASKFORGE_SANDBOX_TMPFS_BYTES", 64 * 1024**2)
-# A run's whole memory (every process's RAM plus what it keeps in tmpfs), where a memory cgroup
-# per run can be made (cgroup v2 delegated, or v1's memory controller); 0 = no cgroup.
-TASKFORGE_SANDBOX_MEMORY_BYTES = env_int("TASKFORGE_SANDBOX_MEMORY_BYTES", 1024**3)
-# The cgroup under which runs' cgroups are made (a directory in the cgroup file system);
-# empty = the worker's own cgroup.
-TASKFORGE_SANDBOX_CGROUP_PARENT = os.environ.get("TASKFORGE_SANDBOX_CGROUP_PARENT", "").strip() or None
 TASKFORGE_SANDBOX_OPEN_FILES = env_int("TASKFORGE_SANDBOX_OPEN_FILES", 256)
 TASKFORGE_SANDBOX_MAX_PROCESSES = env_int("TASKFORGE_SANDBOX_MAX_PROCESSES", 512)
 TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS = env_int("TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS", 5)
