@@ -145,7 +145,9 @@ and on a host whose PID 1 collects them promptly (zombies count against RLIMIT_N
 from __future__ import annotations
 
 import atexit
+import codecs
 import contextlib
+import errno
 import fcntl
 import grp
 import json
@@ -159,6 +161,7 @@ import selectors
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import tempfile
 import threading
@@ -192,6 +195,8 @@ SCRIPT_FILE_NAMES: dict[str, str] = {"python": "script.py", "bash": "script.sh"}
 # Keys the worker may pass in env_extra; everything else in the environment is set here.
 ALLOWED_EXTRA_ENV = frozenset({"TASKFORGE_EXECUTION_ID", "TASKFORGE_TASK_ID"})
 PARAM_ENV_RE = re.compile(r"PARAM_[A-Za-z0-9_]+")
+# Lone surrogates (from surrogateescape) cannot be encoded: output_text replaces them.
+SURROGATES_RE = re.compile("[\ud800-\udfff]")
 
 # util-linux tools (an essential package on Debian) that set up the child before the script.
 # Their own failures are a line "prlimit: ..." / "setpriv: ..." on stderr and exit 1, 126 or 127.
@@ -208,7 +213,42 @@ UID_SWEEP_SECONDS = 2.0
 JANITOR_INTERVAL = 0.1
 
 # System directories bwrap exposes read-only; symlinks (merged /usr) are recreated as symlinks.
-BWRAP_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+BWRAP_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# The only parts of /etc a script sees (read-only; symlinks recreated; missing ones skipped):
+# the dynamic linker's cache and configuration, names of users, groups and hosts (glibc's NSS),
+# the time zone, Debian's alternatives (awk, editor, ... and on some systems python3 are
+# symlinks through /etc/alternatives), Python's per-version configuration (Debian's
+# sitecustomize), CA certificates and OpenSSL's configuration (no network, but libraries load
+# them), and small read-only tables (services, protocols, mime.types). Not there: shadow,
+# gshadow, hostname, machine-id, ssh, the host's credentials and every service's configuration.
+BWRAP_ETC_PATHS = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/alternatives",
+    "/etc/python3",
+    *(f"/etc/python3.{minor}" for minor in range(8, 20)),
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/mime.types",
+    "/etc/debian_version",
+    "/etc/os-release",
+    "/etc/locale.alias",
+    "/etc/magic",
+    "/etc/bash.bashrc",
+    "/etc/inputrc",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +263,8 @@ class SandboxConfig:
     use_bwrap: BwrapMode = "auto"
     address_space_bytes: int = 1 * GIB
     file_size_bytes: int = 64 * MIB
+    # Size of each writable tmpfs under bwrap: /tmp, /dev/shm and the work directory.
+    tmpfs_bytes: int = 64 * MIB
     open_files: int = 256
     # Processes of one run at once (RLIMIT_NPROC counts per uid, and each run has its own uid).
     max_processes: int = 512
@@ -258,6 +300,7 @@ class SandboxConfig:
         for name in (
             "address_space_bytes",
             "file_size_bytes",
+            "tmpfs_bytes",
             "open_files",
             "max_processes",
             "output_cap_bytes",
@@ -289,6 +332,7 @@ class SandboxConfig:
             "use_bwrap": "TASKFORGE_SANDBOX_BWRAP",
             "address_space_bytes": "TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES",
             "file_size_bytes": "TASKFORGE_SANDBOX_FILE_SIZE_BYTES",
+            "tmpfs_bytes": "TASKFORGE_SANDBOX_TMPFS_BYTES",
             "open_files": "TASKFORGE_SANDBOX_OPEN_FILES",
             "max_processes": "TASKFORGE_SANDBOX_MAX_PROCESSES",
             "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
@@ -337,6 +381,27 @@ StartedCallback = Callable[[int], None]
 # --------------------------------------------------------------------------------------------
 # Output capture
 # --------------------------------------------------------------------------------------------
+
+
+def output_text(data: bytes | str, decoder: codecs.IncrementalDecoder | None = None) -> str:
+    """Text that any database stores, from anything a script produced (the one place).
+
+    Used for every chunk, the final output, the error detail and anything else that comes from
+    the script or from the tools around it. Invalid UTF-8 becomes U+FFFD (the replacement
+    character), and so does NUL (U+0000), which PostgreSQL's text type refuses; a lone
+    surrogate in a ``str`` (from ``surrogateescape`` somewhere) becomes U+FFFD too, since it
+    cannot be encoded. ``decoder``: an incremental UTF-8 decoder with ``errors="replace"``, so a
+    character split between two chunks is decoded once it is whole.
+    """
+    if isinstance(data, str):
+        text = data
+        if not text.isascii():
+            text = SURROGATES_RE.sub("\ufffd", text)
+    elif decoder is not None:
+        text = decoder.decode(data)
+    else:
+        text = data.decode("utf-8", "replace")
+    return text.replace("\0", "\ufffd") if "\0" in text else text
 
 
 def utf8_safe_cut(data: bytes | bytearray, limit: int) -> int:
@@ -777,30 +842,90 @@ def _user_kwargs(lease: _UidLease | None) -> dict[str, Any]:
     return {"user": lease.uid, "group": lease.gid, "extra_groups": []}
 
 
-def _bwrap_base_args(bwrap: str) -> list[str]:
-    args = [
-        bwrap,
-        "--unshare-all",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-    ]
-    for path in BWRAP_SYSTEM_PATHS:
+_features_lock = threading.Lock()
+_features_cache: dict[str, frozenset[str]] = {}
+
+
+def _bwrap_features(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows among those that depend on its version (``--size`` and
+    ``--perms`` since 0.5/0.6, ``--disable-userns`` since 0.8), read once from its ``--help``."""
+    with _features_lock:
+        if bwrap not in _features_cache:
+            try:
+                completed = subprocess.run(
+                    [bwrap, "--help"], capture_output=True, timeout=10, check=False, env={"PATH": SAFE_PATH}
+                )
+                text = completed.stdout + completed.stderr
+            except (OSError, subprocess.SubprocessError):
+                text = b""
+            wanted = ("--size", "--perms", "--disable-userns", "--remount-ro", "--seccomp")
+            found = frozenset(name for name in wanted if f" {name} ".encode() in text)
+            missing = sorted(set(wanted) - found)
+            if missing:
+                logger.warning("bubblewrap at %s lacks %s: the sandbox is weaker", bwrap, ", ".join(missing))
+            _features_cache[bwrap] = found
+        return _features_cache[bwrap]
+
+
+def _bwrap_tmpfs(features: frozenset[str], size: int, path: str, *, private: bool = False) -> list[str]:
+    """A tmpfs of at most ``size`` bytes at ``path`` (unbounded only with a bwrap too old)."""
+    args = ["--size", str(size)] if "--size" in features else []
+    if private and "--perms" in features:
+        args += ["--perms", "0700"]
+    return [*args, "--tmpfs", path]
+
+
+def _bwrap_base_args(bwrap: str, config: SandboxConfig) -> list[str]:
+    """Namespaces, the read-only system, the listed /etc files, /proc, /dev, /tmp, /dev/shm."""
+    features = _bwrap_features(bwrap)
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if "--disable-userns" in features:
+        # No user namespace inside (unshare -U fails): bwrap caps the count at its own.
+        args += ["--unshare-user", "--disable-userns"]
+    for path in (*BWRAP_SYSTEM_PATHS, *BWRAP_ETC_PATHS):
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
+        elif os.path.exists(path):
             args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += _bwrap_tmpfs(features, config.tmpfs_bytes, "/tmp")  # noqa: S108 - a private tmpfs
+    args += _bwrap_tmpfs(features, config.tmpfs_bytes, "/dev/shm")  # noqa: S108 - a private tmpfs
     return args
 
 
-def _bwrap_args(bwrap: str, work_dir: str, status_fd: int) -> list[str]:
+def _bwrap_seal_args(bwrap: str, seccomp_fd: int | None) -> list[str]:
+    """Last setup steps: / and /dev read-only (bwrap's own tmpfs under them would be
+    unbounded), then the seccomp filter."""
+    features = _bwrap_features(bwrap)
+    args = ["--remount-ro", "/dev", "--remount-ro", "/"] if "--remount-ro" in features else []
+    if seccomp_fd is not None and "--seccomp" in features:
+        args += ["--seccomp", str(seccomp_fd)]
+    return args
+
+
+def _bwrap_args(
+    bwrap: str,
+    config: SandboxConfig,
+    work_dir: str,
+    files: list[str],
+    status_fd: int,
+    seccomp_fd: int | None,
+) -> list[str]:
+    """The whole bwrap command line up to the script. The work directory is a tmpfs of its
+    own (``tmpfs_bytes``) with ``tmp`` in it and ``files`` (script, params) bound read-only;
+    with a bwrap that cannot size a tmpfs, the host's work directory is bound instead."""
+    features = _bwrap_features(bwrap)
+    if "--size" in features:
+        work = _bwrap_tmpfs(features, config.tmpfs_bytes, work_dir, private=True)
+        work += ["--dir", os.path.join(work_dir, "tmp")]
+        for path in files:
+            work += ["--ro-bind", path, path]
+    else:
+        work = ["--bind", work_dir, work_dir]
     return [
-        *_bwrap_base_args(bwrap),
-        "--bind",
-        work_dir,
-        work_dir,
+        *_bwrap_base_args(bwrap, config),
+        *work,
+        *_bwrap_seal_args(bwrap, seccomp_fd),
         "--chdir",
         work_dir,
         "--json-status-fd",
@@ -809,11 +934,190 @@ def _bwrap_args(bwrap: str, work_dir: str, status_fd: int) -> list[str]:
     ]
 
 
+# --- seccomp ------------------------------------------------------------------------------------
+#
+# A classic BPF program for bwrap's ``--seccomp FD`` (bwrap loads it right before it execs the
+# script, after its own setup, so bwrap itself is not filtered). Written here with ``struct``
+# rather than with libseccomp: its Python binding is not installable into a virtualenv from
+# PyPI in a maintained form, and the program is short enough to read in full. It returns EPERM
+# for a short list of system calls that a script has no use for and that are the usual way
+# into kernel bugs or out of a sandbox (new namespaces and mounts, keyrings, BPF, perf,
+# ptrace, module and kexec loading, file handles, userfaultfd, io_uring, other processes'
+# memory), ENOSYS for clone3 (its flags sit in memory a filter cannot read; glibc then falls
+# back to clone, whose flags are checked: any CLONE_NEW* is EPERM), and kills a process that
+# makes a system call of another architecture (x32 or i386 entry points on x86_64, arm32 on
+# aarch64), which would otherwise bypass the numbers checked. Everything else is allowed: the
+# filter narrows the kernel's surface, bwrap's namespaces do the isolating.
+
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
+_SECCOMP_NR, _SECCOMP_ARCH, _SECCOMP_ARG0_LOW = 0, 4, 16  # little-endian: low half of args[0]
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+_RET_ALLOW, _RET_KILL_PROCESS, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_CLONE_NEW_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+_X32_SYSCALL_BIT = 0x40000000
+
+# Per architecture: (AUDIT_ARCH_*, {name: number}). Numbers from the kernel's unistd headers.
+_SECCOMP_ARCHES: dict[str, tuple[int, dict[str, int]]] = {
+    "x86_64": (
+        0xC000003E,
+        {
+            "unshare": 272,
+            "setns": 308,
+            "mount": 165,
+            "umount2": 166,
+            "pivot_root": 155,
+            "chroot": 161,
+            "open_tree": 428,
+            "move_mount": 429,
+            "fsopen": 430,
+            "fsconfig": 431,
+            "fsmount": 432,
+            "fspick": 433,
+            "mount_setattr": 442,
+            "keyctl": 250,
+            "add_key": 248,
+            "request_key": 249,
+            "bpf": 321,
+            "perf_event_open": 298,
+            "ptrace": 101,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
+            "kexec_load": 246,
+            "kexec_file_load": 320,
+            "init_module": 175,
+            "finit_module": 313,
+            "delete_module": 176,
+            "open_by_handle_at": 304,
+            "name_to_handle_at": 303,
+            "userfaultfd": 323,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "swapon": 167,
+            "swapoff": 168,
+            "reboot": 169,
+            "acct": 163,
+            "quotactl": 179,
+            "syslog": 103,
+            "vhangup": 153,
+            "lookup_dcookie": 212,
+            "iopl": 172,
+            "ioperm": 173,
+            "clone": 56,
+            "clone3": 435,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "unshare": 97,
+            "setns": 268,
+            "mount": 40,
+            "umount2": 39,
+            "pivot_root": 41,
+            "chroot": 51,
+            "open_tree": 428,
+            "move_mount": 429,
+            "fsopen": 430,
+            "fsconfig": 431,
+            "fsmount": 432,
+            "fspick": 433,
+            "mount_setattr": 442,
+            "keyctl": 219,
+            "add_key": 217,
+            "request_key": 218,
+            "bpf": 280,
+            "perf_event_open": 241,
+            "ptrace": 117,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
+            "kexec_load": 104,
+            "kexec_file_load": 294,
+            "init_module": 105,
+            "finit_module": 273,
+            "delete_module": 106,
+            "open_by_handle_at": 265,
+            "name_to_handle_at": 264,
+            "userfaultfd": 282,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "swapon": 224,
+            "swapoff": 225,
+            "reboot": 142,
+            "acct": 89,
+            "quotactl": 60,
+            "syslog": 116,
+            "vhangup": 58,
+            "lookup_dcookie": 18,
+            "clone": 220,
+            "clone3": 435,
+        },
+    ),
+}
+
+
+def seccomp_program(machine: str | None = None) -> bytes | None:
+    """The filter for this machine's architecture (``os.uname().machine``) as bwrap reads it
+    (an array of ``struct sock_filter``), or None for an architecture not listed here."""
+    machine = machine or os.uname().machine
+    if machine not in _SECCOMP_ARCHES:
+        return None
+    arch, numbers = _SECCOMP_ARCHES[machine]
+    denied = [nr for name, nr in numbers.items() if name not in ("clone", "clone3")]
+    # (code, jump-if-true label, jump-if-false label, k); labels resolve to relative offsets.
+    program: list[tuple[int, str | None, str | None, int]] = [
+        (_BPF_LD_W_ABS, None, None, _SECCOMP_ARCH),
+        (_BPF_JEQ_K, None, "kill", arch),
+        (_BPF_LD_W_ABS, None, None, _SECCOMP_NR),
+    ]
+    if machine == "x86_64":
+        program.append((_BPF_JGE_K, "kill", None, _X32_SYSCALL_BIT))
+    program += [(_BPF_JEQ_K, "deny", None, nr) for nr in denied]
+    program += [
+        (_BPF_JEQ_K, "clone", None, numbers["clone"]),
+        (_BPF_JEQ_K, "enosys", None, numbers["clone3"]),
+        (_BPF_RET_K, None, None, _RET_ALLOW),
+    ]
+    labels = {"clone": len(program)}
+    program += [
+        (_BPF_LD_W_ABS, None, None, _SECCOMP_ARG0_LOW),
+        (_BPF_JSET_K, "deny", None, _CLONE_NEW_FLAGS),
+        (_BPF_RET_K, None, None, _RET_ALLOW),
+    ]
+    labels["deny"] = len(program)
+    program.append((_BPF_RET_K, None, None, _RET_ERRNO | errno.EPERM))
+    labels["enosys"] = len(program)
+    program.append((_BPF_RET_K, None, None, _RET_ERRNO | errno.ENOSYS))
+    labels["kill"] = len(program)
+    program.append((_BPF_RET_K, None, None, _RET_KILL_PROCESS))
+    out = bytearray()
+    for index, (code, if_true, if_false, k) in enumerate(program):
+        jt = labels[if_true] - index - 1 if if_true else 0
+        jf = labels[if_false] - index - 1 if if_false else 0
+        out += struct.pack("=HBBI", code, jt, jf, k)
+    return bytes(out)
+
+
+def _seccomp_fd() -> int | None:
+    """A pipe's read end holding the filter (bwrap reads it to the end), or None when there is
+    no filter for this architecture. The caller passes it to bwrap and closes it."""
+    program = seccomp_program()
+    if program is None:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, program)  # a few hundred bytes: within the pipe's buffer
+    finally:
+        os.close(write_end)
+    return read_end
+
+
 _probe_lock = threading.Lock()
 _probe_cache: dict[tuple[str, bool], str | None] = {}
 
 
-def _probe_bwrap(bwrap: str, lease: _UidLease | None) -> str | None:
+def _probe_bwrap(bwrap: str, lease: _UidLease | None, config: SandboxConfig) -> str | None:
     """Whether bwrap works here, as the kind of user the runs will use (a uid of the range, or
     the worker's own): ``None`` if it does, else why.
 
@@ -824,9 +1128,11 @@ def _probe_bwrap(bwrap: str, lease: _UidLease | None) -> str | None:
     with _probe_lock:
         if key in _probe_cache:
             return _probe_cache[key]
+        seccomp_fd = _seccomp_fd()
         try:
             completed = subprocess.run(
-                [*_bwrap_base_args(bwrap), "--", "/bin/true"],
+                [*_bwrap_base_args(bwrap, config), *_bwrap_seal_args(bwrap, seccomp_fd), "--", "/bin/true"],
+                pass_fds=[] if seccomp_fd is None else [seccomp_fd],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=10,
@@ -842,6 +1148,9 @@ def _probe_bwrap(bwrap: str, lease: _UidLease | None) -> str | None:
             if completed.returncode != 0:
                 message = completed.stderr.decode("utf-8", "replace").strip()
                 problem = f"exit {completed.returncode}: {message[:500]}"
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         if problem is not None:
             logger.warning("bubblewrap at %s is not usable: %s", bwrap, problem)
         _probe_cache[key] = problem
@@ -857,7 +1166,7 @@ def _choose_bwrap(config: SandboxConfig, lease: _UidLease | None) -> str | None:
         if config.use_bwrap == "always":
             raise _SpawnError("bubblewrap is required (use_bwrap='always') but bwrap is not installed")
         return None
-    problem = _probe_bwrap(bwrap, lease)
+    problem = _probe_bwrap(bwrap, lease, config)
     if problem is not None:
         if config.use_bwrap == "always":
             raise _SpawnError(f"bubblewrap is required (use_bwrap='always') but does not work: {problem}")
@@ -1278,9 +1587,15 @@ def run_script(
                 # bwrap's --die-with-parent sets the parent-death signal on itself, and bwrap
                 # sets no_new_privs in the sandbox (setting it before a setuid bwrap, as some
                 # distributions ship, would stop bwrap from working).
+                seccomp_read = _seccomp_fd()
+                if seccomp_read is not None:
+                    cleanup_fds.append(seccomp_read)
+                    pass_fds.append(seccomp_read)
                 if drop:
                     argv += [setpriv, *drop, "--"]
-                argv += _bwrap_args(bwrap, work_dir, status_write)
+                argv += _bwrap_args(
+                    bwrap, config, work_dir, [script_path, params_path], status_write, seccomp_read
+                )
             else:
                 # setpriv sets the parent-death signal after the uid change (which would clear
                 # it), checked by test: the script dies with a worker killed by SIGKILL.
@@ -1353,7 +1668,7 @@ def run_script(
         if bwrap is not None and supervisor.sandbox_pgid is None and supervisor.stop_reason is None:
             # bwrap (or prlimit before it) exited before starting the sandbox: the message is on
             # stderr, and no script ran.
-            message = err.head.decode("utf-8", "replace").strip()
+            message = output_text(bytes(err.head)).strip()
             if tool_failed:
                 return spawn_failed(message)
             return spawn_failed(f"bubblewrap failed to start the sandbox: {message or status}")
@@ -1361,7 +1676,7 @@ def run_script(
             # prlimit or setpriv could not set up the child or exec the next program. Without
             # bwrap nothing marks the moment the script starts, so this is read from what they
             # print; only the script itself could imitate it, and only for its own run.
-            return spawn_failed(err.head.decode("utf-8", "replace").strip())
+            return spawn_failed(output_text(bytes(err.head)).strip())
         if supervisor.stop_reason == "timeout":
             detail = f"timed out after {timeout_seconds:g} s"
             return result("timed_out", error="timeout", error_detail=detail, **fields)

@@ -602,6 +602,67 @@ def _finish(
     return execution
 
 
+def execution_fail_unstored(*, execution: Execution, claim_token: uuid.UUID, error_detail: str) -> bool:
+    """Record that the worker could not store how ``execution`` ended (the database refused
+    its output or its finish, for a reason a retry cannot cure): failed with ``worker_error``,
+    never retried (the script did run; running it again would not store it either). False if
+    this worker no longer holds the claim.
+
+    First a minimal UPDATE of the execution alone (status, error, times; no output, no
+    secrets), committed by itself so that nothing else can make it fail; then, best effort,
+    the task follows and the events are stored, as for any finish.
+    """
+    now = timezone.now()
+    started = execution.started_at
+    fields: dict[str, Any] = {
+        "status": ExecutionStatus.FAILED,
+        "error": ErrorCode.WORKER_ERROR,
+        "error_detail": error_detail[:500],
+        "finished_at": now,
+        "duration_ms": int((now - started).total_seconds() * 1000) if started else None,
+        "lease_expires_at": None,
+        "secret_parameters": {},
+    }
+    assigned, params = sql.assignments(Execution, **fields)
+    values = [
+        *params,
+        *sql.values(Execution, id=execution.pk),
+        ExecutionStatus.RUNNING,
+        *sql.values(Execution, claim_token=claim_token),
+    ]
+    statement = (
+        f'UPDATE "executions_execution" SET {assigned}'
+        ' WHERE "id" = %s AND "status" = %s AND "claim_token" = %s'
+    )
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            changed = len(
+                sql.rows(
+                    f"{statement} RETURNING pg_notify(%s, %s)", [*values, DONE_CHANNEL, str(execution.pk)]
+                )
+            )
+        else:
+            changed = sql.execute(statement, values)
+    if not changed:
+        return False
+    failed = copy.copy(execution)
+    for name, value in fields.items():
+        setattr(failed, name, value)
+    try:
+        with transaction.atomic():
+            finished = _execution_event(
+                failed,
+                EventType.EXECUTION_FINISHED,
+                exit_code=None,
+                error=ErrorCode.WORKER_ERROR,
+                duration_ms=failed.duration_ms,
+            )
+            _sync_task(_lock_task(failed.task_id), failed, events=[finished])
+    except Exception:
+        logger.exception("execution %s: failed with worker_error, but its task was not updated", execution.pk)
+    return True
+
+
 # What a retry copies from the execution it retries.
 RETRY_COPIED = ("parameters", "secret_parameters", "script_type", "script", "timeout_seconds", "priority")
 

@@ -45,6 +45,7 @@ from executions.sandbox import (
     SandboxConfig,
     describe_isolation,
     finish_cleanup,
+    output_text,
     reaping_problem,
     run_script,
 )
@@ -83,6 +84,9 @@ class Run:
     seq: int = 0
     pending: list[tuple[int, str, str]] = field(default_factory=list)
     pending_bytes: int = 0
+    # Set when storing this run's output failed for a reason other than a lost connection
+    # (the database refused it): housekeeping stops retrying it, the finish tries once more.
+    store_failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Held while chunks are taken and stored, so the final flush (before the finish is
     # recorded) waits for a housekeeping flush in progress: no chunk can land after the
@@ -99,7 +103,7 @@ class Run:
     tails: dict[str, str] = field(default_factory=lambda: {"stdout": "", "stderr": ""})
 
     def on_output(self, stream: str, data: bytes | str) -> None:
-        text = data if isinstance(data, str) else self.decoders[stream].decode(data)
+        text = output_text(data, None if isinstance(data, str) else self.decoders[stream])
         if not text:
             return
         with self.lock:
@@ -114,7 +118,7 @@ class Run:
     def take(self) -> list[tuple[int, str, str]]:
         with self.lock:
             for stream, decoder in self.decoders.items():
-                rest = decoder.decode(b"", final=False)
+                rest = output_text(b"", decoder)
                 if rest:
                     self._add(stream, rest)
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
@@ -303,7 +307,14 @@ class WorkerProcess:
                 should_cancel=run.should_cancel,
                 config=self.sandbox,
             )
-            self._until_stored(f"end of {execution.pk}", lambda: self._record(run, result))
+            try:
+                self._until_stored(f"end of {execution.pk}", lambda: self._record(run, result))
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:
+                # The database refused what the run produced (not a lost connection): record
+                # that as it is, in a write that holds nothing of the run's output.
+                self._record_unstored(run, exc)
         except CONNECTION_ERRORS:
             # The database stayed away for a whole lease: the reaper fails the run worker_lost
             # (and retries it); recording a "worker error" here would blame the script.
@@ -318,8 +329,10 @@ class WorkerProcess:
                         run, status=ExecutionStatus.FAILED, error=ErrorCode.SPAWN_FAILED, error_detail=detail
                     ),
                 )
-            except Exception:
+            except CONNECTION_ERRORS:
                 logger.exception("could not record the failure of %s; the reaper will", execution.pk)
+            except Exception as store_exc:
+                self._record_unstored(run, store_exc)
         finally:
             with self.runs_lock:
                 self.runs.pop(execution.pk, None)
@@ -344,7 +357,7 @@ class WorkerProcess:
             status=status,
             exit_code=result.exit_code,
             error=error,
-            error_detail=(result.error_detail or "")[:500],
+            error_detail=output_text(result.error_detail or "")[:500],
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,
         )
@@ -364,6 +377,28 @@ class WorkerProcess:
             except Exception:
                 run.put_back(chunks)
                 raise
+
+    def _record_unstored(self, run: Run, exc: Exception) -> None:
+        """Storing how ``run`` ended failed for a reason a retry cannot cure (the database
+        refused the output, a constraint, a bug): record it as ``worker_error``, never
+        retried, in a fresh minimal write that stores nothing from the script. Left as it is,
+        the run would stay ``running`` until the reaper failed it ``worker_lost`` and ran the
+        script a second time."""
+        execution = run.execution
+        logger.error("could not store the end of execution %s: %r", execution.pk, exc, exc_info=exc)
+        detail = output_text(f"the worker could not store this run's outcome: {type(exc).__name__}: {exc}")
+        try:
+            stored = self._until_stored(
+                f"worker error of {execution.pk}",
+                lambda: services.execution_fail_unstored(
+                    execution=execution, claim_token=run.token, error_detail=detail[:500]
+                ),
+            )
+        except Exception:
+            logger.exception("could not record the worker error of %s; the reaper will", execution.pk)
+            return
+        if stored:
+            self.on_event(f"execution {execution.pk} finished: failed (worker_error)")
 
     def _until_stored(self, what: str, write: Callable[[], T]) -> T:
         """Run a database write, retrying through a lost connection (PostgreSQL restarting)
@@ -399,6 +434,18 @@ class WorkerProcess:
             if not stored:
                 run.stop_reason = run.stop_reason or "lease_lost"
 
+    def _flush_or_give_up(self, run: Run) -> None:
+        """Flush one run; a refusal that is not a lost connection stops the flushing of that
+        run only (its finish tries once more, then records ``worker_error``), so one run's
+        bad output never holds up the others' output, cancels and lease renewals."""
+        try:
+            self._flush(run)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception:
+            logger.exception("storing the output of %s failed; not retried", run.execution.pk)
+            run.store_failed = True
+
     def _housekeeping(self) -> None:
         lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)
         last_lease = last_reap = last_cancel = last_prune = 0.0
@@ -408,8 +455,8 @@ class WorkerProcess:
                 with self.runs_lock:
                     runs = list(self.runs.values())
                 for run in runs:
-                    if run.pending:
-                        self._flush(run)
+                    if run.pending and not run.store_failed:
+                        self._flush_or_give_up(run)
                 if now - last_cancel >= CANCEL_POLL_INTERVAL and runs:
                     last_cancel = now
                     for execution_id in services.cancel_requested(r.execution.pk for r in runs):

@@ -1112,3 +1112,103 @@ def test_a_worker_that_is_pid_1_is_told_to_run_under_an_init() -> None:
     )
     assert "PID 1" in inside.stdout and "--init" in inside.stdout
     assert reaping_problem() is None  # this process is not PID 1
+
+
+# --- Issue 18 items 3 and 11: sized mounts, no nested user namespaces, seccomp, /etc ----------
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm", "$HOME", "$TMPDIR"])  # noqa: S108 - inside the sandbox
+def test_writable_mounts_are_sized_and_overfilling_fails_the_run(needs_bwrap: None, where: str) -> None:
+    """Writing more than tmpfs_bytes fails inside the script (ENOSPC) and the run fails."""
+    script = f'set -e\nhead -c 3145728 /dev/zero > {where}/big\necho "wrote 3 MiB"\n'
+    result, output = run(script, "bash", mode="always", tmpfs_bytes=2 * MIB)
+    assert result.outcome == "failed", output.stdout
+    assert result.exit_code == 1
+    assert "No space left on device" in output.stderr
+    assert "wrote 3 MiB" not in output.stdout
+
+
+def test_root_and_dev_are_read_only_and_tmpfs_sizes_are_the_setting(needs_bwrap: None) -> None:
+    script = (
+        "touch /x 2>/dev/null && echo root-writable\n"
+        "touch /dev/x 2>/dev/null && echo dev-writable\n"
+        'df -B1 --output=size /tmp /dev/shm "$HOME" | tail -n +2 | tr -s " " | tr "\\n" ,\n'
+    )
+    result, output = run(script, "bash", mode="always", tmpfs_bytes=8 * MIB)
+    assert result.outcome == "succeeded", output.stderr
+    assert "writable" not in output.stdout
+    assert [int(v) for v in output.stdout.strip(" ,\n").split(",")] == [8 * MIB] * 3
+
+
+def test_nested_user_namespaces_are_refused(needs_bwrap: None) -> None:
+    result, output = run("unshare -Urmn true && echo ESCAPED; exit 0", "bash", mode="always")
+    assert result.outcome == "succeeded"
+    assert "ESCAPED" not in output.stdout
+    assert "unshare failed" in output.stderr
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            "os.unshare(os.CLONE_NEWUSER) if hasattr(os, 'unshare') else ctypes_call('unshare', 0x10000000)",
+            "EPERM",
+        ),
+        ("ctypes_call('mount', b'none', b'/tmp', b'tmpfs', 0, None)", "EPERM"),
+        ("ctypes_call('syscall', NR_ADD_KEY, b'user', b'k', b'v', 1, -2)", "EPERM"),
+        ("ctypes_call('ptrace', 0, 0, 0, 0)", "EPERM"),
+        ("ctypes_call('syscall', NR_USERFAULTFD, 0)", "EPERM"),
+        ("ctypes_call('syscall', 425, 1, None)", "EPERM"),  # io_uring_setup: EFAULT unfiltered
+    ],
+)
+def test_seccomp_denies_dangerous_system_calls(needs_bwrap: None, call: str, expected: str) -> None:
+    script = (
+        "import ctypes, errno, os, platform\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "NR_USERFAULTFD = {'x86_64': 323, 'aarch64': 282}[platform.machine()]\n"
+        "NR_ADD_KEY = {'x86_64': 248, 'aarch64': 217}[platform.machine()]\n"
+        "def ctypes_call(name, *args):\n"
+        "    if getattr(libc, name)(*args) == -1:\n"
+        "        raise OSError(ctypes.get_errno(), name)\n"
+        "try:\n"
+        f"    {call}\n"
+        "    print('ALLOWED')\n"
+        "except OSError as exc:\n"
+        "    print(errno.errorcode[exc.errno])\n"
+    )
+    result, output = run(script, "python", mode="always")
+    assert result.outcome == "succeeded", output.stderr
+    assert output.stdout.strip() == expected
+
+
+def test_seccomp_program_is_well_formed() -> None:
+    from executions.sandbox import seccomp_program
+
+    for machine in ("x86_64", "aarch64"):
+        program = seccomp_program(machine)
+        assert program is not None and len(program) % 8 == 0
+        assert len(program) // 8 < 256  # relative jumps are one byte
+    assert seccomp_program("riscv64") is None
+
+
+def test_only_the_listed_etc_files_are_visible_and_interpreters_work(needs_bwrap: None) -> None:
+    script = (
+        "for f in /etc/shadow /etc/gshadow /etc/hostname /etc/machine-id /etc/ssh /etc/sudoers; do\n"
+        '  [ -e "$f" ] && echo "VISIBLE $f"\n'
+        "done\n"
+        "test -r /etc/passwd && echo passwd-ok\n"
+        "echo 1 2 | awk '{print $2}'\n"
+        "python3 -c 'import ssl, json, sqlite3; print(\"python-ok\")'\n"
+        "exit 0\n"
+    )
+    result, output = run(script, "bash", mode="always")
+    assert result.outcome == "succeeded", output.stderr
+    assert "VISIBLE" not in output.stdout
+    assert "passwd-ok\n2\npython-ok\n" in output.stdout
+
+
+def test_tmpfs_setting_is_read(settings: Any) -> None:
+    settings.TASKFORGE_SANDBOX_TMPFS_BYTES = 3 * MIB
+    assert SandboxConfig.from_settings().tmpfs_bytes == 3 * MIB
+    with pytest.raises(ValueError, match="tmpfs_bytes"):
+        SandboxConfig(tmpfs_bytes=0)
