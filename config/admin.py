@@ -18,24 +18,6 @@ from django.utils import timezone
 DASHBOARD_CACHE_SECONDS = 30
 
 
-class ProjectScopedAdmin(admin.ModelAdmin):
-    """An admin for objects that belong to a project: staff who are not superusers see and
-    pick only their projects' objects, and the project is fixed once created."""
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "project") if obj is not None else tuple(self.readonly_fields)
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "project":
-            from accounts.models import Project
-
-            kwargs["queryset"] = Project.objects.visible_to(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-
 def apply_each(
     model_admin: admin.ModelAdmin,
     request: HttpRequest,
