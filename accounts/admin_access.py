@@ -154,14 +154,16 @@ class ProjectRoleAdmin(admin.ModelAdmin):
                 return role_denied_message(held, role)
         return None
 
-    def get_action(self, action: Any, *args: Any, **kwargs: Any) -> Any:
-        """Every action, wherever it is offered (change list or change form), is guarded."""
-        found = super().get_action(action, *args, **kwargs)
-        if found is None:
-            return None
-        return dataclasses.replace(
-            found, func=guard_action(found.func, found.name, self.action_role(found.name))
-        )
+    def get_actions(
+        self, request: HttpRequest, action_location: Any = admin.ActionLocation.CHANGE_LIST
+    ) -> Any:
+        """Every action offered (the site's ``delete_selected`` too, on the change list or the
+        change form) is guarded by its role."""
+        actions = super().get_actions(request, action_location=action_location)
+        return {
+            name: dataclasses.replace(action, func=guard_action(action.func, name, self.action_role(name)))
+            for name, action in actions.items()
+        }
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         """``delete_selected``: one ``delete_model`` (a service call) per object, never a bulk
