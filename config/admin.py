@@ -6,34 +6,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 DASHBOARD_CACHE_SECONDS = 30
-
-
-class ProjectScopedAdmin(admin.ModelAdmin):
-    """An admin for objects that belong to a project: staff who are not superusers see and
-    pick only their projects' objects, and the project is fixed once created."""
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "project") if obj is not None else tuple(self.readonly_fields)
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "project":
-            from accounts.models import Project
-
-            kwargs["queryset"] = Project.objects.visible_to(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 def apply_each(
@@ -114,10 +97,66 @@ def dashboard(user: Any) -> dict[str, Any]:
     }
 
 
+LOGIN_GROUP = "taskforge.admin_login"
+
+
+def _login_buckets(request: HttpRequest) -> list[tuple[str, str]]:
+    """(bucket, rate) pairs a login attempt counts against: its client IP and its username
+    (case-folded, so ``Root`` and ``root`` share one)."""
+    username = (request.POST.get("username") or "").strip().casefold()
+    buckets = [(f"ip:{request.META.get('REMOTE_ADDR', '')}", settings.TASKFORGE_ADMIN_LOGIN_RATE_IP)]
+    if username:
+        buckets.append((f"user:{username}", settings.TASKFORGE_ADMIN_LOGIN_RATE_USERNAME))
+    return buckets
+
+
+def _login_usage(request: HttpRequest, bucket: str, rate: str, increment: bool) -> dict[str, Any] | None:
+    from django_ratelimit.core import get_usage
+
+    return get_usage(request, group=LOGIN_GROUP, key=lambda _g, _r: bucket, rate=rate, increment=increment)
+
+
+def login_refused_for(request: HttpRequest) -> int | None:
+    """Seconds until this IP or username may try again, when either has used up its failed
+    attempts (None while both may still try). A cache that cannot answer refuses."""
+    for bucket, rate in _login_buckets(request):
+        usage = _login_usage(request, bucket, rate, increment=False)
+        if usage is not None and usage["count"] >= usage["limit"]:
+            return max(1, usage["time_left"])
+    return None
+
+
+def login_failed(request: HttpRequest) -> None:
+    """Count a failed login against its IP and its username."""
+    for bucket, rate in _login_buckets(request):
+        _login_usage(request, bucket, rate, increment=True)
+
+
 class TaskforgeAdminSite(admin.AdminSite):
     site_header = "Taskforge"
     site_title = "Taskforge admin"
     index_title = "Dashboard"
+
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The admin login, throttled: after too many failed attempts from one IP or for one
+        username (``TASKFORGE_ADMIN_LOGIN_RATE_*``), every attempt (the right password too) is
+        answered 429 until the window passes."""
+        if request.method != "POST":
+            return super().login(request, extra_context)
+        wait = login_refused_for(request)
+        if wait is not None:
+            context = {
+                **self.each_context(request),
+                "title": "Too many failed logins",
+                "wait_minutes": -(-wait // 60),
+            }
+            response = TemplateResponse(request, "admin/login_throttled.html", context, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        response = super().login(request, extra_context)
+        if not (response.status_code == 302 and request.user.is_authenticated):
+            login_failed(request)
+        return response
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         return super().index(request, {**(extra_context or {}), "dashboard": dashboard(request.user)})

@@ -240,6 +240,10 @@ TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
 TASKFORGE_IDEMPOTENCY_TTL_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 TASKFORGE_IDEMPOTENCY_LOCK_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_LOCK_SECONDS", 300)
 RATELIMIT_USE_CACHE = "default"
+# Failed admin logins allowed per window, per username and per client IP; past either, every
+# attempt (the right password too) is refused with 429 until the window passes.
+TASKFORGE_ADMIN_LOGIN_RATE_USERNAME = os.environ.get("TASKFORGE_ADMIN_LOGIN_RATE_USERNAME", "10/15m")
+TASKFORGE_ADMIN_LOGIN_RATE_IP = os.environ.get("TASKFORGE_ADMIN_LOGIN_RATE_IP", "30/15m")
 # Webhooks (docs/webhooks.md). Targets must be public https URLs; the two ALLOW_ switches are
 # for tests and local development only.
 TASKFORGE_WEBHOOK_ALLOW_HTTP = env_bool("TASKFORGE_WEBHOOK_ALLOW_HTTP")

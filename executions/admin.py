@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -11,6 +10,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from accounts.admin_access import ProjectRoleAdmin, require_project_role, superuser_only
+from accounts.models import Role
 from executions import services
 from executions.models import Execution, ExecutionStatus, Worker
 
@@ -29,10 +30,26 @@ EXECUTION_COLOURS = {
 }
 
 
+def masked_secrets(execution: Execution) -> list[str]:
+    """The secret parameters a re-run of ``execution`` would need: the run had them, but only
+    their mask (``***``) was kept, and sending the mask would run the script with ``***``."""
+    from templates_app.parameters import MASK
+
+    spec = execution.task.parameter_spec or []
+    secret = {item.get("name") for item in spec if item.get("secret")}
+    plain = {item.get("name") for item in spec} - secret
+    given = execution.parameters or {}
+    # A masked value whose declaration has since gone is refused too: *** is never a value.
+    return sorted(n for n, v in given.items() if n in secret or (v == MASK and n not in plain))
+
+
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ProjectRoleAdmin):
     """Read-only history; output in a monospace block that follows a running execution live
-    (a few lines of JavaScript polling the log endpoint); cancel and re-run buttons."""
+    (a few lines of JavaScript polling the log endpoint); cancel and re-run buttons. Viewers
+    read; cancelling and re-running need the member role (as the API)."""
+
+    write_role = Role.MEMBER
 
     change_form_template = "admin/executions/execution/change_form.html"
 
@@ -69,7 +86,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return Execution.objects.visible_to(request.user).select_related("task", "worker")
+        return super().get_queryset(request).select_related("task", "worker")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -142,11 +159,7 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     def _operable(self, request: HttpRequest, pk: Any) -> Execution:
         execution = get_object_or_404(self.get_queryset(request), pk=pk)
-        from accounts.models import Role, role_at_least
-        from accounts.permissions import project_role
-
-        if not role_at_least(project_role(request.user, execution.project), Role.MEMBER):
-            raise PermissionDenied
+        require_project_role(request, execution.project_id, self.write_role)
         return execution
 
     @staticmethod
@@ -171,10 +184,21 @@ class ExecutionAdmin(admin.ModelAdmin):
         return require_POST(self._rerun)(request, pk)
 
     def _rerun(self, request: HttpRequest, pk: Any) -> HttpResponseRedirect:
-        from config.errors import Conflict
+        from django.core.exceptions import ValidationError
+        from rest_framework.exceptions import APIException
+
         from executions.models import Trigger
 
         execution = self._operable(request, pk)
+        masked = masked_secrets(execution)
+        if masked:
+            self.message_user(
+                request,
+                f"Not re-run: the secret parameter(s) {', '.join(masked)} were not stored (only ***). "
+                "Give them again with the task's Run with parameters form.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(reverse("admin:tasks_task_run", args=[execution.task_id]))
         try:
             new = services.execution_enqueue(
                 task=execution.task,
@@ -183,7 +207,10 @@ class ExecutionAdmin(admin.ModelAdmin):
                 timeout_seconds=execution.timeout_seconds,
                 parameters=execution.parameters,
             )
-        except Conflict as exc:
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            return self._back(execution)
+        except APIException as exc:
             self.message_user(request, str(exc.detail), messages.ERROR)
             return self._back(execution)
         self.message_user(request, f"Queued execution #{new.number}.", messages.SUCCESS)
@@ -201,6 +228,9 @@ class ExecutionAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
+    """Workers serve every project: staff with the view permission see them (the dashboard
+    shows them too); only superusers delete a row."""
+
     list_display = (
         "name",
         "hostname",
@@ -215,3 +245,9 @@ class WorkerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the worker writes its own row
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return superuser_only(request)

@@ -14,8 +14,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import APIException
 
-from accounts.models import Project
-from config.admin import ProjectScopedAdmin, apply_each
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role
+from accounts.models import Project, Role
+from config.admin import apply_each
 from executions.models import Execution, Trigger
 from executions.services import execution_enqueue
 from tasks import services
@@ -62,7 +63,9 @@ class NoteFormSet(BaseInlineFormSet):
         )
 
 
-class NoteInline(admin.TabularInline):
+class NoteInline(ProjectRoleInline, admin.TabularInline):
+    """Adding a note needs the member role in the task's project (as ``POST …/notes``)."""
+
     model = Note
     formset = NoteFormSet
     extra = 1
@@ -81,7 +84,7 @@ class NoteInline(admin.TabularInline):
         return False
 
 
-class EventInline(admin.TabularInline):
+class EventInline(ProjectRoleInline, admin.TabularInline):
     model = Event
     fields = ("created_at", "type", "actor", "actor_key_prefix", "data")
     readonly_fields = fields
@@ -97,7 +100,7 @@ class EventInline(admin.TabularInline):
         return False
 
 
-class ExecutionInline(admin.TabularInline):
+class ExecutionInline(ProjectRoleInline, admin.TabularInline):
     """The task's latest executions, newest first, each linking to its page with the output."""
 
     model = Execution
@@ -122,7 +125,10 @@ class ExecutionInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(ProjectScopedAdmin):
+class TaskAdmin(ProjectRoleAdmin):
+    """Viewers read; members create, change, run, move, archive and delete (as the API)."""
+
+    write_role = Role.MEMBER
     change_form_template = "admin/tasks/task/change_form.html"
 
     list_display = (
@@ -215,19 +221,15 @@ class TaskAdmin(ProjectScopedAdmin):
 
     def run_view(self, request: HttpRequest, pk: Any) -> Any:
         """POST without a form: run now. GET: a typed form for the task's parameters."""
-        from django.core.exceptions import PermissionDenied
         from django.http import HttpResponseRedirect
         from django.shortcuts import get_object_or_404
         from django.template.response import TemplateResponse
 
-        from accounts.models import Role, role_at_least
-        from accounts.permissions import project_role
         from templates_app.admin import TriggerForm
         from templates_app.parameters import normalize_spec
 
         task = get_object_or_404(self.get_queryset(request), pk=pk)
-        if not role_at_least(project_role(request.user, task.project), Role.MEMBER):
-            raise PermissionDenied("Running a task needs the member role in its project.")
+        require_project_role(request, task.project_id, self.action_role("run"))
         spec = normalize_spec(task.parameter_spec or [])
         with_form = "_run_form" in request.POST or request.method == "GET"
         form = TriggerForm(spec, request.POST if "_run_form" in request.POST else None)
@@ -277,6 +279,9 @@ class TaskAdmin(ProjectScopedAdmin):
         obj._state.adding = False
         obj.refresh_from_db()
 
+    def delete_model(self, request: HttpRequest, obj: Task) -> None:
+        services.task_delete(task=obj, actor=request.user)
+
     @admin.action(description="Execute selected tasks now", permissions=["change"])
     def execute(self, request: HttpRequest, queryset: QuerySet) -> None:
         apply_each(
@@ -323,8 +328,8 @@ class TaskAdmin(ProjectScopedAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
-    """The outbox, read-only: who changed what, when."""
+class EventAdmin(ProjectRoleAdmin):
+    """The outbox, read-only: who changed what, when (viewers of the project)."""
 
     list_display = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix")
     list_filter = ("type",)
@@ -333,9 +338,6 @@ class EventAdmin(admin.ModelAdmin):
     search_fields = ("type",)
     readonly_fields = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix", "data")
     fields = readonly_fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

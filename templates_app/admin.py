@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -17,9 +17,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import APIException
 
-from accounts.models import Project, Role, role_at_least
-from accounts.permissions import project_role
-from config.admin import ProjectScopedAdmin
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role
+from accounts.models import Role
 from executions.models import Trigger
 from templates_app import parameters as params
 from templates_app import services
@@ -66,7 +65,7 @@ class ParameterFormSet(BaseInlineFormSet):
             raise ValidationError(general)
 
 
-class TemplateParameterInline(admin.TabularInline):
+class TemplateParameterInline(ProjectRoleInline, admin.TabularInline):
     model = TemplateParameter
     formset = ParameterFormSet
     extra = 1
@@ -94,7 +93,12 @@ class TemplateParameterInline(admin.TabularInline):
 
 
 @admin.register(Template)
-class TemplateAdmin(ProjectScopedAdmin):
+class TemplateAdmin(ProjectRoleAdmin):
+    """Viewers and members read; admins of the project create, change and delete; members
+    trigger (as the API)."""
+
+    write_role = Role.ADMIN
+    action_roles = {"trigger": Role.MEMBER}
     list_display = ("slug", "name", "project", "version", "script_type", "task_count", "updated_at")
     list_filter = ("script_type",)
     list_select_related = ("project",)
@@ -157,13 +161,10 @@ class TemplateAdmin(ProjectScopedAdmin):
         return format_html("<ul>{}</ul>{} in all", rows, total) if total else "none yet"
 
     # --- saving through the services ------------------------------------------------------------
-    def _require_admin(self, request: HttpRequest, project: Project) -> None:
-        if not role_at_least(project_role(request.user, project), Role.ADMIN):
-            raise PermissionDenied("Templates are managed by the project's admins.")
-
     def save_model(self, request: HttpRequest, obj: Template, form: ModelForm, change: bool) -> None:
-        # The parameters arrive with the inline formset: the service runs in save_related.
-        self._require_admin(request, form.cleaned_data.get("project") or obj.project)
+        # The role was checked by save_form; the parameters arrive with the inline formset,
+        # so the service runs in save_related.
+        require_project_role(request, form.cleaned_data.get("project") or obj.project_id, self.write_role)
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         spec = next((_spec_from_forms(fs) for fs in formsets if isinstance(fs, ParameterFormSet)), [])
@@ -188,7 +189,7 @@ class TemplateAdmin(ProjectScopedAdmin):
         form.instance.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: Template) -> None:
-        self._require_admin(request, obj.project)
+        require_project_role(request, obj.project_id, self.write_role)
         services.template_delete(template=obj, actor=request.user)
 
     # --- the trigger form -----------------------------------------------------------------------
@@ -204,8 +205,7 @@ class TemplateAdmin(ProjectScopedAdmin):
 
     def trigger_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         template = get_object_or_404(self.get_queryset(request), pk=object_id)
-        if not role_at_least(project_role(request.user, template.project), Role.MEMBER):
-            raise PermissionDenied("Triggering needs the member role in the template's project.")
+        require_project_role(request, template.project_id, self.action_role("trigger"))
         spec = params.normalize_spec(template.spec())
         form = TriggerForm(spec, request.POST or None)
         if request.method == "POST" and form.is_valid():

@@ -12,7 +12,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from config.admin import ProjectScopedAdmin, apply_each
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline
+from accounts.models import Role
+from config.admin import apply_each
 from webhooks import services, ssrf
 from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 
@@ -46,7 +48,7 @@ class SubscriptionForm(forms.ModelForm):
         return url
 
 
-class DeliveryInline(admin.TabularInline):
+class DeliveryInline(ProjectRoleInline, admin.TabularInline):
     model = Delivery
     fields = (
         "created_at",
@@ -80,7 +82,12 @@ class DeliveryInline(admin.TabularInline):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(ProjectScopedAdmin):
+class SubscriptionAdmin(ProjectRoleAdmin):
+    """Webhooks are project settings: only the project's admins see and manage them here (their
+    URLs may carry tokens, their logs the receivers' answers)."""
+
+    view_role = Role.ADMIN
+    write_role = Role.ADMIN
     form = SubscriptionForm
     list_display = ("url", "project", "state", "event_list", "failing_since", "created_at")
     list_filter = ("active",)
@@ -145,10 +152,6 @@ class SubscriptionAdmin(ProjectScopedAdmin):
     def delete_model(self, request: HttpRequest, obj: Subscription) -> None:
         services.subscription_delete(subscription=obj, actor=request.user)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for subscription in queryset:
-            services.subscription_delete(subscription=subscription, actor=request.user)
-
     @admin.action(description="Send a test delivery", permissions=["change"])
     def send_test(self, request: HttpRequest, queryset: QuerySet) -> None:
         apply_each(
@@ -168,7 +171,7 @@ class SubscriptionAdmin(ProjectScopedAdmin):
             )
 
 
-class DeliveryAttemptInline(admin.TabularInline):
+class DeliveryAttemptInline(ProjectRoleInline, admin.TabularInline):
     model = DeliveryAttempt
     fields = ("number", "started_at", "duration_ms", "address", "status_code", "error", "response_body")
     readonly_fields = fields
@@ -184,8 +187,12 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
-    """The delivery log, read-only, with a replay action."""
+class DeliveryAdmin(ProjectRoleAdmin):
+    """The delivery log, read-only, with a replay action: the project's admins only."""
+
+    project_path = "subscription__project"
+    view_role = Role.ADMIN
+    write_role = Role.ADMIN
 
     list_display = (
         "created_at",
@@ -217,9 +224,6 @@ class DeliveryAdmin(admin.ModelAdmin):
     fields = readonly_fields
     inlines = (DeliveryAttemptInline,)
     actions = ("replay",)
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).visible_to(request.user)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, delivery: Delivery) -> str:

@@ -105,3 +105,50 @@ def test_staff_see_only_their_projects(user, other_user):
     assert "theirs" not in page
     hidden = Task.objects.get(name="theirs")
     assert client.get(f"/admin/tasks/task/{hidden.pk}/change/").status_code == 302  # "doesn't exist"
+
+
+def staff_with(role: str, *codenames: str) -> tuple[User, Client, object]:
+    staff = UserFactory(username=f"staff-{role}", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    project = MembershipFactory(user=staff, role=role).project
+    client = Client()
+    client.force_login(User.objects.get(pk=staff.pk))
+    return staff, client, project
+
+
+def test_a_viewer_with_change_task_cannot_execute_move_or_note(user):
+    """Issue 18 item 1: with change_task and only the viewer role, the execute action ran."""
+    from executions.models import Execution
+    from tasks.models import Note
+
+    _staff, client, project = staff_with(Role.VIEWER, "change_task", "view_task", "add_note", "delete_task")
+    task = TaskFactory(created_by=user, project=project, script_type="bash", script_content="echo hi")
+    for action in ("execute", "cancel", "archive", "delete_selected"):
+        response = client.post(
+            "/admin/tasks/task/", {"action": action, "_selected_action": [str(task.pk)], "post": "yes"}
+        )
+        assert response.status_code in (302, 403)
+    assert client.post(f"/admin/tasks/task/{task.pk}/run/").status_code == 403
+    assert not Execution.objects.filter(task=task).exists()
+    task.refresh_from_db()
+    assert (task.status, task.archived) == (Status.PENDING, False)
+    response = client.post(
+        f"/admin/tasks/task/{task.pk}/change/",
+        {"notes-TOTAL_FORMS": 1, "notes-INITIAL_FORMS": 0, "notes-0-body": "sneaky"},
+    )
+    assert response.status_code == 403
+    assert not Note.objects.filter(task=task).exists()
+
+
+def test_a_member_executes_and_adds_a_task_only_in_projects_where_they_are_member(user):
+    from executions.models import Execution
+
+    staff, client, project = staff_with(Role.MEMBER, "change_task", "view_task", "add_task")
+    task = TaskFactory(created_by=user, project=project, script_type="bash", script_content="echo hi")
+    client.post("/admin/tasks/task/", {"action": "execute", "_selected_action": [str(task.pk)]})
+    assert Execution.objects.filter(task=task).count() == 1
+    watched = MembershipFactory(user=staff, role=Role.VIEWER).project
+    form = client.get("/admin/tasks/task/add/").context["adminform"].form
+    offered = set(form.fields["project"].queryset.values_list("pk", flat=True))
+    assert project.pk in offered
+    assert watched.pk not in offered
