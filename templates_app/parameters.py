@@ -711,6 +711,8 @@ try:
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         a = starts[tok.start[0] - 1] + tok.start[1]
         b = starts[tok.end[0] - 1] + tok.end[1]
+        if tok.type == tokenize.ERRORTOKEN:  # up to 3.11 tokenize goes on past an error
+            raise SyntaxError("unreadable %r on line %d" % (tok.string, tok.start[0]))
         hit = [m for m in marks if a <= m < b]
         if hit:
             out.append([tokenize.tok_name[tok.type], a, b, tok.string])
@@ -841,6 +843,15 @@ def script_errors(script: str, script_type: str, spec: list[Mapping[str, Any]], 
     return errors
 
 
+def script_digest(script_type: str, script: str, spec: list[Mapping[str, Any]]) -> str:
+    """What a task records of the script its template rendered: a sha256 of the script type,
+    the script and the declarations. A secret is only handed to a script that still has it."""
+    import hashlib
+
+    canonical = json.dumps([script_type, script, list(spec)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def prepare_run(
     *,
     spec: list[Mapping[str, Any]],
@@ -848,13 +859,29 @@ def prepare_run(
     script_type: str,
     stored: Mapping[str, Any],
     given: Mapping[str, Any],
+    digest: str | None = None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What one execution of a templated task runs: ``(script, shown values, secret values)``.
 
     The task's stored values (secrets are never stored) are the base; ``given`` overrides
-    them. Raises a ValidationError naming every bad parameter.
+    them. Raises a ValidationError naming every bad parameter. With ``digest`` (the task's
+    ``script_digest``), a secret value is refused unless the script, its type and the
+    declarations are still exactly what the template rendered.
     """
     secret_names = {item["name"] for item in spec if item.get("secret")}
+    given_secrets = sorted(name for name in secret_names if given.get(name) is not None)
+    if digest is not None and given_secrets and digest != script_digest(script_type, script, spec):
+        raise as_validation_error(
+            [
+                (
+                    f"parameters.{name}",
+                    "script_changed",
+                    "This task's script is no longer the one its template rendered, so it is "
+                    "not given secrets. Trigger the template again to run its script.",
+                )
+                for name in given_secrets
+            ]
+        )
     values = {**{k: v for k, v in stored.items() if k not in secret_names}, **given}
     clean, errors = validate(spec, values)
     if errors:
