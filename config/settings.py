@@ -376,3 +376,7 @@ TASKFORGE_SANDBOX_UID_RANGE = (_low, _high)
 # The directory of the per-uid lock files, shared by every worker on the host (None: the default,
 # /run/taskforge-sandbox).
 TASKFORGE_SANDBOX_UID_LOCK_DIR = os.environ.get("TASKFORGE_SANDBOX_UID_LOCK_DIR") or None
+# The interpreter of python scripts (a name looked up on the sandbox PATH
+# /usr/local/bin:/usr/bin:/bin, or an absolute path there). The template checker tokenizes
+# scripts with this same interpreter, so web and worker hosts must have the same version.
+TASKFORGE_SCRIPT_PYTHON = os.environ.get("TASKFORGE_SCRIPT_PYTHON", "python3").strip() or "python3"

@@ -340,6 +340,7 @@ class SandboxConfig:
             "kill_grace_seconds": "TASKFORGE_SANDBOX_KILL_GRACE_SECONDS",
             "uid_range": "TASKFORGE_SANDBOX_UID_RANGE",
             "uid_lock_dir": "TASKFORGE_SANDBOX_UID_LOCK_DIR",
+            "python": "TASKFORGE_SCRIPT_PYTHON",
         }
         values: dict[str, Any] = {}
         for attr, setting in names.items():

@@ -154,6 +154,7 @@ def execution_enqueue(
             script_type=task.script_type,
             stored=task.parameters,
             given=given,
+            digest=task.script_digest,
         )
     elif given:
         from config.errors import field_error

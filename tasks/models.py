@@ -335,6 +335,10 @@ class Task(models.Model):
     template_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
     parameters = models.JSONField(default=dict, blank=True, editable=False)
     parameter_spec = models.JSONField(default=list, blank=True, editable=False)
+    # sha256 of (script_type, script_content, parameter_spec) as its template rendered them
+    # (templates_app.parameters.script_digest); empty once the script is changed. Secret
+    # values are only handed to a script whose digest still matches.
+    script_digest = models.CharField(max_length=64, blank=True, default="", db_default="", editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

@@ -206,6 +206,7 @@ def task_create(
     template_version: int | None = None,
     parameters: dict[str, Any] | None = None,
     parameter_spec: list[dict[str, Any]] | None = None,
+    script_digest: str = "",
     **fields: Any,
 ) -> Task:
     """Create a task in ``project`` (the caller's right to write there is checked by the caller).
@@ -220,6 +221,7 @@ def task_create(
         template_version=template_version,
         parameters=dict(parameters or {}),
         parameter_spec=list(parameter_spec or []),
+        script_digest=script_digest,
         **_normalize(fields),
     )
     task.full_clean()
@@ -240,6 +242,28 @@ def task_create(
         },
     )
     return task
+
+
+DETACH_FIELDS = ("template", "template_version", "parameters", "parameter_spec", "script_digest")
+
+
+def _detach_from_template(task: Task) -> dict[str, Any] | None:
+    """A changed script is no longer its template's: the task leaves the template and its
+    secret parameters (never handed to a script someone else wrote since). Returns what the
+    task.updated event records, or None when the task came from no template."""
+    if task.template_id is None and not task.parameter_spec and not task.script_digest:
+        return None
+    secret = [item.get("name") for item in task.parameter_spec if item.get("secret")]
+    detached = {
+        "detached_from_template": None if task.template_id is None else str(task.template_id),
+        "dropped_secret_parameters": secret,
+    }
+    task.template = None
+    task.template_version = None
+    task.parameter_spec = [item for item in task.parameter_spec if not item.get("secret")]
+    task.parameters = {k: v for k, v in task.parameters.items() if k not in secret}
+    task.script_digest = ""
+    return detached
 
 
 @transaction.atomic
@@ -275,10 +299,11 @@ def task_update(
     changed = [name for name, value in fields.items() if getattr(task, name) != value]
     for name in changed:
         setattr(task, name, fields[name])
+    detached = _detach_from_template(task) if {"script_content", "script_type"} & set(changed) else None
     if changed:
         task.updated_at = timezone.now()
         task.full_clean()
-        task.save(update_fields=[*changed, "updated_at"])
+        task.save(update_fields=[*changed, "updated_at", *(DETACH_FIELDS if detached is not None else ())])
     if depends_on is not None and _set_dependencies(task, depends_on):
         changed.append("depends_on")
         if len(changed) == 1:
@@ -291,7 +316,7 @@ def task_update(
             task=task,
             actor=actor,
             api_key=api_key,
-            data={"fields": changed},
+            data={"fields": changed, **(detached or {})},
         )
     if to_status is not None and to_status != task.status:
         task = task_move(task=task, to_status=to_status, actor=actor, api_key=api_key)

@@ -17,12 +17,11 @@ call them, so a rule lives here once.
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import math
 import re
 import shlex
-import tokenize
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -404,10 +403,58 @@ def check_script(script: str, script_type: str, spec: list[Mapping[str, Any]]) -
                 f'or assign it first ({name}={ph}) and use "${name}".'
             )
         else:
-            hint = f"A Python placeholder stands for a value: write 'Hello, ' + {ph} or f'{{ {ph} }}'."
+            hint = (
+                f"A Python placeholder stands for a value: write 'Hello, ' + {ph}, "
+                f"or assign it first ({name} = {ph})."
+            )
         line = _line_of(script, match.start())
         problems.append(PlaceholderProblem(name, line, f"{ph} on line {line} is inside {context}. {hint}"))
+    if script_type == "bash":
+        problems.extend(_bash_evaluation_problems(script, spec))
     return problems
+
+
+def _bash_evaluation_problems(script: str, spec: list[Mapping[str, Any]]) -> list[PlaceholderProblem]:
+    """String, choice and secret values that reach a place where bash evaluates text as an
+    arithmetic expression, as code or as a variable name (see ``bash_taint``)."""
+    from templates_app import bash_taint
+
+    items = {item["name"]: item for item in spec}
+    text_like = {
+        name for name, item in items.items() if item.get("secret") or item.get("type", "string") in TEXT_TYPES
+    }
+    if not text_like:
+        return []
+
+    def stand_in(match: re.Match[str]) -> str:
+        name = match.group(1)
+        keep_lines = "\n" * match.group(0).count("\n")
+        item = items.get(name)
+        if item is None:
+            return match.group(0)
+        if name in text_like:
+            return f'"${{{env_name(name)}}}"' + keep_lines
+        return ("true" if item.get("type") == "boolean" else "0") + keep_lines
+
+    text = PLACEHOLDER_RE.sub(stand_in, script)
+    seeds = {env_name(name): frozenset({name}) for name in text_like}
+    found = []
+    for problem in bash_taint.problems(text, seeds, direct=seeds):
+        name, line = problem["name"], problem["line"]
+        via = f" through ${problem['through']}" if problem["through"] else ""
+        found.append(
+            PlaceholderProblem(
+                name,
+                line,
+                f"{{{{ {name} }}}} ({items[name].get('type', 'string')}"
+                f"{', secret' if items[name].get('secret') else ''}) reaches {problem['construct']} "
+                f"on line {line}{via}. Bash evaluates the text there (arithmetic operands, subscripts, "
+                f"variable names, code), so a value such as a[$(id)] would run a command. Use an "
+                f"integer or number parameter (validated as a number) for arithmetic, and keep "
+                f"string values out of eval, source, declare -i/-a/-n, let and variable names.",
+            )
+        )
+    return found
 
 
 def render_script(
@@ -649,51 +696,114 @@ def _bash_contexts(script: str) -> dict[int, str]:
     return found
 
 
-# --- python: the tokenizer decides -----------------------------------------------------------------
+# --- python: the tokenizer of the interpreter that runs the script decides ------------------------
+# Run by that interpreter (``-I -S``: no site, no environment): it reads {"text", "marks"} on
+# stdin and prints the tokens that overlap a mark. Tokenizing never runs the script.
+_TOKENIZE_PROGRAM = """
+import io, json, sys, tokenize
+data = json.load(sys.stdin)
+text, marks = data["text"], data["marks"]
+starts = [0]
+for line in text.split("\\n"):
+    starts.append(starts[-1] + len(line) + 1)
+out, error = [], None
+try:
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        a = starts[tok.start[0] - 1] + tok.start[1]
+        b = starts[tok.end[0] - 1] + tok.end[1]
+        if tok.type == tokenize.ERRORTOKEN:  # up to 3.11 tokenize goes on past an error
+            raise SyntaxError("unreadable %r on line %d" % (tok.string, tok.start[0]))
+        hit = [m for m in marks if a <= m < b]
+        if hit:
+            out.append([tokenize.tok_name[tok.type], a, b, tok.string])
+except Exception as exc:
+    error = "%s: %s" % (type(exc).__name__, exc.args[0] if exc.args else exc)
+json.dump({"version": "%d.%d" % sys.version_info[:2], "tokens": out, "error": error}, sys.stdout)
+"""
+TOKENIZE_TIMEOUT_SECONDS = 10
+
+
+def script_python() -> tuple[str | None, str]:
+    """The interpreter that runs python scripts, as the sandbox finds it: ``(path, name)``;
+    the path is None when it is not there (``TASKFORGE_SCRIPT_PYTHON`` on the sandbox PATH)."""
+    import shutil
+
+    from executions.sandbox import SandboxConfig
+
+    config = SandboxConfig.from_settings()
+    return shutil.which(config.python, path=config.path), config.python
+
+
+@functools.lru_cache(maxsize=256)
+def _python_tokens(interpreter: str, payload: str) -> tuple[str, tuple[tuple[str, int, int, str], ...], str]:
+    """``(version, tokens over a mark, error)`` from ``interpreter`` (cached: a script's
+    placeholders are checked on save and again on each execution)."""
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            [interpreter, "-I", "-S", "-c", _TOKENIZE_PROGRAM],
+            input=payload.encode("utf-8", "surrogatepass"),
+            capture_output=True,
+            timeout=TOKENIZE_TIMEOUT_SECONDS,
+            env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
+            check=False,
+        )
+        answer = json.loads(result.stdout.decode())
+    except (OSError, subprocess.SubprocessError, ValueError, UnicodeDecodeError) as exc:
+        return "", (), f"{interpreter} could not tokenize it ({type(exc).__name__})"
+    tokens = tuple((str(t[0]), int(t[1]), int(t[2]), str(t[3])) for t in answer.get("tokens", ()))
+    return str(answer.get("version", "")), tokens, answer.get("error") or ""
+
+
 def _python_contexts(script: str) -> dict[int, str]:
-    """For each placeholder start: "code" when it is a token of its own, else where it is."""
+    """For each placeholder start: "code" when it is a token of its own, else where it is.
+
+    The tokens come from the interpreter that runs the script (``script_python``), not the
+    worker's: f-strings, for one, tokenize differently before and after Python 3.12. When that
+    interpreter cannot be run, every placeholder is refused.
+    """
     matches = list(PLACEHOLDER_RE.finditer(script))
     if not matches:
         return {}
     # Each placeholder becomes an identifier; sentinels maps its offset in the masked text
     # to the placeholder's offset in the script.
-    sentinels: dict[str, tuple[int, int]] = {}
+    sentinels: dict[int, tuple[str, int]] = {}
     parts, last, length = [], 0, 0
     for index, match in enumerate(matches):
         token = f"__taskforge_placeholder_{index}__"
         parts.append(script[last : match.start()])
         length += match.start() - last
-        sentinels[token] = (length, match.start())
+        sentinels[length] = (token, match.start())
         parts.append(token)
         length += len(token)
         last = match.end()
     parts.append(script[last:])
     masked = "".join(parts)
-    line_starts = [0]
-    for line in masked.split("\n"):
-        line_starts.append(line_starts[-1] + len(line) + 1)
+    interpreter, name = script_python()
+    if interpreter is None:
+        reason = f"a script the checker cannot read ({name} not found: set TASKFORGE_SCRIPT_PYTHON)"
+        return {pos: reason for _token, pos in sentinels.values()}
+    payload = json.dumps({"text": masked, "marks": sorted(sentinels)}, ensure_ascii=False)
+    version, tokens, error = _python_tokens(interpreter, payload)
     found: dict[int, str] = {}
-
-    def offset(row: int, col: int) -> int:
-        return line_starts[row - 1] + col
-
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(masked).readline):
-            start, end = offset(*tok.start), offset(*tok.end)
-            for token, (at, pos) in sentinels.items():
-                if not start <= at < end or pos in found:
-                    continue
-                if tok.type == tokenize.NAME and tok.string == token:
-                    found[pos] = "code"
-                elif tok.type == tokenize.COMMENT:
-                    found[pos] = "code"  # repr() has no newline: it cannot leave the comment
-                elif tok.type in (tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1)):
-                    found[pos] = "a string literal"
-                else:
-                    found[pos] = "a token it is glued to"
-    except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
-        for _at, pos in sentinels.values():
-            found.setdefault(pos, f"a script Python cannot tokenize ({exc.args[0] if exc.args else exc})")
+    for type_, start, end, text in tokens:
+        for at, (token, pos) in sentinels.items():
+            if not start <= at < end or pos in found:
+                continue
+            if type_ == "NAME" and text == token:
+                found[pos] = "code"
+            elif type_ == "COMMENT":
+                found[pos] = "code"  # repr() has no newline: it cannot leave the comment
+            elif type_ in ("STRING", "FSTRING_MIDDLE", "TSTRING_MIDDLE"):
+                found[pos] = f"a string literal (Python {version})"
+            else:
+                found[pos] = "a token it is glued to"
+    if error:
+        for _token, pos in sentinels.values():
+            found.setdefault(pos, f"a script Python {version} cannot tokenize ({error})".replace("  ", " "))
+    for _token, pos in sentinels.values():
+        found.setdefault(pos, "a script the checker cannot read")
     return found
 
 
@@ -733,6 +843,15 @@ def script_errors(script: str, script_type: str, spec: list[Mapping[str, Any]], 
     return errors
 
 
+def script_digest(script_type: str, script: str, spec: list[Mapping[str, Any]]) -> str:
+    """What a task records of the script its template rendered: a sha256 of the script type,
+    the script and the declarations. A secret is only handed to a script that still has it."""
+    import hashlib
+
+    canonical = json.dumps([script_type, script, list(spec)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def prepare_run(
     *,
     spec: list[Mapping[str, Any]],
@@ -740,13 +859,29 @@ def prepare_run(
     script_type: str,
     stored: Mapping[str, Any],
     given: Mapping[str, Any],
+    digest: str | None = None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What one execution of a templated task runs: ``(script, shown values, secret values)``.
 
     The task's stored values (secrets are never stored) are the base; ``given`` overrides
-    them. Raises a ValidationError naming every bad parameter.
+    them. Raises a ValidationError naming every bad parameter. With ``digest`` (the task's
+    ``script_digest``), a secret value is refused unless the script, its type and the
+    declarations are still exactly what the template rendered.
     """
     secret_names = {item["name"] for item in spec if item.get("secret")}
+    given_secrets = sorted(name for name in secret_names if given.get(name) is not None)
+    if digest is not None and given_secrets and digest != script_digest(script_type, script, spec):
+        raise as_validation_error(
+            [
+                (
+                    f"parameters.{name}",
+                    "script_changed",
+                    "This task's script is no longer the one its template rendered, so it is "
+                    "not given secrets. Trigger the template again to run its script.",
+                )
+                for name in given_secrets
+            ]
+        )
     values = {**{k: v for k, v in stored.items() if k not in secret_names}, **given}
     clean, errors = validate(spec, values)
     if errors:

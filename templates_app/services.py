@@ -265,6 +265,7 @@ def template_trigger(
             template_version=template.version,
             parameters=shown,
             parameter_spec=spec,
+            script_digest=params.script_digest(fields["script_type"], fields["script_content"], spec),
             **fields,
         )
         execution = None
