@@ -5,14 +5,27 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
-from accounts.models import ApiKey, Membership, Project, User, ensure_personal_project
+from accounts.models import (
+    ApiKey,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    Project,
+    Role,
+    User,
+    ensure_personal_project,
+    role_at_least,
+)
+from accounts.permissions import project_role
 from accounts.scopes import SCOPES
 
 # The library's own concrete key model is unused (ours is accounts.ApiKey): keep it out of sight.
@@ -123,3 +136,75 @@ class ApiKeyAdmin(APIKeyModelAdmin):
         for api_key in queryset:
             services.api_key_revoke(api_key=api_key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+class InvitationForm(forms.ModelForm):
+    class Meta:
+        model = Invitation
+        fields = ("project", "username", "role")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations: the way a user joins a project (they accept it through the API).
+
+    Staff who are not superusers see, send and revoke invitations only for the projects they
+    administer; an invitation is never edited (revoke it and send another).
+    """
+
+    form = InvitationForm
+    list_display = ("username", "project", "role", "status", "invited_by", "created_at", "expires_at")
+    list_filter = ("status", "role")
+    search_fields = ("username", "project__name")
+    actions = ("revoke",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return Invitation.of_admins.visible_to(request.user).select_related("project", "invited_by")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Invitation | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return ("project", "username", "role", "status", "invited_by", "created_at", "expires_at")
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "project" and not request.user.is_superuser:
+            kwargs["queryset"] = Project.objects.filter(
+                memberships__user=request.user, memberships__role=Role.ADMIN
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_change_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)  # list only, no edits
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False  # revoke instead: the record stays
+
+    def save_model(self, request: HttpRequest, obj: Invitation, form: Any, change: bool) -> None:
+        if change:  # pragma: no cover - has_change_permission refuses edits
+            return
+        if not role_at_least(project_role(request.user, obj.project), Role.ADMIN):
+            raise PermissionDenied("Only the project's admins can invite to it.")
+        invitation = services.invitation_create(
+            project=obj.project, username=obj.username, role=obj.role, actor=request.user
+        )
+        if invitation is not None:
+            obj.pk = invitation.pk  # the admin's redirect and log name the row that exists
+        self.message_user(request, "Invitation sent.", messages.SUCCESS)
+
+    def response_add(self, request: HttpRequest, obj: Invitation, post_url_continue: Any = None) -> Any:
+        # The same page whether or not a row was made (an existing member gets none).
+        return HttpResponseRedirect(reverse("admin:accounts_invitation_changelist"))
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        # An invitation to an existing member creates no row: there is nothing to log against.
+        if Invitation.objects.filter(pk=obj.pk).exists():
+            return super().log_addition(request, obj, message)
+        return None
+
+    @admin.action(description="Revoke selected pending invitations")
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = 0
+        for invitation in queryset.filter(status=InvitationStatus.PENDING):
+            services.invitation_revoke(invitation=invitation)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} invitation(s).", messages.SUCCESS)

@@ -336,3 +336,39 @@ def test_someone_elses_slug_does_not_break_my_trigger(key_client, user, bob, bob
     # A key made after joining sees both, and says so.
     response = trigger(key_client(user, ["template:read", "task:write"]))
     assert response.status_code == 409 and response.json()["type"].endswith("ambiguous-slug")
+
+
+# --- the admin ------------------------------------------------------------------------------------------
+def test_the_admin_sends_and_revokes_invitations_within_the_staff_members_projects(
+    client, bob, carol, bobs_project
+):
+    from django.contrib.auth.models import Permission
+
+    staff = UserFactory(username="staffer", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_invitation", "view_invitation", "change_invitation"])
+    )
+    services.membership_add(project=bobs_project, user=staff, role=Role.MEMBER)
+    services.invitation_create(project=carol.personal_project, username="bob", role="member", actor=carol)
+    client.force_login(staff)
+    add = "/admin/accounts/invitation/add/"
+    # A member (not admin) of Bob's team cannot invite to it, nor see its invitations.
+    response = client.post(add, {"project": str(bobs_project.pk), "username": "carol", "role": "admin"})
+    assert response.status_code == 200  # the form refuses the project: not one of the choices
+    assert not Invitation.objects.filter(project=bobs_project).exists()
+    assert "carol (personal)" not in client.get("/admin/accounts/invitation/").content.decode()
+    Membership.objects.filter(project=bobs_project, user=staff).update(role=Role.ADMIN)
+    response = client.post(add, {"project": str(bobs_project.pk), "username": "carol", "role": "viewer"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    invitation = Invitation.objects.get(project=bobs_project)
+    assert (invitation.invitee, invitation.role, invitation.invited_by) == (carol, Role.VIEWER, staff)
+    assert not Membership.objects.filter(project=bobs_project, user=carol).exists()
+    listing = client.get("/admin/accounts/invitation/").content.decode()
+    assert "Bob&#x27;s team" in listing and "carol (personal)" not in listing
+    response = client.post(
+        "/admin/accounts/invitation/",
+        {"action": "revoke", "_selected_action": [str(i.pk) for i in Invitation.objects.all()]},
+    )
+    assert response.status_code == 302
+    assert Invitation.objects.get(project=bobs_project).status == InvitationStatus.REVOKED
+    assert Invitation.objects.get(project=carol.personal_project).status == InvitationStatus.PENDING
