@@ -10,7 +10,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.forms import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
@@ -18,7 +19,17 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
 from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role, superuser_only
-from accounts.models import ROLE_RANK, ApiKey, Membership, Project, Role, User, ensure_personal_project
+from accounts.models import (
+    ROLE_RANK,
+    ApiKey,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    Project,
+    Role,
+    User,
+    ensure_personal_project,
+)
 from accounts.scopes import SCOPES
 from config.ratelimit import validate_rate
 
@@ -366,3 +377,70 @@ class ApiKeyAdmin(APIKeyModelAdmin):
         for api_key in queryset:
             services.api_key_revoke(api_key=api_key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+class InvitationForm(forms.ModelForm):
+    class Meta:
+        model = Invitation
+        fields = ("project", "username", "role")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(ProjectRoleAdmin):
+    """Invitations: the way a user joins a project (they accept it through the API).
+
+    Staff who are not superusers see, send and revoke invitations only for the projects they
+    administer; an invitation is never edited (revoke it and send another).
+    """
+
+    form = InvitationForm
+    list_display = ("username", "project", "role", "status", "invited_by", "created_at", "expires_at")
+    list_filter = ("status", "role")
+    search_fields = ("username", "project__name")
+    actions = ("revoke",)
+
+    view_role = Role.ADMIN
+    write_role = Role.ADMIN
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("project", "invited_by")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Invitation | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return ("project", "username", "role", "status", "invited_by", "created_at", "expires_at")
+
+    def has_change_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)  # list only, no edits
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False  # revoke instead: the record stays
+
+    def save_model(self, request: HttpRequest, obj: Invitation, form: Any, change: bool) -> None:
+        if change:  # pragma: no cover - has_change_permission refuses edits
+            return
+        require_project_role(request, obj.project_id, Role.ADMIN)
+        invitation = services.invitation_create(
+            project=obj.project, username=obj.username, role=obj.role, actor=request.user
+        )
+        if invitation is not None:
+            obj.pk = invitation.pk  # the admin's redirect and log name the row that exists
+        self.message_user(request, "Invitation sent.", messages.SUCCESS)
+
+    def response_add(self, request: HttpRequest, obj: Invitation, post_url_continue: Any = None) -> Any:
+        # The same page whether or not a row was made (an existing member gets none).
+        return HttpResponseRedirect(reverse("admin:accounts_invitation_changelist"))
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        # An invitation to an existing member creates no row: there is nothing to log against.
+        if Invitation.objects.filter(pk=obj.pk).exists():
+            return super().log_addition(request, obj, message)
+        return None
+
+    @admin.action(description="Revoke selected pending invitations")
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = 0
+        for invitation in queryset.filter(status=InvitationStatus.PENDING):
+            services.invitation_revoke(invitation=invitation)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} invitation(s).", messages.SUCCESS)

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, AnonymousUser, UserManager
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 from accounts.scopes import scopes_grant
+from config.ratelimit import RATE_RE, validate_rate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -69,6 +71,24 @@ class ProjectQuerySet(models.QuerySet):
         if api_key is not None and api_key.project_id is not None:
             qs = qs.filter(pk=api_key.project_id)
         return qs
+
+    def implicit_for(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> ProjectQuerySet:
+        """The projects a request reaches when it names none (claim-next, slug lookups).
+
+        A project-restricted key: its project. An unrestricted key: the projects where the
+        caller's membership is older than the key, so joining a project later (accepting an
+        invitation) never changes what an existing key's implicit lookups find. A session
+        login: the caller's memberships. Superusers too reach only their own memberships
+        here; every other project must be named.
+        """
+        if not user.is_authenticated:
+            return self.none()
+        if api_key is not None and api_key.project_id is not None:
+            return self.visible_to(user, api_key)
+        memberships = Membership.objects.filter(user=user)
+        if api_key is not None:
+            memberships = memberships.filter(created_at__lte=api_key.created)
+        return self.filter(pk__in=memberships.values("project_id"))
 
 
 class Project(models.Model):
@@ -140,12 +160,149 @@ class Membership(models.Model):
         return f"{self.user} in {self.project} ({self.role})"
 
 
-class ApiKeyQuerySet(models.QuerySet):
-    def visible_to(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> ApiKeyQuerySet:
-        """A user sees their own keys only (superusers too: keys are personal)."""
+class InvitationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ACCEPTED = "accepted", "Accepted"
+    DECLINED = "declined", "Declined"
+    REVOKED = "revoked", "Revoked"
+
+
+class InvitationQuerySet(models.QuerySet):
+    def visible_to(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> InvitationQuerySet:
+        """Invitations the caller received (the invitee's side; a restricted key: none).
+
+        The inviting side (a project's admins) reads them through ``of_project``.
+        """
+        if not user.is_authenticated or (api_key is not None and api_key.project_id is not None):
+            return self.none()
+        return self.filter(invitee=user)
+
+    def of_project(self, project: Project) -> InvitationQuerySet:
+        return self.filter(project=project)
+
+    def pending(self) -> InvitationQuerySet:
+        return self.filter(status=InvitationStatus.PENDING, expires_at__gt=timezone.now())
+
+
+class AdminInvitationQuerySet(InvitationQuerySet):
+    def visible_to(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> InvitationQuerySet:
+        """The inviting side: invitations of the projects where the caller is admin."""
         if not user.is_authenticated:
             return self.none()
-        return self.filter(owner=user)
+        projects = Project.objects.visible_to(user, api_key)
+        if not user.is_superuser:
+            projects = projects.filter(memberships__user=user, memberships__role=Role.ADMIN)
+        return self.filter(project__in=list(projects.values_list("pk", flat=True)))
+
+
+class Invitation(models.Model):
+    """An offer of a role in a project, which only the invitee can turn into a membership.
+
+    ``username`` is what the inviter typed. ``invitee`` is the active user of that name at
+    the time, or null when there was none: such an invitation is kept (and listed to the
+    project's admins) exactly like a real one, so it tells the inviter nothing, and it can
+    never be accepted.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    username = models.CharField(max_length=150)
+    invitee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="invitations_received",
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="invitations_sent",
+    )
+    status = models.CharField(
+        max_length=10, choices=InvitationStatus.choices, default=InvitationStatus.PENDING
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    responded_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+    # The same rows from the inviting side (the project admins' API and admin pages).
+    of_admins = AdminInvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at", "id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("project", "username"),
+                condition=Q(status="pending"),
+                name="invitation_one_pending_per_username",
+            ),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="invitation_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} to {self.project} ({self.role}, {self.status})"
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
+
+def rate_bounds(rate: str) -> tuple[int, int]:
+    """``count/[n]unit`` as (count, window seconds); raises ValueError for anything else."""
+    validate_rate(rate)
+    match = RATE_RE.match(rate)
+    assert match is not None  # validate_rate checked it
+    count, multiplier, unit = match.groups()
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit] * int(multiplier or 1)
+    return int(count), seconds
+
+
+def rate_within(rate: str, limit: str) -> bool:
+    """True when ``rate`` allows no more than ``limit``: no bigger burst (count) and no
+    higher sustained rate (count per second), so no time window lets it through more."""
+    count, seconds = rate_bounds(rate)
+    limit_count, limit_seconds = rate_bounds(limit)
+    return count <= limit_count and count * limit_seconds <= limit_count * seconds
+
+
+def validate_key_rate(rate: str) -> None:
+    """Raise ValidationError (on ``rate_limit``) unless ``rate`` is empty or a rate within
+    the operator's cap, TASKFORGE_RATE_LIMIT_MAX. The API and the admin both use it."""
+    if not rate:
+        return
+    try:
+        within = rate_within(rate, settings.TASKFORGE_RATE_LIMIT_MAX)
+    except ValueError as exc:
+        raise ValidationError({"rate_limit": [ValidationError(str(exc), code="invalid_rate")]}) from None
+    if not within:
+        raise ValidationError(
+            {
+                "rate_limit": [
+                    ValidationError(
+                        f"{rate!r} is above this server's cap of {settings.TASKFORGE_RATE_LIMIT_MAX} "
+                        "(TASKFORGE_RATE_LIMIT_MAX).",
+                        code="above_cap",
+                    )
+                ]
+            }
+        )
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def visible_to(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> ApiKeyQuerySet:
+        """A user sees their own keys only (superusers too: keys are personal); a key
+        restricted to a project sees only the keys restricted to that same project."""
+        if not user.is_authenticated:
+            return self.none()
+        qs = self.filter(owner=user)
+        if api_key is not None and api_key.project_id is not None:
+            qs = qs.filter(project_id=api_key.project_id)
+        return qs
 
 
 class ApiKeyManager(BaseAPIKeyManager.from_queryset(ApiKeyQuerySet)):  # type: ignore[misc]
@@ -175,6 +332,16 @@ class ApiKey(AbstractAPIKey):
     )
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        editable=False,
+        verbose_name="created by key",
+        help_text="The key that created this one (never wider than it); revoking it revokes this.",
+    )
 
     objects = ApiKeyManager()
 
@@ -182,6 +349,10 @@ class ApiKey(AbstractAPIKey):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
         ordering = ("-created", "prefix")
+
+    def clean(self) -> None:
+        super().clean()
+        validate_key_rate(self.rate_limit)
 
     def grants(self, needed: str) -> bool:
         return scopes_grant(self.scopes, needed)

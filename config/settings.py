@@ -223,6 +223,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TASKFORGE_MAX_BODY_BYTES
 TASKFORGE_RATE_LIMIT_AUTHENTICATED = os.environ.get("TASKFORGE_RATE_LIMIT_AUTHENTICATED", "1000/15m")
 TASKFORGE_RATE_LIMIT_ANONYMOUS = os.environ.get("TASKFORGE_RATE_LIMIT_ANONYMOUS", "100/15m")
 TASKFORGE_RATE_LIMIT_ENABLED = env_bool("TASKFORGE_RATE_LIMIT_ENABLED", True)
+# The widest rate any API key may carry (its own rate_limit, set in the API or the admin):
+# a key asking for more is refused with a 400 naming this cap.
+TASKFORGE_RATE_LIMIT_MAX = os.environ.get("TASKFORGE_RATE_LIMIT_MAX", "20000/15m")
+# How long a project invitation waits for its invitee to accept it (seconds; 7 days).
+TASKFORGE_INVITATION_TTL = env_int("TASKFORGE_INVITATION_TTL", 7 * 24 * 3600)
 # How often an API key's last_used_at may be written (seconds).
 TASKFORGE_KEY_LAST_USED_INTERVAL = env_int("TASKFORGE_KEY_LAST_USED_INTERVAL", 60)
 # Executions and workers.

@@ -529,6 +529,11 @@ def task_claim_next(
         candidates = candidates.filter(agent=agent)
     if project is not None:
         candidates = candidates.filter(project_id=project)
+    else:
+        # Without a named project, only the key's project or projects the caller belonged to
+        # before the key was made (Project.implicit_for): nobody can steer a key into theirs.
+        implicit = Project.objects.implicit_for(actor, api_key).values_list("pk", flat=True)
+        candidates = candidates.filter(project_id__in=list(implicit))
     if priority_min is not None:
         candidates = candidates.filter(priority__gte=priority_min)
     candidates = candidates.claim_order()

@@ -51,6 +51,9 @@ ADMINS: dict[str, Entry] = {
         "project", frozenset({"delete_selected"}), frozenset({"MembershipInline"}), write_role=Role.ADMIN
     ),
     "accounts.apikey": Entry("owner", frozenset({"delete_selected", "revoke"})),
+    "accounts.invitation": Entry(
+        "project", frozenset({"revoke"}), view_role=Role.ADMIN, write_role=Role.ADMIN
+    ),
     "tasks.task": Entry(
         "project",
         frozenset({"delete_selected", "execute", "archive", "cancel", "back_to_pending"}),
@@ -133,8 +136,16 @@ def _delivery(project: Project, owner: User) -> Any:
     return send_test(subscription=_subscription(project, owner), actor=owner)
 
 
+def _invitation(project: Project, owner: User) -> Any:
+    from accounts.services import invitation_create
+
+    invitee = UserFactory(username=f"invitee-{uuid.uuid4().hex[:8]}")
+    return invitation_create(project=project, username=invitee.username, role=Role.MEMBER, actor=owner)
+
+
 BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
+    "accounts.invitation": _invitation,
     "tasks.task": _task,
     "tasks.event": _event,
     "templates_app.template": _template,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from accounts.models import ApiKey, Membership, Project, User
+from accounts.models import ApiKey, Invitation, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
 from config.api import TaskforgeAPIMixin, TaskforgeViewSet
 from executions.models import Execution
@@ -49,6 +49,17 @@ def foreign_project(owner: User) -> dict[str, Any]:
 
 def foreign_membership(owner: User) -> dict[str, Any]:
     return {"project_pk": owner.personal_project.pk, "user": owner.pk}
+
+
+def foreign_invitation(owner: User) -> dict[str, Any]:
+    from accounts.services import invitation_create
+    from tests.factories import UserFactory
+
+    invitee = UserFactory()  # someone else's invitation, from someone else's project
+    invitation = invitation_create(
+        project=owner.personal_project, username=invitee.username, role="member", actor=owner
+    )
+    return {"project_pk": owner.personal_project.pk, "pk": invitation.pk}
 
 
 def foreign_task(owner: User) -> dict[str, Any]:
@@ -93,6 +104,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
     Project: foreign_project,
     Membership: foreign_membership,
+    Invitation: foreign_invitation,
     Execution: foreign_execution,
     Task: foreign_task,
     Subscription: foreign_webhook,

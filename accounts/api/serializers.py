@@ -7,7 +7,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import ApiKey, Membership, Project, Role
+from accounts.models import ApiKey, Invitation, Membership, Project, Role
 from accounts.scopes import SCOPES
 from config.ratelimit import RATE_PATTERN
 from config.serializers import StrictSerializer
@@ -16,13 +16,24 @@ User = get_user_model()
 
 
 class UserSummarySerializer(serializers.ModelSerializer):
-    # Not an EmailField: the address is optional, and "" is not a valid `format: email`.
-    email = serializers.CharField(read_only=True, help_text="Empty when the user has none.")
+    email = serializers.SerializerMethodField(
+        help_text="Only for yourself (or to a superuser): null for other users. Empty when none."
+    )
 
     class Meta:
         model = User
         fields = ("id", "username", "email")
         read_only_fields = fields
+
+    # Not an EmailField: the address is optional, and "" is not a valid `format: email`.
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_email(self, user: Any) -> str | None:
+        """Another user's address is never shown, except to superusers (issue 18)."""
+        request = self.context.get("request")
+        viewer = getattr(request, "user", None)
+        if viewer is not None and viewer.is_authenticated and (viewer.is_superuser or viewer.pk == user.pk):
+            return user.email
+        return None
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -60,15 +71,47 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = ("user", "created_at")
 
 
-class MembershipCreateSerializer(StrictSerializer):
-    username = serializers.CharField(help_text="Username of the user to add.")
+class InvitationCreateSerializer(StrictSerializer):
+    username = serializers.CharField(max_length=150, help_text="Username of the user to invite.")
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
-    def validate_username(self, value: str) -> Any:
-        user = User.objects.filter(username=value, is_active=True).first()
-        if user is None:
-            raise serializers.ValidationError("No active user has this username.", code="does_not_exist")
-        return user
+
+class InvitationSentSerializer(serializers.Serializer):
+    """The same answer whether or not the username belongs to an account."""
+
+    detail = serializers.CharField()
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ProjectInvitationSerializer(serializers.ModelSerializer):
+    """A pending invitation as the project's admins see it: the name they typed, no more."""
+
+    invited_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Invitation
+        fields = ("id", "username", "role", "invited_by", "created_at", "expires_at")
+        read_only_fields = fields
+
+
+class InvitedProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ("id", "name")
+        read_only_fields = fields
+
+
+class ReceivedInvitationSerializer(serializers.ModelSerializer):
+    """An invitation the caller received."""
+
+    project = InvitedProjectSerializer(read_only=True)
+    invited_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Invitation
+        fields = ("id", "project", "role", "invited_by", "created_at", "expires_at")
+        read_only_fields = fields
 
 
 class MembershipUpdateSerializer(StrictSerializer):
@@ -83,6 +126,10 @@ class ApiKeySerializer(serializers.ModelSerializer):
     expires_at = serializers.DateTimeField(source="expiry_date", read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(source="created", read_only=True)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=SCOPES), read_only=True)
+    parent = serializers.SerializerMethodField(
+        help_text="The prefix of the key that created this one, if a key did (null when that key "
+        "is outside what the calling key may see)."
+    )
 
     class Meta:
         model = ApiKey
@@ -91,6 +138,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "name",
             "scopes",
             "project",
+            "parent",
             "expires_at",
             "rate_limit",
             "revoked",
@@ -99,6 +147,17 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "created_at",
         )
         read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_parent(self, api_key: ApiKey) -> str | None:
+        parent = api_key.parent
+        if parent is None:
+            return None
+        caller = getattr(self.context.get("request"), "auth", None)
+        restricted = isinstance(caller, ApiKey) and caller.project_id is not None
+        if restricted and parent.project_id != caller.project_id:
+            return None  # a restricted key learns nothing about keys beyond its project
+        return parent.prefix
 
 
 class ApiKeyCreateSerializer(StrictSerializer):
@@ -115,7 +174,8 @@ class ApiKeyCreateSerializer(StrictSerializer):
         max_length=32,
         # The same rule as config.ratelimit.validate_rate, as a pattern so the schema states it.
         validators=[RegexValidator(RATE_PATTERN, "Not a rate like 1000/15m.", code="invalid_rate")],
-        help_text="count/[n]unit, e.g. 5000/15m; empty uses the default.",
+        help_text="count/[n]unit, e.g. 5000/15m; empty uses the default (or, for a key created by "
+        "a key, that key's rate). At most the server's TASKFORGE_RATE_LIMIT_MAX.",
     )
 
 

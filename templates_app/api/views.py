@@ -25,7 +25,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import Role
+from accounts.models import Project, Role
 from accounts.permissions import MissingScope
 from config.api import TaskforgeViewSet
 from config.errors import Conflict
@@ -125,6 +125,11 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
                 if not _is_uuid(project):
                     raise ValidationError({"project": ["Must be a project id (UUID)."]})
                 queryset = queryset.filter(project_id=project)
+            else:
+                # Only the key's project, or projects the caller belonged to before the key was
+                # made (Project.implicit_for): another member cannot make a slug ambiguous.
+                implicit = Project.objects.implicit_for(self.request.user, self.api_key)
+                queryset = queryset.filter(project_id__in=list(implicit.values_list("pk", flat=True)))
             projects = list(queryset.filter(slug=ref).values_list("project_id", flat=True)[:10])
             if len(projects) > 1:
                 raise Conflict(

@@ -41,16 +41,18 @@ def test_create_project_makes_caller_admin(api, user):
     assert Membership.objects.get(project_id=response.json()["id"], user=user).role == Role.ADMIN
 
 
-def test_admin_manages_members_and_last_admin_stays(api, user, team):
+def test_admin_manages_members_and_last_admin_stays(api, user, team, key_client):
     project, bob = team(Role.VIEWER)
     url = f"/api/v1/projects/{project.pk}/members"
     carol = UserFactory(username="carol")
+    # Adding someone is an invitation now: carol is not a member until she accepts.
     response = api.post(url, {"username": "carol", "role": "member"}, format="json")
-    assert response.status_code == 201, response.json()
-    assert api.post(url, {"username": "carol"}, format="json").status_code == 400
-    assert (
-        api.post(url, {"username": "nobody-here"}, format="json").json()["errors"][0]["field"] == "username"
-    )
+    assert response.status_code == 202, response.json()
+    assert not Membership.objects.filter(project=project, user=carol).exists()
+    carol_api = key_client(carol)
+    (invitation,) = carol_api.get("/api/v1/invitations").json()["results"]
+    assert carol_api.post(f"/api/v1/invitations/{invitation['id']}/accept").status_code == 200
+    assert Membership.objects.get(project=project, user=carol).role == Role.MEMBER
     assert api.patch(f"{url}/{bob.pk}", {"role": "admin"}, format="json").json()["role"] == "admin"
     assert api.patch(f"{url}/{bob.pk}", {"role": "owner"}, format="json").status_code == 400
     # Two admins: alice may step down; then bob is the last one and cannot be removed.
@@ -67,12 +69,15 @@ def test_last_admin_cannot_be_demoted_or_removed(api, user, team):
     response = api.patch(url, {"role": "member"}, format="json")
     assert response.status_code == 400
     assert response.json()["errors"][0]["code"] == "last_admin"
-    assert api.delete(url).status_code == 400
+    response = api.delete(url)
+    assert response.status_code == 409
+    assert response.json()["type"].endswith("last-admin")
+    assert "admin first" in response.json()["detail"]
     assert Membership.objects.get(project=project, user=user).role == Role.ADMIN
 
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.MEMBER])
-def test_non_admins_cannot_manage_members(key_client, team, role):
+def test_non_admins_cannot_manage_members(key_client, team, role, user):
     project, other = team(role)
     client = key_client(other)
     url = f"/api/v1/projects/{project.pk}/members"
@@ -80,7 +85,10 @@ def test_non_admins_cannot_manage_members(key_client, team, role):
     response = client.post(url, {"username": other.username}, format="json")
     assert response.status_code == 403
     assert "admin" in response.json()["detail"]
-    assert client.delete(f"{url}/{other.pk}").status_code == 403
+    assert client.delete(f"{url}/{user.pk}").status_code == 403
+    assert client.patch(f"{url}/{other.pk}", {"role": "admin"}, format="json").status_code == 403
+    assert Membership.objects.get(project=project, user=user).role == Role.ADMIN
+    assert Membership.objects.get(project=project, user=other).role == role
 
 
 def test_api_key_create_shows_secret_once(api):

@@ -50,6 +50,10 @@ CALLERS = (
 ALLOWED = "allowed"
 # A key restricted to one project cannot create another (it would escape its restriction).
 RESTRICTED_KEY_REFUSED = {("project-list", "post")}
+# Routes on invitations the caller received: nobody but the invitee finds them.
+INVITEE_ONLY = {"invitation-accept", "invitation-decline"}
+# Reads that need the admin role (a project's pending invitations).
+ADMIN_READS = {"project-invitation-list"}
 
 
 @dataclass(frozen=True)
@@ -114,13 +118,18 @@ def expected(op: Operation, caller: str) -> str | int:
         if caller == "other_project_key" and (op.name, op.method) in RESTRICTED_KEY_REFUSED:
             return 403
         return ALLOWED  # lists, creates, /me, /status, claim-next: scoped to what the caller sees
-    user_owned = op.model is ApiKey  # keys are personal: only their owner finds them
-    if user_owned:  # alice's key: only alice's own keys find it (superusers too: keys are personal)
-        return ALLOWED if caller == "other_project_key" else 404
+    # Keys are personal: only their owner finds them (superusers too), and a key restricted to
+    # a project finds only that project's keys (alice's key here is unrestricted).
+    if op.model is ApiKey:
+        return 404
+    if op.name in INVITEE_ONLY:  # an invitation someone else received: only its invitee finds it
+        return 404
     if caller in ("foreign_user", "other_project_key"):
         return 404
-    if caller == "superuser" or op.kind == "read":
+    if caller == "superuser":
         return ALLOWED
+    if op.kind == "read":
+        return 403 if op.name in ADMIN_READS and caller in ("viewer", "member") else ALLOWED
     write_role = op.view.write_role
     if caller == "viewer":
         return 403

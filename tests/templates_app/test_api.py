@@ -117,10 +117,11 @@ def test_slug_is_unique_per_project_and_not_a_uuid(api, make_template):
     assert error_fields(problem_of(response, 400))["slug"] == "invalid"
 
 
-def test_ambiguous_slug_answers_409_and_project_param_resolves(api, user, make_template, project):
+def test_ambiguous_slug_answers_409_and_project_param_resolves(user, key_client, make_template, project):
     mine = make_template()
     team = MembershipFactory(user=user, role=Role.ADMIN).project
     theirs = make_template(in_project=team)
+    api = key_client(user)  # made after joining the team: its slug lookups see both projects
     problem = problem_of(api.get(f"{LIST}/deploy"), 409)
     assert problem["type"].endswith("ambiguous-slug")
     assert api.get(f"{LIST}/deploy?project={team.pk}").json()["id"] == str(theirs.pk)
