@@ -12,6 +12,7 @@ from accounts.models import ApiKey, Membership, Project, Role, User
 from accounts.scopes import normalize_scopes
 from config.errors import field_error
 from config.ratelimit import validate_rate
+from config.validators import first_refused_character
 
 
 @transaction.atomic
@@ -86,6 +87,8 @@ def api_key_create(
     name = (name or "").strip()
     if not name or len(name) > 50:
         errors["name"] = ["A name of 1 to 50 characters is required."]
+    elif first_refused_character(name):
+        errors["name"] = ["A name must not contain control or invisible formatting characters."]
     try:
         scopes = normalize_scopes(list(scopes))
         if not scopes:
