@@ -15,6 +15,7 @@ from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 from accounts.scopes import scopes_grant
 from config.ratelimit import RATE_RE, validate_rate
+from config.validators import validate_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -95,7 +96,7 @@ class Project(models.Model):
     """A tenant: everything reachable through the API lives in exactly one project."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_name])
     description = models.TextField(blank=True, max_length=10_000)
     # Set on a user's personal project (one each); null for team projects.
     personal_owner = models.OneToOneField(

@@ -23,6 +23,7 @@ from accounts.models import (
 from accounts.scopes import normalize_scopes
 from config.errors import Conflict, field_error
 from config.ratelimit import validate_rate
+from config.validators import first_refused_character
 
 
 @transaction.atomic
@@ -240,6 +241,8 @@ def api_key_create(
     name = (name or "").strip()
     if not name or len(name) > 50:
         errors["name"] = ["A name of 1 to 50 characters is required."]
+    elif first_refused_character(name):
+        errors["name"] = ["A name must not contain control or invisible formatting characters."]
     try:
         scopes = normalize_scopes(list(scopes))
         if not scopes:

@@ -6,6 +6,12 @@ import logging
 import sys
 from typing import Any
 
+from django.core.exceptions import (
+    DisallowedHost,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
@@ -31,6 +37,7 @@ TITLES = {
     405: "Method not allowed",
     406: "Not acceptable",
     409: "Conflict",
+    411: "Length required",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
@@ -47,6 +54,7 @@ DEFAULT_TYPES = {
     405: "method-not-allowed",
     406: "not-acceptable",
     409: "conflict",
+    411: "length-required",
     413: "payload-too-large",
     415: "unsupported-media-type",
     422: "unprocessable",
@@ -209,8 +217,22 @@ def handler500(request: HttpRequest) -> HttpResponse:
     )
 
 
+# What a 400 from Django itself (a SuspiciousOperation) says. Never the exception's own text:
+# DisallowedHost's names the Host the client sent and tells it how to get it accepted.
+BAD_REQUEST_DETAILS: dict[type[Exception], tuple[str, str]] = {
+    DisallowedHost: ("Bad Request: invalid Host header.", "invalid-host"),
+    RequestDataTooBig: ("Bad Request: the request body is too large.", "bad-request"),
+    TooManyFieldsSent: ("Bad Request: too many form fields.", "bad-request"),
+    TooManyFilesSent: ("Bad Request: too many files.", "bad-request"),
+}
+
+
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    return problem_response(request, 400, str(exception) if exception else "Bad request.")
+    detail, type_ = next(
+        (value for cls, value in BAD_REQUEST_DETAILS.items() if isinstance(exception, cls)),
+        ("Bad request.", "bad-request"),
+    )
+    return problem_response(request, 400, detail, type_=type_)
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 import re
 import uuid
@@ -11,6 +12,8 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -75,22 +78,95 @@ class RequestIDMiddleware(_DualMiddleware):
 
 
 class BodySizeLimitMiddleware(_DualMiddleware):
-    """413 problem for a declared body over ``TASKFORGE_MAX_BODY_BYTES``, before anything
-    reads it (DRF reads the stream directly, bypassing Django's own upload limit)."""
+    """Every request body is bounded by ``TASKFORGE_MAX_BODY_BYTES`` before a view reads it
+    (DRF reads the stream directly, bypassing Django's own upload limit):
+
+    - a declared Content-Length over the limit: 413 at once, nothing read;
+    - no Content-Length but a Transfer-Encoding (a chunked body): Django's ``WSGIRequest``
+      takes a missing Content-Length for an empty body (it ignores ``wsgi.input_terminated``),
+      so the view saw nothing. Where the server de-chunks the body and ends the stream for us
+      (gunicorn and most WSGI servers say so with ``wsgi.input_terminated``), it is read here,
+      at most limit + 1 bytes: over the limit 413, else it goes on as if it had been sent with
+      its Content-Length. Where the server does not (Django's runserver), 411 Length Required;
+    - under ASGI Django has already read the body into a file: a body without Content-Length is
+      measured and handled the same way.
+    """
+
+    CHUNK = 64 * 1024
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
         limit = settings.TASKFORGE_MAX_BODY_BYTES
-        if length > limit:
-            from config.errors import problem_response
-
-            return problem_response(
-                request,
-                413,
-                f"The request body is {length} bytes; the limit is {limit} bytes.",
-                max_bytes=limit,
-            )
+        declared = request.META.get("CONTENT_LENGTH")
+        if declared:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = 0
+            return self._too_large(request, length, limit) if length > limit else None
+        if isinstance(request, ASGIRequest):
+            return self._measure_asgi(request, limit)
+        if not request.META.get("HTTP_TRANSFER_ENCODING"):
+            return None  # no body (HTTP/1.1: no length and no transfer coding means none)
+        if not request.META.get("wsgi.input_terminated"):
+            return self._length_required(request)
+        body = self._read_terminated(request.META["wsgi.input"], limit)
+        if body is None:
+            return self._too_large(request, None, limit)
+        request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
+        request.META["CONTENT_LENGTH"] = str(len(body))
         return None
+
+    def _read_terminated(self, stream: Any, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it is known to be over ``limit``."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            part = stream.read(min(self.CHUNK, limit + 1 - size))
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+            size += len(part)
+        return None
+
+    def _measure_asgi(self, request: HttpRequest, limit: int) -> HttpResponse | None:
+        stream = request._stream  # type: ignore[attr-defined]
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        if size > limit:
+            return self._too_large(request, size, limit)
+        if size:
+            request.META["CONTENT_LENGTH"] = str(size)
+        return None
+
+    @staticmethod
+    def _too_large(request: HttpRequest, length: int | None, limit: int) -> HttpResponse:
+        from config.errors import problem_response
+
+        said = f"is {length} bytes" if length is not None else f"is over {limit} bytes"
+        return problem_response(
+            request, 413, f"The request body {said}; the limit is {limit} bytes.", max_bytes=limit
+        )
+
+    @staticmethod
+    def _length_required(request: HttpRequest) -> HttpResponse:
+        from config.errors import problem_response
+
+        return problem_response(
+            request,
+            411,
+            "This server cannot read a body without Content-Length here: send Content-Length.",
+        )
+
+
+class ApiNoStoreMiddleware(_DualMiddleware):
+    """``Cache-Control: no-store`` on every API response that sets no Cache-Control itself.
+
+    API responses carry tenant data, and some carry a secret shown once (a new API key, a
+    webhook's signing secret at creation and rotation): no browser or shared cache may keep
+    them. The API has no conditional requests, so nothing is lost.
+    """
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if request.path.startswith("/api/v1/") and not response.has_header("Cache-Control"):
+            response["Cache-Control"] = "no-store"
+        return response

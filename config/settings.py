@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,6 +81,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.middleware.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "config.middleware.ApiNoStoreMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,6 +107,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
             ],
         },
     },
@@ -212,6 +216,46 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# HSTS: Django's SecurityMiddleware sends it on HTTPS requests only (request.is_secure():
+# TLS at gunicorn, or X-Forwarded-Proto: https from the proxy with TASKFORGE_BEHIND_TLS_PROXY),
+# so a plain-HTTP development server never pins a host. One year unless DEBUG; set 0 to turn
+# it off, and opt into subdomains and the preload list only when every subdomain has TLS.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD")
+# Redirect plain HTTP to HTTPS (usually the proxy's job); /health stays reachable over HTTP
+# for load balancers.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+# Content-Security-Policy on every response (Django's CSP middleware): the admin, the API
+# docs (Swagger UI, ReDoc: served from drf-spectacular-sidecar, no CDN) and the browsable API
+# load scripts, styles, images and fonts from this origin only; inline scripts and styles
+# need the per-response nonce (config/templates/api_docs/ and the admin's templates pass it;
+# no inline event handlers: static/taskforge/admin.js wires the admin's buttons). ReDoc's own view relaxes
+# style-src (config/urls.py): its styling library injects <style> elements without a nonce.
+# TASKFORGE_CSP: "enforce" (default), "report-only" (the browser reports, blocks nothing) or
+# "off".
+TASKFORGE_CSP = os.environ.get("TASKFORGE_CSP", "enforce").strip().lower() or "enforce"
+if TASKFORGE_CSP not in {"enforce", "report-only", "off"}:
+    raise ImproperlyConfigured(f"TASKFORGE_CSP must be enforce, report-only or off, got {TASKFORGE_CSP!r}")
+CSP_POLICY = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+    # style="..." attributes (the admin's status badges and output boxes): they cannot run
+    # code or read the page, and load images and fonts only as img-src/font-src allow.
+    "style-src-attr": [CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "worker-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+SECURE_CSP = CSP_POLICY if TASKFORGE_CSP == "enforce" else {}
+SECURE_CSP_REPORT_ONLY = CSP_POLICY if TASKFORGE_CSP == "report-only" else {}
 
 # --- Product settings (TASKFORGE_*) --------------------------------------------------------
 TASKFORGE_VERSION = "0.1.0"
@@ -299,6 +343,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge from the public validator service (a third-party request the CSP refuses).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [

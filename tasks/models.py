@@ -23,6 +23,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Project, ProjectScopedQuerySet, Role, User
+from config.validators import validate_name
 
 # --- Limits (SPEC §3) ----------------------------------------------------------------------
 NAME_MAX = 255
@@ -270,7 +271,7 @@ class Task(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # db_index=False: task_list_idx leads with project_id.
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks", db_index=False)
-    name = models.CharField(max_length=NAME_MAX, validators=[validate_not_blank])
+    name = models.CharField(max_length=NAME_MAX, validators=[validate_not_blank, validate_name])
     description = models.TextField(blank=True, max_length=DESCRIPTION_MAX)
     script_type = models.CharField(max_length=10, choices=ScriptType.choices, blank=True)
     script_content = models.TextField(blank=True, validators=[validate_script_size])

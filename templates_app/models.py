@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
+from config.validators import validate_name
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -63,12 +64,12 @@ class Template(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="templates")
     slug = models.SlugField(max_length=100, help_text="Unique in its project; usable instead of the id.")
     name = models.CharField(
-        max_length=200, validators=[validate_not_blank], help_text="What the template is."
+        max_length=200, validators=[validate_not_blank, validate_name], help_text="What the template is."
     )
     description = models.TextField(blank=True, max_length=DESCRIPTION_MAX, help_text="What it is for.")
     name_pattern = models.CharField(
         max_length=NAME_MAX,
-        validators=[validate_not_blank],
+        validators=[validate_not_blank, validate_name],
         help_text="The task's name; {{ param }} allowed.",
     )
     description_pattern = models.TextField(

@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
+from config.validators import validate_label_text
 
 # Event types a subscription may ask for. Listed here, not derived from tasks.EventType, so a
 # new internal event type never reaches receivers by accident: add it here to publish it.
@@ -89,7 +90,7 @@ class Subscription(models.Model):
     url = models.CharField(max_length=URL_MAX, help_text="https URL receiving the deliveries.")
     event_types = models.JSONField(default=list, validators=[validate_event_types])
     active = models.BooleanField(default=True)
-    description = models.TextField(blank=True, max_length=DESCRIPTION_MAX)
+    description = models.TextField(blank=True, max_length=DESCRIPTION_MAX, validators=[validate_label_text])
     secret = models.CharField(max_length=100, editable=False, default=generate_secret)
     previous_secret = models.CharField(max_length=100, blank=True, editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)

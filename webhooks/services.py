@@ -8,8 +8,10 @@ a test delivery or a replay is queued for the dispatcher, never sent inside a we
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -36,6 +38,36 @@ WRITABLE_FIELDS: tuple[str, ...] = ("url", "event_types", "active", "description
 def payload_json(payload: dict[str, Any]) -> str:
     """The body as sent: compact JSON, rendered like the API renders (DRF's encoder)."""
     return json.dumps(payload, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- What a project's non-admins may see (docs/webhooks.md, "Who sees what") ---------------
+# A webhook URL often carries a credential in its path or query (Slack, CI triggers, ?token=),
+# and a receiver's answer may echo anything; only the project's admins, who manage the
+# subscription, see them. Everyone else gets the scheme and host only.
+MASK = "…"
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def mask_url(url: str) -> str:
+    """``scheme://host[:port]/…``: user info, path, query and fragment hidden."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username
+    return f"{parts.scheme}://{netloc}/{MASK if hidden else ''}"
+
+
+def mask_urls_in(text: str) -> str:
+    """``text`` with every URL in it masked (errors quote a redirect's Location)."""
+    return _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text or "")
 
 
 def check_url(url: str, *, resolver: ssrf.Resolver | None = None) -> str:

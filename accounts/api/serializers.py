@@ -11,6 +11,7 @@ from accounts.models import ApiKey, Invitation, Membership, Project, Role
 from accounts.scopes import SCOPES
 from config.ratelimit import RATE_PATTERN
 from config.serializers import StrictSerializer
+from config.validators import validate_name
 
 User = get_user_model()
 
@@ -161,7 +162,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
 
 class ApiKeyCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=50, trim_whitespace=True)
+    name = serializers.CharField(max_length=50, trim_whitespace=True, validators=[validate_name])
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=SCOPES), min_length=1, max_length=len(SCOPES)
     )

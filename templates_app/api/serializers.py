@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.serializers import StrictSerializer
+from config.validators import validate_name
 from executions.api.serializers import ExecutionSerializer
 from tasks.api.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
 from tasks.models import (
@@ -163,7 +164,9 @@ class TriggerOverridesSerializer(TaskWriteSerializer):
     script_type = None
     script_content = None
     archived = None
-    name = serializers.CharField(max_length=NAME_MAX, required=False, help_text="Instead of the pattern.")
+    name = serializers.CharField(
+        max_length=NAME_MAX, required=False, validators=[validate_name], help_text="Instead of the pattern."
+    )
 
     def to_internal_value(self, data: Any) -> Any:
         # An override the trigger cannot apply is refused, never silently dropped.

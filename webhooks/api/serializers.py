@@ -1,6 +1,10 @@
 """Webhook API shapes: input serializers validate, output serializers render. No side effects.
 
 The secret appears in exactly two shapes: the create response and the rotate response.
+
+Only the admins of a subscription's project see its URL whole and what receivers answered;
+the other members and viewers see ``scheme://host/…`` and no response bodies
+(``revealed``; the views put the caller's admin projects in the serializer context).
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ from webhooks.models import (
     Subscription,
     validate_event_types,
 )
+from webhooks.services import mask_url, mask_urls_in
 
 EVENT_TYPE_CHOICES = [ALL_EVENTS, *EVENT_TYPES]
+
+
+def revealed(context: dict[str, Any], project_id: Any) -> bool:
+    """Whether the caller may see ``project_id``'s webhook URLs and receivers' answers:
+    ``context["reveal"]`` when the view decided for the whole response, else membership of
+    ``context["admin_projects"]``. Without either, nothing is revealed."""
+    if "reveal" in context:
+        return bool(context["reveal"])
+    return project_id in context.get("admin_projects", ())
 
 
 def event_types_field(**kwargs: Any) -> serializers.ListField:
@@ -99,6 +113,7 @@ class WebhookSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
         extra_kwargs = {
+            "url": {"help_text": "Whole for the project's admins; scheme://host/… for everyone else."},
             "disabled_reason": {"help_text": "Why it was switched off (410 Gone, days of failures, owner)."},
             "failing_since": {"help_text": "Start of the current run of failed attempts."},
         }
@@ -107,6 +122,13 @@ class WebhookSerializer(serializers.ModelSerializer):
     def get_created_by(self, subscription: Subscription) -> str | None:
         user = subscription.created_by
         return None if user is None else user.get_username()
+
+    def to_representation(self, instance: Subscription) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not revealed(self.context, instance.project_id):
+            data["url"] = mask_url(data["url"])
+            data["disabled_reason"] = mask_urls_in(data["disabled_reason"])
+        return data
 
 
 class WebhookCreatedSerializer(WebhookSerializer):
@@ -118,6 +140,11 @@ class WebhookCreatedSerializer(WebhookSerializer):
 
 
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    response_body = serializers.CharField(
+        allow_null=True,
+        help_text="The start of the receiver's answer; null unless you are an admin of the project.",
+    )
+
     class Meta:
         model = DeliveryAttempt
         fields = (
@@ -165,3 +192,13 @@ class DeliverySerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.JSONField(help_text="The body sent: {type, timestamp, data}."))
     def get_payload(self, delivery: Delivery) -> Any:
         return json.loads(delivery.payload)
+
+    def to_representation(self, instance: Delivery) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not revealed(self.context, None):
+            data["last_error"] = mask_urls_in(data["last_error"])
+            for attempt in data["attempts"]:
+                attempt["url"] = mask_url(attempt["url"])
+                attempt["error"] = mask_urls_in(attempt["error"])
+                attempt["response_body"] = None
+        return data

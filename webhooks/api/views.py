@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
@@ -21,7 +22,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import Role
+from accounts.models import Membership, Role
 from config.api import TaskforgeViewSet
 from config.openapi import ProblemSerializer
 from tasks.selectors import project_for_new_task
@@ -71,6 +72,13 @@ DELIVERY_STATUS = OpenApiParameter(
 )
 
 
+class _Everything:
+    """A superuser administers every project."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
 @extend_schema_view(
     list=extend_schema(summary="List the webhook subscriptions of your projects"),
     retrieve=extend_schema(summary="A webhook subscription (never its secret)"),
@@ -89,19 +97,41 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
         return queryset.select_related("created_by")
 
+    def _admin_projects(self) -> Container[Any]:
+        """The projects whose webhook URLs and receivers' answers the caller sees whole."""
+        if getattr(self, "_admin_project_ids", None) is None:
+            user = self.request.user
+            self._admin_project_ids: Container[Any] = (
+                _Everything()
+                if user.is_superuser
+                else frozenset(
+                    Membership.objects.filter(user=user, role=Role.ADMIN).values_list("project_id", flat=True)
+                )
+            )
+        return self._admin_project_ids
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "admin_projects": self._admin_projects()}
+
+    def _delivery_data(self, subscription: Subscription, delivery: Delivery | Any, many: bool = False) -> Any:
+        reveal = subscription.project_id in self._admin_projects()
+        return DeliverySerializer(delivery, many=many, context={"reveal": reveal}).data
+
     def _render(
         self, subscription: Subscription, status_code: int = status.HTTP_200_OK, **kwargs: Any
     ) -> Response:
         # Read back through the caller's queryset: tenancy is checked again after the write.
         fresh = self.get_queryset().get(pk=subscription.pk)
-        return Response(WebhookSerializer(fresh).data, status=status_code, **kwargs)
+        data = WebhookSerializer(fresh, context=self.get_serializer_context()).data
+        return Response(data, status=status_code, **kwargs)
 
     def _render_with_secret(
         self, subscription: Subscription, secret: str, status_code: int, **kwargs: Any
     ) -> Response:
         fresh = self.get_queryset().get(pk=subscription.pk)
         fresh.secret = secret
-        return Response(WebhookCreatedSerializer(fresh).data, status=status_code, **kwargs)
+        data = WebhookCreatedSerializer(fresh, context=self.get_serializer_context()).data
+        return Response(data, status=status_code, **kwargs)
 
     def _delivery(self, subscription: Subscription, delivery_id: str) -> Delivery:
         delivery = self._deliveries(subscription).filter(pk=delivery_id).first()
@@ -186,8 +216,9 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
     @action(detail=True, methods=["post"], url_path="test")
     def send_test(self, request: Request, pk: str | None = None) -> Response:
         delivery = services.send_test(subscription=self.get_object(), actor=request.user)
+        subscription = delivery.subscription
         return Response(
-            DeliverySerializer(self._delivery(delivery.subscription, delivery.pk)).data, status=202
+            self._delivery_data(subscription, self._delivery(subscription, delivery.pk)), status=202
         )
 
     @extend_schema(
@@ -208,13 +239,13 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
                 )
             queryset = queryset.filter(status=wanted)
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
+        return self.get_paginated_response(self._delivery_data(subscription, page, many=True))
 
     @extend_schema(summary="One delivery with its attempts", responses={200: DeliverySerializer})
     @action(detail=True, methods=["get"], url_path=rf"deliveries/(?P<delivery_id>{UUID_RE})")
     def delivery(self, request: Request, pk: str | None = None, delivery_id: str | None = None) -> Response:
         subscription = self.get_object()
-        return Response(DeliverySerializer(self._delivery(subscription, str(delivery_id))).data)
+        return Response(self._delivery_data(subscription, self._delivery(subscription, str(delivery_id))))
 
     @extend_schema(
         summary="Send a delivery again",
@@ -229,4 +260,6 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
         delivery = services.delivery_replay(
             delivery=self._delivery(subscription, str(delivery_id)), actor=request.user
         )
-        return Response(DeliverySerializer(self._delivery(subscription, delivery.pk)).data, status=202)
+        return Response(
+            self._delivery_data(subscription, self._delivery(subscription, delivery.pk)), status=202
+        )
