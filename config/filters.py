@@ -57,13 +57,15 @@ class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter
     (schemathesis sent "¨_튊" to what was documented as any string).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, enum_component: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # drf-spectacular documents a CSV filter as an array of this (config.openapi makes it
-        # explode: true, the repeated spelling generated clients send).
-        set_override(
-            self, "field", {"type": "string", "enum": [str(v) for v, _ in kwargs.get("choices", ())]}
-        )
+        # explode: true, the repeated spelling generated clients send). Naming the enum's
+        # component (TaskStatusEnum) gives clients the same type as the objects' own status.
+        item: dict[str, Any] = {"type": "string", "enum": [str(v) for v, _ in kwargs.get("choices", ())]}
+        if enum_component is not None:
+            item = {"$ref": f"#/components/schemas/{enum_component}"}
+        set_override(self, "field", item)
 
 
 def takes_many(filter_: django_filters.Filter) -> bool:

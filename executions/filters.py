@@ -8,7 +8,9 @@ from executions.models import Execution, ExecutionStatus, Trigger
 
 class ExecutionFilter(StrictFilterSet):
     status = CommaChoiceFilter(
-        choices=ExecutionStatus.choices, help_text="Executions in any of these statuses."
+        choices=ExecutionStatus.choices,
+        enum_component="ExecutionStatusEnum",
+        help_text="Executions in any of these statuses.",
     )
     trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
     task = django_filters.UUIDFilter(field_name="task_id")

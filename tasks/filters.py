@@ -129,7 +129,9 @@ class ParameterFilter(filters.ChoiceFilter):
 
 
 class TaskFilter(StrictFilterSet):
-    status = StatusInFilter(choices=Status.choices, help_text="Tasks in any of these statuses.")
+    status = StatusInFilter(
+        choices=Status.choices, enum_component="TaskStatusEnum", help_text="Tasks in any of these statuses."
+    )
     priority = IntegerFilter(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX)
     priority_min = IntegerFilter(
         field_name="priority", lookup_expr="gte", min_value=PRIORITY_MIN, max_value=PRIORITY_MAX
