@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from accounts.models import ApiKey, Project, Role
 from accounts.permissions import HasProjectRole, HasScope, require_role
 from accounts.scopes import SCOPE_OBJECTS, ScopeObject
+from config.filters import list_parameters, refuse_repeated
 from config.ratelimit import enforce_rate_limit, rate_limit_headers
 
 SEALED = ("get_queryset", "get_object", "get_permissions", "perform_authentication")
@@ -72,6 +73,9 @@ class TaskforgeAPIMixin:
         # raised OverflowError, a 500. No row has one: 404.
         if any(isinstance(value, int) and not -(2**63) <= value < 2**63 for value in kwargs.values()):
             raise NotFound()
+        # A parameter given twice is a set when it is a list filter (status=a&status=b), else a
+        # 400 naming it: never the last value with the others silently dropped (issue 19).
+        refuse_repeated(request.query_params, list_parameters(self))
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # DRF ignores an empty ``?format=``; the schema documents an enum, so refuse it (400)

@@ -86,8 +86,11 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    kind = type_ or DEFAULT_TYPES.get(status_code, "error")
     body: dict[str, Any] = {
-        "type": TYPE_PREFIX + (type_ or DEFAULT_TYPES.get(status_code, "error")),
+        "type": TYPE_PREFIX + kind,
+        # The kind again, machine-readable (the 409s' documentation says "see `code`").
+        "code": kind.replace("-", "_"),
         "title": title or TITLES.get(status_code, "Error"),
         "status": status_code,
         "detail": detail,

@@ -4,6 +4,12 @@ django-filter skips empty values, so ``?task=`` or ``?created_after=`` silently 
 unfiltered list although the schema documents a UUID or a date-time there (schemathesis'
 negative tests caught it). Free-text filters (``CharFilter``: ``agent``, ``search``) still
 take "" as "no filter".
+
+Repeated parameters, one rule for every list endpoint (issue 19): a list parameter
+(``status``, ``tag``) takes its values repeated (``status=a&status=b``, what generated clients
+send: the schema documents these as ``style: form, explode: true`` arrays) or comma-separated
+(``status=a,b``), and both spellings mean the same set; any other parameter given twice is a
+400 naming it (``QueryDict.get`` kept the last value and silently dropped the others).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.drainage import set_override
+from rest_framework import exceptions
+from rest_framework.exceptions import ErrorDetail
 
 
 class UTCDateTimeField(IsoDateTimeField):
@@ -42,17 +50,50 @@ class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
-    """``status=failed,timed_out``: a comma list, each value one of the choices (else 400).
+    """``status=failed,timed_out`` or ``status=failed&status=timed_out``: each value one of the
+    choices (else 400). StrictFilterSet joins the repeated spelling into the comma one.
 
-    Documented as a comma-separated array of the choices, so a schema-valid value is one the
-    API accepts (schemathesis sent "¨_튊" to what was documented as any string).
+    Documented as an array of the choices, so a schema-valid value is one the API accepts
+    (schemathesis sent "¨_튊" to what was documented as any string).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, enum_component: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # drf-spectacular documents a CSV filter as an array (style form, explode false) of this.
-        set_override(
-            self, "field", {"type": "string", "enum": [str(v) for v, _ in kwargs.get("choices", ())]}
+        # drf-spectacular documents a CSV filter as an array of this (config.openapi makes it
+        # explode: true, the repeated spelling generated clients send). Naming the enum's
+        # component (TaskStatusEnum) gives clients the same type as the objects' own status.
+        item: dict[str, Any] = {"type": "string", "enum": [str(v) for v, _ in kwargs.get("choices", ())]}
+        if enum_component is not None:
+            item = {"$ref": f"#/components/schemas/{enum_component}"}
+        set_override(self, "field", item)
+
+
+def takes_many(filter_: django_filters.Filter) -> bool:
+    """Whether a filter takes several values (repeated or comma-separated)."""
+    if isinstance(filter_, django_filters.filters.BaseCSVFilter):
+        return True
+    return bool(getattr(filter_.field_class.widget, "allow_multiple_selected", False))
+
+
+def list_parameters(view: Any) -> frozenset[str]:
+    """The query parameters of a view that may be repeated: its list filters (list action)."""
+    filterset_class = getattr(view, "filterset_class", None)
+    if filterset_class is None or getattr(view, "action", "list") != "list":
+        return frozenset()
+    return frozenset(name for name, f in filterset_class.base_filters.items() if takes_many(f))
+
+
+def refuse_repeated(query: Any, allowed: frozenset[str]) -> None:
+    """400 naming every query parameter given more than once that takes one value."""
+    repeated = {
+        name: len(values) for name, values in query.lists() if len(values) > 1 and name not in allowed
+    }
+    if repeated:
+        raise exceptions.ValidationError(
+            {
+                name: [ErrorDetail(f"Given {count} times; this parameter takes one value.", code="repeated")]
+                for name, count in sorted(repeated.items())
+            }
         )
 
 
@@ -75,11 +116,39 @@ class _CopiedShallowly(dict):
 
 
 class StrictFilterSet(django_filters.FilterSet):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, data: Any = None, *args: Any, **kwargs: Any) -> None:
         cls = type(self)
         if not isinstance(cls.__dict__.get("base_filters"), _CopiedShallowly):
             cls.base_filters = _CopiedShallowly(cls.base_filters)
-        super().__init__(*args, **kwargs)
+        self.repeated: list[str] = []
+        if data is not None and hasattr(data, "lists"):
+            data = self._one_spelling(data)
+        super().__init__(data, *args, **kwargs)
+
+    def _one_spelling(self, data: Any) -> Any:
+        """The repeated spelling of a list parameter as the comma one (a CSV filter reads
+        one string) or as one value per item (a multiple-value field reads a list); any
+        other parameter given twice is remembered, to be refused by is_valid."""
+        changes: dict[str, list[str]] = {}
+        for name, values in data.lists():
+            filter_ = self.base_filters.get(name)
+            if filter_ is None:
+                continue
+            if isinstance(filter_, django_filters.filters.BaseCSVFilter):
+                if len(values) > 1:
+                    changes[name] = [",".join(values)]
+            elif takes_many(filter_):
+                items = [item for value in values for item in value.split(",")]
+                if items != values:
+                    changes[name] = items
+            elif len(values) > 1:
+                self.repeated.append(name)
+        if not changes:
+            return data
+        data = data.copy()
+        for name, values in changes.items():
+            data.setlist(name, values)
+        return data
 
     def get_form_class(self) -> type:
         """The form class, built once per FilterSet class (django-filter builds it on every
@@ -95,6 +164,10 @@ class StrictFilterSet(django_filters.FilterSet):
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
+        for name in self.repeated:
+            message = f"Given {len(self.data.getlist(name))} times; this parameter takes one value."
+            self.form.add_error(name, ValidationError(message, code="repeated"))
+            valid = False
         getlist = getattr(self.data, "getlist", None)
         for name, filter_ in self.filters.items():
             if name not in self.data:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.validators import RegexValidator
+from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from rest_framework import serializers
+from drf_spectacular.plumbing import get_doc
+from rest_framework import serializers, viewsets
+
+# Ids in paths: any UUID spelling (upper case, no dashes) is accepted; documented as a UUID.
+UUID_LOOKUP_REGEX = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
@@ -19,15 +24,36 @@ class ProblemFieldErrorSerializer(serializers.Serializer):
 
 
 class ProblemSerializer(serializers.Serializer):
-    """RFC 9457 problem document."""
+    """RFC 9457 problem document. `code` is the kind of problem (the end of `type`, in
+    snake_case): branch on it. The other optional members come with some kinds only."""
 
-    type = serializers.CharField(help_text="urn:taskforge:problem:<kind>")
+    type = serializers.CharField(help_text="urn:taskforge:problem:<kind>, e.g. ...:already-claimed")
+    code = serializers.CharField(
+        help_text="The kind, stable and machine-readable: the end of `type` in snake_case "
+        "(already_claimed, not_claimed, blocked_by_dependencies, validation_error, not_found, ...)."
+    )
     title = serializers.CharField()
     status = serializers.IntegerField()
     detail = serializers.CharField()
     instance = serializers.CharField(allow_null=True)
     request_id = serializers.CharField(allow_null=True)
-    errors = ProblemFieldErrorSerializer(many=True, required=False)
+    errors = ProblemFieldErrorSerializer(
+        many=True, required=False, help_text="validation_error: every invalid field."
+    )
+    current_status = serializers.CharField(
+        required=False, help_text="Task conflicts (409): the task's status now."
+    )
+    allowed = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="move (409): the statuses it can go to."
+    )
+    blockers = serializers.ListField(
+        child=serializers.UUIDField(), required=False, help_text="blocked (409): unfinished dependencies."
+    )
+    projects = serializers.ListField(
+        child=serializers.UUIDField(), required=False, help_text="ambiguous_slug (409): where the slug is."
+    )
+    required_scope = serializers.CharField(required=False, help_text="403: the scope the key lacks.")
+    retry_after = serializers.IntegerField(required=False, help_text="429/503: seconds to wait.")
 
 
 ERROR_DESCRIPTIONS = {
@@ -79,6 +105,29 @@ class ProblemAutoSchema(AutoSchema):
         )
         return responses
 
+    def get_description(self) -> str:  # type: ignore[override]
+        # An operation's own docstring only: a viewset's docstring given to all of its
+        # operations made every generated method say the same thing (issue 19).
+        action = getattr(self.view, getattr(self.view, "action", None) or self.method.lower(), None)
+        own = get_doc(action) if action is not None else ""
+        if own or isinstance(self.view, viewsets.ViewSetMixin):
+            return own
+        return get_doc(self.view.__class__)
+
+    def get_summary(self) -> str | None:
+        return SUMMARIES.get(self.get_operation_id())
+
+    def _get_format_parameters(self) -> list[Any]:
+        # ?format= (DRF's URL format override) is not part of the API: clients send Accept.
+        return []
+
+    def _resolve_path_parameters(self, variables: list[str]) -> list[dict[str, Any]]:
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            if parameter["schema"].get("pattern") == f"^{UUID_LOOKUP_REGEX}$":
+                parameter["schema"] = {"type": "string", "format": "uuid"}
+        return parameters
+
     def get_filter_backends(self) -> list[Any]:
         # Viewsets filter their ``list`` only (see TaskViewSet.filter_queryset); documenting the
         # list's filters on other GET actions (a task's events, notes) promised what they ignore.
@@ -112,6 +161,58 @@ class ProblemAutoSchema(AutoSchema):
         return schema
 
 
+# Summaries of operations whose views do not give one (generated clients use them as the
+# method's docstring). Views with @extend_schema(summary=...) win.
+SUMMARIES = {
+    "api_keys_list": "Your API keys",
+    "api_keys_create": "Create an API key (its secret is shown once)",
+    "api_keys_destroy": "Revoke an API key",
+    "me_retrieve": "Who the caller is: user, key, projects",
+    "status_retrieve": "Queue depth, workers and running executions",
+    "projects_list": "Projects you belong to",
+    "projects_create": "Create a team project",
+    "projects_retrieve": "A project",
+    "projects_members_list": "Members of a project",
+    "projects_members_create": "Add a member (project admins)",
+    "projects_members_retrieve": "A member of a project",
+    "projects_members_partial_update": "Change a member's role (project admins)",
+    "projects_members_destroy": "Remove a member (project admins)",
+    "executions_list": "Executions across your tasks",
+    "tasks_execute_create": "Run a task's script",
+    "tasks_executions_list": "Executions of a task, newest first",
+    "tasks_executions_retrieve": "An execution with its script and output",
+    "tasks_executions_destroy": "Cancel an execution",
+    "tasks_executions_log_retrieve": "An execution's output (JSON page, or a live text/event-stream)",
+}
+
+
+class ArrayParametersRepeated(DjangoFilterExtension):
+    """List filters as ``style: form, explode: true`` arrays (``status=a&status=b``), the
+    spelling generated clients send; the API takes the comma spelling too (config.filters)."""
+
+    priority = 1
+
+    def resolve_filter_field(
+        self, auto_schema: Any, model: Any, filterset_class: Any, field_name: str, filter_field: Any
+    ) -> list[dict[str, Any]]:
+        parameters = super().resolve_filter_field(
+            auto_schema, model, filterset_class, field_name, filter_field
+        )
+        help_text = str(filter_field.extra.get("help_text") or "")
+        for parameter in parameters:
+            # A filter with a schema override loses its help text in drf-spectacular.
+            description = parameter.get("description") or help_text
+            if parameter.get("schema", {}).get("type") == "array":
+                parameter["style"], parameter["explode"] = "form", True
+                description = (
+                    f"{description} Several values: repeat the parameter ({field_name}=x&{field_name}=y) "
+                    f"or separate them with commas ({field_name}=x,y)."
+                ).strip()
+            if description:
+                parameter["description"] = description
+        return parameters
+
+
 def _model_field(field: serializers.Field) -> Any:
     parent = getattr(field, "parent", None)
     model = getattr(getattr(parent, "Meta", None), "model", None)
@@ -140,7 +241,7 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # testers (schemathesis) can follow create -> get -> update -> execute -> cancel -> delete.
 # source operationId: (status, [(target operationId, {parameter: runtime expression})]).
 _ID = "$response.body#/id"
-_EXECUTION_TARGETS = {"task_pk": "$response.body#/task", "id": "$response.body#/id"}
+_EXECUTION_TARGETS = {"id": "$response.body#/task", "execution_id": "$response.body#/id"}
 LINKS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
     "tasks_create": (
         "201",
@@ -148,12 +249,12 @@ LINKS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
             ("tasks_retrieve", {"id": _ID}),
             ("tasks_update", {"id": _ID}),
             ("tasks_partial_update", {"id": _ID}),
-            ("tasks_execute_create", {"task_pk": _ID}),
+            ("tasks_execute_create", {"id": _ID}),
             ("tasks_claim_create", {"id": _ID}),
             ("tasks_move_create", {"id": _ID}),
             ("tasks_notes_create", {"id": _ID}),
             ("tasks_events_list", {"id": _ID}),
-            ("tasks_executions_list", {"task_pk": _ID}),
+            ("tasks_executions_list", {"id": _ID}),
             ("tasks_destroy", {"id": _ID}),
         ],
     ),

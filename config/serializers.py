@@ -149,3 +149,15 @@ class JSONObjectField(serializers.JSONField):
         if not isinstance(value, dict):
             self.fail("not_an_object")
         return value
+
+
+class UserRefSerializer(serializers.Serializer):
+    """A user as every API answer and webhook payload shows one (component ``UserRef``)."""
+
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+def user_ref(user: Any) -> dict[str, Any] | None:
+    """``{id, username}``, or None: the one shape of a user in answers and webhooks."""
+    return None if user is None else {"id": user.pk, "username": user.get_username()}

@@ -7,7 +7,11 @@ from executions.models import Execution, ExecutionStatus, Trigger
 
 
 class ExecutionFilter(StrictFilterSet):
-    status = CommaChoiceFilter(choices=ExecutionStatus.choices, help_text="Comma list of statuses.")
+    status = CommaChoiceFilter(
+        choices=ExecutionStatus.choices,
+        enum_component="ExecutionStatusEnum",
+        help_text="Executions in any of these statuses.",
+    )
     trigger = django_filters.ChoiceFilter(choices=Trigger.choices)
     task = django_filters.UUIDFilter(field_name="task_id")
     project = django_filters.UUIDFilter(field_name="project_id")

@@ -302,7 +302,7 @@ def _sync_task(
         )
         ended = {
             Status.COMPLETED: (EventType.TASK_COMPLETED, {}),
-            Status.FAILED: (EventType.TASK_FAILED, {"error": latest.error}),
+            Status.FAILED: (EventType.TASK_FAILED, {"error": latest.error or None}),
         }.get(new_status)
         if ended is not None:
             type_, extra = ended

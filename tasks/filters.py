@@ -87,7 +87,8 @@ class StatusInFilter(CommaChoiceFilter):
 
 
 class TagListField(forms.Field):
-    """A repeated query parameter (``tag=a&tag=b``), each value a valid tag."""
+    """A list query parameter (``tag=a&tag=b`` or ``tag=a,b``: StrictFilterSet splits the
+    commas), each value a valid tag."""
 
     widget = forms.SelectMultiple
 
@@ -115,6 +116,11 @@ class AllTagsFilter(filters.Filter):
         return qs.with_tags(value) if value else qs
 
 
+@extend_schema_field(OpenApiTypes.BOOL)
+class BooleanParameterFilter(filters.ChoiceFilter):
+    """A boolean query parameter: true/false (1/0 also accepted), documented as a boolean."""
+
+
 class ParameterFilter(filters.ChoiceFilter):
     """A validated parameter that does not filter by itself (``sort``, ``order``)."""
 
@@ -123,7 +129,9 @@ class ParameterFilter(filters.ChoiceFilter):
 
 
 class TaskFilter(StrictFilterSet):
-    status = StatusInFilter(choices=Status.choices, help_text="Comma-separated statuses.")
+    status = StatusInFilter(
+        choices=Status.choices, enum_component="TaskStatusEnum", help_text="Tasks in any of these statuses."
+    )
     priority = IntegerFilter(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX)
     priority_min = IntegerFilter(
         field_name="priority", lookup_expr="gte", min_value=PRIORITY_MIN, max_value=PRIORITY_MAX
@@ -132,12 +140,12 @@ class TaskFilter(StrictFilterSet):
         field_name="priority", lookup_expr="lte", min_value=PRIORITY_MIN, max_value=PRIORITY_MAX
     )
     script_type = filters.ChoiceFilter(choices=ScriptType.choices)
-    tag = AllTagsFilter(help_text="Repeat for several tags; a task must carry all of them.")
+    tag = AllTagsFilter(help_text="A task must carry all of them.")
     agent = filters.CharFilter()
     project = filters.UUIDFilter(field_name="project_id")
     template = filters.UUIDFilter(field_name="template_id", help_text="Tasks made from this template (id).")
     created_by = IntegerFilter(field_name="created_by_id", min_value=1, help_text="User id.")
-    claimed = filters.ChoiceFilter(
+    claimed = BooleanParameterFilter(
         choices=BOOLEAN_CHOICES, method="filter_claimed", help_text="Whether an agent holds a claim now."
     )
     archived = filters.ChoiceFilter(

@@ -114,12 +114,16 @@ def template_errors(template: Template, spec: list[dict[str, Any]]) -> list[tupl
         for name in params.placeholders(template.script):
             if name not in declared:
                 errors.append(
-                    ("script", "undeclared_placeholder", f"{{{{ {name} }}}} is not a declared parameter.")
+                    (
+                        "script_content",
+                        "undeclared_placeholder",
+                        f"{{{{ {name} }}}} is not a declared parameter.",
+                    )
                 )
     else:
-        errors.extend(params.script_errors(template.script, template.script_type, spec, "script"))
+        errors.extend(params.script_errors(template.script, template.script_type, spec, "script_content"))
     if template.script and not template.script_type:
-        errors.append(("script_type", "required", "Required when script is given."))
+        errors.append(("script_type", "required", "Required when script_content is given."))
     return errors
 
 

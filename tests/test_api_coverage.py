@@ -71,7 +71,7 @@ def foreign_execution(owner: User) -> dict[str, Any]:
 
     task = TaskFactory(created_by=owner, script_type="bash", script_content="echo secret-output")
     execution = execution_enqueue(task=task, actor=owner)
-    return {"task_pk": task.pk, "pk": execution.pk}
+    return {"id": task.pk, "execution_id": execution.pk}
 
 
 def foreign_webhook(owner: User) -> dict[str, Any]:

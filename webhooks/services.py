@@ -20,6 +20,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.models import Project, User
 from config.errors import Conflict, field_error
+from config.serializers import user_ref
 from webhooks import ssrf
 from webhooks.models import (
     ALL_EVENTS,
@@ -238,7 +239,7 @@ def send_test(*, subscription: Subscription, actor: User | None) -> Delivery:
             "webhook": subscription.pk,
             "project": subscription.project_id,
             "message": "A test delivery from Taskforge.",
-            "requested_by": actor.get_username() if actor is not None else None,
+            "requested_by": user_ref(actor),
         },
     }
     return _queue(

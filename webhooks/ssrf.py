@@ -51,6 +51,18 @@ METADATA_HOSTS = frozenset(
 )
 
 
+ALLOW_HTTP_HINT = "TASKFORGE_WEBHOOK_ALLOW_HTTP=1 allows http://, for tests and trusted internal networks"
+ALLOW_PRIVATE_HINT = (
+    "TASKFORGE_WEBHOOK_ALLOW_PRIVATE=1 allows loopback, private and link-local targets, "
+    "for tests and trusted internal networks"
+)
+
+
+def _joined(problems: list[tuple[str, str]]) -> tuple[str, str]:
+    """Several problems as one message (each a sentence) and the first one's code."""
+    return " ".join(message for message, _ in problems), problems[0][1]
+
+
 class UnsafeURL(ValueError):
     """The URL may not be called. ``code`` is the machine-readable reason."""
 
@@ -166,19 +178,28 @@ def check_url(
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise UnsafeURL(f"Not a valid URL: {exc}.", "invalid") from None
+    # Every problem of the URL in one answer (a client fixing them one request at a time met
+    # them one by one), each naming the setting that would allow it, when one does.
+    problems: list[tuple[str, str]] = []
     schemes = ("https", "http") if allow_http else ("https",)
     if parsed.scheme not in schemes:
-        raise UnsafeURL(
-            "The URL must start with https://" + (" or http://." if allow_http else "."), "https_required"
+        hint = "" if allow_http or parsed.scheme != "http" else f" ({ALLOW_HTTP_HINT})"
+        problems.append(
+            (
+                "The URL must start with https://" + (" or http://" if allow_http else "") + hint + ".",
+                "https_required",
+            )
         )
     if parsed.userinfo:
-        raise UnsafeURL("Credentials in the URL are not allowed; put a token in the path.", "userinfo")
+        problems.append(("Credentials in the URL are not allowed; put a token in the path.", "userinfo"))
     if not parsed.raw_host:
-        raise UnsafeURL("The URL has no host.", "invalid")
+        raise UnsafeURL(*_joined([*problems, ("The URL has no host.", "invalid")]))
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     if "%" in host:
-        raise UnsafeURL("IPv6 zone identifiers are not allowed.", "forbidden_address")
+        raise UnsafeURL(
+            *_joined([*problems, ("IPv6 zone identifiers are not allowed.", "forbidden_address")])
+        )
 
     literal: IPAddress | None
     try:
@@ -186,13 +207,16 @@ def check_url(
     except ValueError:
         literal = None
     if literal is None:
-        _check_host_name(host, allow_private=allow_private)
         try:
-            found = (resolver or system_resolver)(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise UnsafeURL(f"The host {host!r} does not resolve ({exc}).", "unresolvable") from None
-        if not found:
-            raise UnsafeURL(f"The host {host!r} does not resolve.", "unresolvable")
+            _check_host_name(host, allow_private=allow_private)
+            try:
+                found = (resolver or system_resolver)(host, port)
+            except (OSError, UnicodeError) as exc:
+                raise UnsafeURL(f"The host {host!r} does not resolve ({exc}).", "unresolvable") from None
+            if not found:
+                raise UnsafeURL(f"The host {host!r} does not resolve.", "unresolvable")
+        except UnsafeURL as exc:
+            raise UnsafeURL(*_joined([*problems, (str(exc), exc.code)])) from None
     else:
         found = [str(literal)]
 
@@ -207,10 +231,15 @@ def check_url(
         problem = address_problem(ip, allow_private=allow_private)
         if problem:
             where = "is" if literal is not None else f"resolves to {ip}, which is"
-            raise UnsafeURL(
-                f"The host {host!r} {where} {problem}; webhooks cannot call it.", "forbidden_address"
+            private = address_problem(ip, allow_private=True) is None
+            hint = f" ({ALLOW_PRIVATE_HINT})" if private else ""
+            problems.append(
+                (f"The host {host!r} {where} {problem}; webhooks cannot call it{hint}.", "forbidden_address")
             )
+            break
         addresses.append(str(ip))
+    if problems:
+        raise UnsafeURL(*_joined(problems))
     return Target(url=parsed.copy_with(fragment=None), addresses=tuple(dict.fromkeys(addresses)))
 
 
@@ -226,4 +255,7 @@ def _check_host_name(host: str, *, allow_private: bool) -> None:
     if host in METADATA_HOSTS:
         raise UnsafeURL(f"{host!r} is a cloud metadata host; webhooks cannot call it.", "forbidden_address")
     if not allow_private and (host == "localhost" or host.endswith(".localhost")):
-        raise UnsafeURL(f"{host!r} is a loopback name; webhooks cannot call it.", "forbidden_address")
+        raise UnsafeURL(
+            f"{host!r} is a loopback name; webhooks cannot call it ({ALLOW_PRIVATE_HINT}).",
+            "forbidden_address",
+        )

@@ -6,8 +6,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer
-from executions.models import Execution, ExecutionStatus, OutputChunk, Stream
+from config.serializers import StrictSerializer, UserRefSerializer, user_ref
+from executions.models import ErrorCode, Execution, ExecutionStatus, OutputChunk, Stream
 
 
 class WorkerSummarySerializer(serializers.Serializer):
@@ -22,6 +22,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
     worker = WorkerSummarySerializer(read_only=True, allow_null=True)
     retry_of = serializers.UUIDField(source="retry_of_id", read_only=True, allow_null=True)
     cancel_requested = serializers.SerializerMethodField()
+    # null when there is no error, like a task's result.error and webhooks' data.error.
+    error = serializers.SerializerMethodField()
+    error_detail = serializers.SerializerMethodField()
 
     class Meta:
         model = Execution
@@ -53,22 +56,31 @@ class ExecutionSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_triggered_by(self, execution: Execution) -> dict[str, Any] | None:
+        return user_ref(execution.triggered_by)
+
+    @extend_schema_field(serializers.ChoiceField(choices=ErrorCode.choices, allow_null=True))
+    def get_error(self, execution: Execution) -> str | None:
+        return execution.error or None
+
     @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_triggered_by(self, execution: Execution) -> str | None:
-        user = execution.triggered_by
-        return user.get_username() if user is not None else None
+    def get_error_detail(self, execution: Execution) -> str | None:
+        return execution.error_detail or None
 
     def get_cancel_requested(self, execution: Execution) -> bool:
         return execution.cancel_requested_at is not None
 
 
 class ExecutionDetailSerializer(ExecutionSerializer):
-    script = serializers.CharField(read_only=True)
+    script_content = serializers.CharField(
+        source="script", read_only=True, help_text="The script as it ran (named like a task's)."
+    )
     stdout = serializers.SerializerMethodField()
     stderr = serializers.SerializerMethodField()
 
     class Meta(ExecutionSerializer.Meta):
-        fields = (*ExecutionSerializer.Meta.fields, "script", "stdout", "stderr")
+        fields = (*ExecutionSerializer.Meta.fields, "script_content", "stdout", "stderr")
         read_only_fields = fields
 
     def _output(self, execution: Execution) -> dict[str, str]:

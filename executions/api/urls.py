@@ -2,15 +2,20 @@ from django.urls import path
 
 from executions.api.views import ExecutionViewSet
 
-nested = "tasks/<uuid:task_pk>/executions"
+# The task is {id} here as on every /tasks/{id}/... route; the execution is {execution_id}.
+nested = "tasks/<uuid:id>/executions"
 urlpatterns = [
-    path("tasks/<uuid:task_pk>/execute", ExecutionViewSet.as_view({"post": "execute"}), name="task-execute"),
+    path("tasks/<uuid:id>/execute", ExecutionViewSet.as_view({"post": "execute"}), name="task-execute"),
     path(nested, ExecutionViewSet.as_view({"get": "list"}), name="task-execution-list"),
     path(
-        f"{nested}/<uuid:pk>",
+        f"{nested}/<uuid:execution_id>",
         ExecutionViewSet.as_view({"get": "retrieve", "delete": "destroy"}),
         name="task-execution-detail",
     ),
-    path(f"{nested}/<uuid:pk>/log", ExecutionViewSet.as_view({"get": "log"}), name="task-execution-log"),
+    path(
+        f"{nested}/<uuid:execution_id>/log",
+        ExecutionViewSet.as_view({"get": "log"}),
+        name="task-execution-log",
+    ),
     path("executions", ExecutionViewSet.as_view({"get": "list"}), name="execution-list"),
 ]

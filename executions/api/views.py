@@ -84,23 +84,24 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
     serializer_class = ExecutionSerializer
     scope_object = "execution"
     filterset_class = ExecutionFilter
+    lookup_url_kwarg = "execution_id"  # /tasks/{id}/executions/{execution_id}
 
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
-        if "task_pk" in self.kwargs:
-            queryset = queryset.filter(task_id=self.kwargs["task_pk"]).order_by("-number")
+        if "id" in self.kwargs:
+            queryset = queryset.filter(task_id=self.kwargs["id"]).order_by("-number")
         return queryset
 
     def task(self) -> Task:
         """The task in the URL (404 unless the caller can see it)."""
         return get_object_or_404(
-            Task.objects.visible_to(self.request.user, self.api_key), pk=self.kwargs["task_pk"]
+            Task.objects.visible_to(self.request.user, self.api_key), pk=self.kwargs["id"]
         )
 
     def get_serializer_class(self) -> type:
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if "task_pk" in kwargs:
+        if "id" in kwargs:
             self.task()
         return super().list(request, *args, **kwargs)
 
@@ -108,8 +109,8 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
         request=ExecuteSerializer,
         parameters=[WAIT_PARAM, IDEMPOTENCY_PARAMETER],
         responses={
-            202: ExecutionSerializer,
-            200: ExecutionDetailSerializer,
+            200: OpenApiResponse(ExecutionDetailSerializer, description="It finished within ?wait."),
+            202: OpenApiResponse(ExecutionSerializer, description="Queued or still running (see Location)."),
             **idempotency_responses(),
             409: OpenApiResponse(description="No script, archived, claimed or blocked"),
         },
@@ -122,7 +123,8 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
             ),
         ],
         description="Queue a run of the task's script. Answers at once with the execution (202 + Location); "
-        "with ?wait=N holds until it finishes (200) or N seconds pass (202). A task made from a "
+        "with ?wait=N holds until it finishes (200) or N seconds pass (202): 200 means finished, 202 "
+        "not yet, the same rule as POST /templates/{ref}/trigger. A task made from a "
         "template takes `parameters`: the values it was made with, overridden by these, validated "
         "against its declarations (secret values must be given again); any other task takes none.",
     )
@@ -166,7 +168,14 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
                 description="Return chunks after this one (next_offset).",
             )
         ],
-        responses={200: LogSerializer},
+        responses={
+            (200, "application/json"): LogSerializer,
+            (200, "text/event-stream"): OpenApiResponse(
+                {"type": "string"},
+                description="With Accept: text/event-stream: Server-Sent Events (`event: chunk` with a "
+                "chunk as JSON, then `event: end` with the status and exit code).",
+            ),
+        },
         description="Output from an offset. With `Accept: text/event-stream`, a live Server-Sent Events "
         "stream (`event: chunk` with the chunk as JSON, then `event: end`) until the execution ends.",
     )

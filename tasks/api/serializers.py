@@ -10,7 +10,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import JSONObjectField, StrictSerializer
+from config.serializers import JSONObjectField, StrictSerializer, UserRefSerializer, user_ref
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -128,11 +128,6 @@ class TaskUpdateSerializer(TaskWriteSerializer):
         required=False,
         help_text="Changes only along allowed transitions (409 otherwise).",
     )
-
-
-class UserRefSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    username = serializers.CharField()
 
 
 class ClaimSerializer(serializers.Serializer):
@@ -282,21 +277,22 @@ class TaskSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(UserRefSerializer(allow_null=True))
     def get_created_by(self, task: Task) -> dict[str, Any] | None:
-        user = task.created_by
-        return None if user is None else {"id": user.pk, "username": user.get_username()}
+        return user_ref(task.created_by)
 
 
 class MoveSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=Status.choices)
 
 
-class ClaimRequestSerializer(StrictSerializer):
+class LeaseSerializer(StrictSerializer):
+    """The body of claim and heartbeat (component ``LeaseRequest``)."""
+
     lease_seconds = serializers.IntegerField(
         min_value=LEASE_MIN, max_value=LEASE_MAX, default=LEASE_DEFAULT, help_text="10-86400, default 300."
     )
 
 
-class ClaimNextSerializer(ClaimRequestSerializer):
+class ClaimNextSerializer(LeaseSerializer):
     tags = serializers.ListField(
         child=tag_field(), required=False, max_length=TAGS_MAX, help_text="All must match."
     )

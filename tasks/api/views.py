@@ -14,15 +14,15 @@ from rest_framework.response import Response
 
 from config.api import TaskforgeViewSet
 from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
-from config.openapi import ProblemSerializer
+from config.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
 from tasks.api.serializers import (
     ClaimNextSerializer,
-    ClaimRequestSerializer,
     CompleteSerializer,
     EventSerializer,
     FailSerializer,
+    LeaseSerializer,
     MoveSerializer,
     NoteCreateSerializer,
     NoteSerializer,
@@ -34,7 +34,12 @@ from tasks.filters import TaskFilter
 from tasks.models import Task
 from tasks.selectors import project_for_new_task
 
-CONFLICT = OpenApiResponse(ProblemSerializer, description="Conflict with the task's state (see `code`).")
+CONFLICT = OpenApiResponse(
+    ProblemSerializer,
+    description="Conflict with the task's state: `code` says which (already_claimed, not_claimed, "
+    "not_claimer, blocked_by_dependencies, not_claimable, invalid_transition, task_active, ...), "
+    "`current_status` the status now.",
+)
 CREATE_EXAMPLE = OpenApiExample(
     "Nightly backup",
     value={
@@ -68,7 +73,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
     filterset_class = TaskFilter
     pagination_class = TaskPagination
     scope_object = "task"
-    lookup_value_regex = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+    lookup_value_regex = UUID_LOOKUP_REGEX
 
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
         return queryset.for_api()
@@ -161,13 +166,13 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
         summary="Claim a task (agents)",
         description="Only pending, unclaimed tasks whose dependencies are completed; "
         "409 otherwise (with `blockers` when dependencies are unfinished).",
-        request=ClaimRequestSerializer,
+        request=LeaseSerializer,
         responses={200: TaskSerializer, 409: CONFLICT},
     )
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
-        incoming = ClaimRequestSerializer(data=request.data)
+        incoming = LeaseSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         task = services.task_claim(
             task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
@@ -204,13 +209,13 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
 
     @extend_schema(
         summary="Extend the claimer's lease",
-        request=ClaimRequestSerializer,
+        request=LeaseSerializer,
         responses={200: TaskSerializer, 409: CONFLICT},
     )
     @action(detail=True, methods=["post"])
     def heartbeat(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
-        incoming = ClaimRequestSerializer(data=request.data)
+        incoming = LeaseSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         task = services.task_heartbeat(
             task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer
+from config.serializers import StrictSerializer, user_ref
 from config.validators import validate_name
 from executions.api.serializers import ExecutionSerializer
 from tasks.api.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
@@ -96,12 +96,23 @@ class TemplateWriteSerializer(StrictSerializer):
         max_length=DESCRIPTION_MAX, required=False, allow_blank=True, trim_whitespace=False
     )
     script_type = serializers.ChoiceField(choices=ScriptType.choices, required=False, allow_blank=True)
-    script = serializers.CharField(
+    script_content = serializers.CharField(
+        source="script",
         required=False,
         allow_blank=True,
         trim_whitespace=False,
         validators=[validate_script_size],
-        help_text="{{ param }} becomes the value quoted for the language (secrets: a PARAM_ reference).",
+        help_text="{{ param }} becomes the value quoted for the language (secrets: a PARAM_ reference). "
+        "Named like a task's script_content.",
+    )
+    script = serializers.CharField(
+        source="deprecated_script",
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        write_only=True,
+        validators=[validate_script_size],
+        help_text="Deprecated: the old name of script_content, still accepted on input (not with it).",
     )
     timeout_seconds = serializers.IntegerField(min_value=TIMEOUT_MIN, max_value=TIMEOUT_MAX, required=False)
     priority = serializers.IntegerField(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False)
@@ -114,9 +125,20 @@ class TemplateWriteSerializer(StrictSerializer):
     )
     parameters = ParameterSerializer(many=True, required=False, help_text="The whole list (replaces it).")
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "deprecated_script" in attrs:
+            old = attrs.pop("deprecated_script")
+            if "script" in attrs:
+                raise serializers.ValidationError(
+                    {"script": [serializers.ErrorDetail("Give script_content only.", code="conflict")]}
+                )
+            attrs["script"] = old
+        return attrs
+
 
 class TemplateSerializer(serializers.ModelSerializer):
     project = serializers.UUIDField(source="project_id")
+    script_content = serializers.CharField(source="script")
     parameters = serializers.SerializerMethodField()
     created_by = serializers.SerializerMethodField()
 
@@ -131,7 +153,7 @@ class TemplateSerializer(serializers.ModelSerializer):
             "name_pattern",
             "description_pattern",
             "script_type",
-            "script",
+            "script_content",
             "timeout_seconds",
             "priority",
             "tags",
@@ -153,8 +175,7 @@ class TemplateSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(UserRefSerializer(allow_null=True))
     def get_created_by(self, template: Template) -> dict[str, Any] | None:
-        user = template.created_by
-        return None if user is None else {"id": user.pk, "username": user.get_username()}
+        return user_ref(template.created_by)
 
 
 class TriggerOverridesSerializer(TaskWriteSerializer):

@@ -66,7 +66,8 @@ CREATE_EXAMPLE = OpenApiExample(
         "name": "Deploy a service",
         "name_pattern": "Deploy {{ service }} to {{ env }}",
         "script_type": "bash",
-        "script": 'service={{ service }}\nreplicas={{ replicas }}\necho "deploying $service x$replicas"',
+        "script_content": "service={{ service }}\nreplicas={{ replicas }}\n"
+        'echo "deploying $service x$replicas"',
         "timeout_seconds": 300,
         "parameters": [
             {"name": "service", "type": "string", "required": True, "pattern": "[a-z][a-z0-9-]*"},
@@ -228,10 +229,19 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
         "created), creates the task and, unless `execute` is false, queues its execution. "
         "Needs template:read and task:write, plus execution:write when executing, and the member "
         "role in the template's project. With ?wait=N (N ≤ 60) the answer waits for the "
-        "execution to finish or N seconds to pass.",
+        "execution to finish or N seconds to pass.\n\n"
+        "The status says where the execution is, as on POST /tasks/{id}/execute: **200** it "
+        "finished within ?wait (`execution` has its final status, exit code and output); "
+        "**202** it is queued or still running (no ?wait, or the wait ran out); **201** only a "
+        "task was made (`execute: false`). Location is the new task.",
         request=TriggerSerializer,
         parameters=[REF_PARAMETER, PROJECT_PARAMETER, WAIT_PARAM, IDEMPOTENCY_PARAMETER],
-        responses={201: TriggerResultSerializer, **idempotency_responses()},
+        responses={
+            200: OpenApiResponse(TriggerResultSerializer, description="The execution finished in ?wait."),
+            201: OpenApiResponse(TriggerResultSerializer, description="Task made (execute false)."),
+            202: OpenApiResponse(TriggerResultSerializer, description="Task made; execution not finished."),
+            **idempotency_responses(),
+        },
         examples=[TRIGGER_EXAMPLE],
     )
     @action(detail=True, methods=["post"], scope_action="read")
@@ -253,17 +263,19 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
             execute=data["execute"],
             timeout_seconds=data.get("timeout_seconds"),
         )
-        execution_data = None
+        execution_data, code = None, status.HTTP_201_CREATED
         if execution is not None:
             if wait:
                 wait_until_final(execution.pk, wait)
             execution = Execution.objects.select_related("worker", "triggered_by").get(pk=execution.pk)
             serializer = ExecutionDetailSerializer if execution.is_final else ExecutionSerializer
             execution_data = serializer(execution).data
+            # One rule with POST /tasks/{id}/execute: 200 finished (within ?wait), 202 not yet.
+            code = status.HTTP_200_OK if execution.is_final and wait else status.HTTP_202_ACCEPTED
         task = Task.objects.visible_to(request.user, self.api_key).for_api().get(pk=task.pk)
         location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
         return Response(
             {"task": TaskSerializer(task).data, "execution": execution_data},
-            status=status.HTTP_201_CREATED,
+            status=code,
             headers={"Location": location},
         )

@@ -25,7 +25,7 @@ def body(**overrides: Any) -> dict[str, Any]:
         "name_pattern": "Deploy {{ service }} to {{ env }}",
         "description_pattern": "{{ replicas }} replicas",
         "script_type": "bash",
-        "script": 'service={{ service }}\necho "deploying $service" {{ replicas }}',
+        "script_content": 'service={{ service }}\necho "deploying $service" {{ replicas }}',
         "priority": 7,
         "tags": ["deploy"],
         "parameters": DEPLOY_PARAMETERS,
@@ -65,13 +65,15 @@ def test_every_change_bumps_the_version(api, make_template):
 def test_undeclared_placeholders_are_refused_by_name(api):
     response = api.post(
         LIST,
-        body(name_pattern="Deploy {{ servce }}", script="echo {{ nope }}", parameters=DEPLOY_PARAMETERS),
+        body(
+            name_pattern="Deploy {{ servce }}", script_content="echo {{ nope }}", parameters=DEPLOY_PARAMETERS
+        ),
         format="json",
     )
     problem = problem_of(response, 400)
     fields = error_fields(problem)
     assert fields["name_pattern"] == "undeclared_placeholder"
-    assert fields["script"] == "undeclared_placeholder"
+    assert fields["script_content"] == "undeclared_placeholder"
     messages = " ".join(e["message"] for e in problem["errors"])
     assert "{{ servce }}" in messages and "{{ nope }}" in messages
     assert not Template.objects.exists()
@@ -85,7 +87,7 @@ def test_a_default_that_breaks_its_own_rules_is_refused(api):
         {"name": "t", "type": "string", "secret": True, "default": "hunter2"},
         {"name": "b", "type": "boolean", "default": "true"},
     ]
-    data = body(name_pattern="x", description_pattern="", script="echo hi", parameters=params)
+    data = body(name_pattern="x", description_pattern="", script_content="echo hi", parameters=params)
     response = api.post(LIST, data, format="json")
     fields = error_fields(problem_of(response, 400))
     assert fields == {
@@ -99,9 +101,9 @@ def test_a_default_that_breaks_its_own_rules_is_refused(api):
 
 
 def test_placeholders_inside_quotes_are_refused(api):
-    response = api.post(LIST, body(script='echo "Hello {{ service }}"'), format="json")
+    response = api.post(LIST, body(script_content='echo "Hello {{ service }}"'), format="json")
     problem = problem_of(response, 400)
-    assert error_fields(problem)["script"] == "unsafe_placeholder"
+    assert error_fields(problem)["script_content"] == "unsafe_placeholder"
     assert "double-quoted" in problem["errors"][0]["message"]
 
 
@@ -170,7 +172,7 @@ def test_trigger_creates_task_and_execution(api, make_template, project):
         },
         format="json",
     )
-    assert response.status_code == 201, response.content
+    assert response.status_code == 202, response.content  # queued: not finished (see test_trigger)
     data = response.json()
     task, execution = data["task"], data["execution"]
     assert task["name"] == "Deploy api to staging"
@@ -259,7 +261,7 @@ def test_trigger_scopes_and_role(user, key_client, team, make_template):
     assert problem_of(no_exec.post(url, payload, format="json"), 403)["required_scope"] == "execution:write"
     assert no_exec.post(url, {**payload, "execute": False}, format="json").status_code == 201
     full = key_client(user, ["template:read", "task:write", "execution:write"])
-    assert full.post(url, payload, format="json").status_code == 201
+    assert full.post(url, payload, format="json").status_code == 202
 
 
 # --- execute with parameters ----------------------------------------------------------------------
@@ -272,7 +274,7 @@ def trigger(api, **parameters: Any) -> dict[str, Any]:
 def test_execute_reuses_the_tasks_values_and_validates_new_ones(api, make_template):
     make_template()
     task = trigger(api, service="api", replicas=4)
-    url = reverse("task-execute", kwargs={"task_pk": task["id"]})
+    url = reverse("task-execute", kwargs={"id": task["id"]})
     first = api.post(url, {}, format="json")
     assert first.status_code == 202, first.content
     assert first.json()["parameters"]["replicas"] == 4
@@ -297,7 +299,7 @@ def test_execute_requires_secret_again(api, make_template):
         f"{LIST}/deploy/trigger", {"parameters": {"service": "api", "token": "abc"}}, format="json"
     )
     task_id = response.json()["task"]["id"]
-    url = reverse("task-execute", kwargs={"task_pk": task_id})
+    url = reverse("task-execute", kwargs={"id": task_id})
     problem = problem_of(api.post(url, {}, format="json"), 400)
     assert error_fields(problem) == {"parameters.token": "required"}
     assert api.post(url, {"parameters": {"token": "xyz"}}, format="json").status_code == 202
@@ -305,7 +307,7 @@ def test_execute_requires_secret_again(api, make_template):
 
 def test_a_task_without_template_takes_no_parameters(api, project):
     task = Task.objects.create(project=project, name="t", script_type="bash", script_content="echo hi")
-    url = reverse("task-execute", kwargs={"task_pk": task.pk})
+    url = reverse("task-execute", kwargs={"id": task.pk})
     problem = problem_of(api.post(url, {"parameters": {"a": 1}}, format="json"), 400)
     assert error_fields(problem) == {"parameters": "no_parameters"}
     assert api.post(url, {}, format="json").status_code == 202

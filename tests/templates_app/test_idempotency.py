@@ -80,7 +80,7 @@ class TestReplay:
 
     def test_conflicts_are_not_stored(self, api, project):
         task = Task.objects.create(project=project, name="t")  # no script: execute is a 409
-        url = reverse("task-execute", kwargs={"task_pk": task.pk})
+        url = reverse("task-execute", kwargs={"id": task.pk})
         assert post(api, url, {}).status_code == 409
         assert not IdempotencyKey.objects.exists()
         Task.objects.filter(pk=task.pk).update(script_type="bash", script_content="echo hi")
@@ -128,7 +128,7 @@ def test_every_creating_endpoint_replays(api, project, make_template):
     task = Task.objects.create(project=project, name="t", script_type="bash", script_content="echo hi")
     make_template()
     cases = [
-        (reverse("task-execute", kwargs={"task_pk": task.pk}), {}, Execution),
+        (reverse("task-execute", kwargs={"id": task.pk}), {}, Execution),
         (f"{TASKS}/{task.pk}/notes", {"body": "hello"}, Note),
         ("/api/v1/templates/deploy/trigger", {"parameters": {"service": "api"}}, Execution),
     ]
@@ -203,6 +203,6 @@ def test_concurrent_creates_make_exactly_one_task(user, key_client):
 def test_concurrent_executes_make_exactly_one_execution(user, key_client, project):
     client = key_client(user)
     task = Task.objects.create(project=project, name="t", script_type="bash", script_content="echo hi")
-    responses = race(reverse("task-execute", kwargs={"task_pk": task.pk}), {}, client.raw_key)
+    responses = race(reverse("task-execute", kwargs={"id": task.pk}), {}, client.raw_key)
     check_race(responses, 202)
     assert Execution.objects.count() == 1

@@ -167,6 +167,7 @@ def test_typed_values_render_as_literals(user, project, inline_worker):
 def test_wait_returns_the_finished_execution(api, user, project, make_template, inline_worker, monkeypatch):
     make_template(script='echo "deploying" {{ service }}')
     # The inline worker runs the execution while the request waits.
+    from executions.api import views as execution_views
     from templates_app.api import views
 
     def run_then_read(execution_id: Any, timeout: float) -> Execution:
@@ -174,13 +175,44 @@ def test_wait_returns_the_finished_execution(api, user, project, make_template, 
         return Execution.objects.get(pk=execution_id)
 
     monkeypatch.setattr(views, "wait_until_final", run_then_read)
+    monkeypatch.setattr(execution_views, "wait_until_final", run_then_read)
     response = api.post(
         "/api/v1/templates/deploy/trigger?wait=10", {"parameters": {"service": "api"}}, format="json"
     )
-    assert response.status_code == 201, response.content
+    # Finished within ?wait: 200, the same answer as POST /tasks/{id}/execute?wait gives.
+    assert response.status_code == 200, response.content
     execution = response.json()["execution"]
     assert execution["status"] == "succeeded"
     assert execution["stdout"] == "deploying api\n"
+    assert execution["error"] is None and execution["error_detail"] is None
+    assert response["Location"].endswith(f"/api/v1/tasks/{response.json()['task']['id']}")
+    again = api.post(f"/api/v1/tasks/{response.json()['task']['id']}/execute?wait=10", {}, format="json")
+    assert again.status_code == 200, again.content
+
+
+def test_wait_that_runs_out_answers_202_on_both_endpoints(api, make_template, monkeypatch):
+    """Still queued or running when ?wait ends: 202 from trigger and from execute alike, so a
+    CI step tells "finished" (200) from "not yet" (202) the same way on both."""
+    make_template(script='echo "deploying" {{ service }}')
+    from executions.api import views as execution_views
+    from templates_app.api import views
+
+    def nothing_runs(execution_id: Any, timeout: float) -> Execution:
+        return Execution.objects.get(pk=execution_id)
+
+    monkeypatch.setattr(views, "wait_until_final", nothing_runs)
+    monkeypatch.setattr(execution_views, "wait_until_final", nothing_runs)
+    response = api.post(
+        "/api/v1/templates/deploy/trigger?wait=1", {"parameters": {"service": "api"}}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["execution"]["status"] == "queued"
+    task_id = response.json()["task"]["id"]
+    execution_id = response.json()["execution"]["id"]
+    assert api.delete(f"/api/v1/tasks/{task_id}/executions/{execution_id}").status_code == 200
+    again = api.post(f"/api/v1/tasks/{task_id}/execute?wait=1", {}, format="json")
+    assert again.status_code == 202, again.content
+    assert again.json()["status"] == "queued"
 
 
 def test_an_automatic_retry_gets_the_secret_parameters_too(user, project, inline_worker):

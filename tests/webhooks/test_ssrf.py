@@ -315,3 +315,21 @@ def test_tls_uses_sni_and_verifies_the_certificate_against_the_host_name(
     assert not outcome.ok
     assert "certificate" in outcome.error.lower() or "ssl" in outcome.error.lower()
     assert len(receiver.hook_requests()) == 1
+
+
+def test_every_problem_of_a_url_comes_at_once_naming_the_setting_that_allows_it():
+    """http:// to a private address: both problems in one answer, each with its setting."""
+    with pytest.raises(ssrf.UnsafeURL) as refused:
+        ssrf.check_url("http://10.0.0.5/hook", allow_http=False, allow_private=False)
+    message = str(refused.value)
+    assert refused.value.code == "https_required"
+    assert "TASKFORGE_WEBHOOK_ALLOW_HTTP=1" in message
+    assert "a private address" in message and "TASKFORGE_WEBHOOK_ALLOW_PRIVATE=1" in message
+    with pytest.raises(ssrf.UnsafeURL) as refused:
+        ssrf.check_url("http://localhost/hook", allow_http=False, allow_private=False)
+    assert "TASKFORGE_WEBHOOK_ALLOW_HTTP=1" in str(refused.value)
+    assert "TASKFORGE_WEBHOOK_ALLOW_PRIVATE=1" in str(refused.value)
+    # Metadata stays refused whatever the settings: no setting is suggested for it.
+    with pytest.raises(ssrf.UnsafeURL) as refused:
+        ssrf.check_url("https://169.254.169.254/", allow_private=True)
+    assert "TASKFORGE_WEBHOOK_ALLOW" not in str(refused.value)

@@ -16,7 +16,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer
+from config.serializers import StrictSerializer, UserRefSerializer, user_ref
 from webhooks.models import (
     ALL_EVENTS,
     DESCRIPTION_MAX,
@@ -118,10 +118,9 @@ class WebhookSerializer(serializers.ModelSerializer):
             "failing_since": {"help_text": "Start of the current run of failed attempts."},
         }
 
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_created_by(self, subscription: Subscription) -> str | None:
-        user = subscription.created_by
-        return None if user is None else user.get_username()
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_created_by(self, subscription: Subscription) -> dict[str, Any] | None:
+        return user_ref(subscription.created_by)
 
     def to_representation(self, instance: Subscription) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -139,11 +138,22 @@ class WebhookCreatedSerializer(WebhookSerializer):
         read_only_fields = fields
 
 
+class NullIfBlankCharField(serializers.CharField):
+    """A text column that is "" when empty, shown as null (no error is null everywhere)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(read_only=True, allow_null=True, **kwargs)
+
+    def to_representation(self, value: Any) -> str | None:
+        return value or None
+
+
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     response_body = serializers.CharField(
         allow_null=True,
         help_text="The start of the receiver's answer; null unless you are an admin of the project.",
     )
+    error = NullIfBlankCharField(help_text="null when the receiver answered.")
 
     class Meta:
         model = DeliveryAttempt
@@ -166,6 +176,7 @@ class DeliverySerializer(serializers.ModelSerializer):
     event = serializers.IntegerField(source="event_id", allow_null=True)
     payload = serializers.SerializerMethodField()
     attempts = DeliveryAttemptSerializer(many=True)
+    last_error = NullIfBlankCharField()
 
     class Meta:
         model = Delivery
