@@ -56,10 +56,11 @@ RUN_NAME_RE = re.compile(rf"{RUN_PREFIX}(\d+)-(\d+)-\d+")
 # How long removing a run's cgroup keeps killing what is left in it before it gives up.
 KILL_SECONDS = 2.0
 
-# The launcher Popen starts: enter every cgroup.procs file given before "--", then exec the rest.
+# The launcher Popen starts: enter every cgroup.procs file given before "--", then exec the rest
+# (PWD, which the shell exports, is unset: the script's environment stays the allow-list).
 # Its own failures print "taskforge-cgroup: ..." (the shell's $0) and exit 1 or 127.
 LAUNCHER_NAME = "taskforge-cgroup"
-LAUNCHER_SCRIPT = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 1; shift; done; shift; exec "$@"'
+LAUNCHER_SCRIPT = 'unset PWD; while [ "$1" != -- ]; do echo $$ >"$1" || exit 1; shift; done; shift; exec "$@"'
 
 
 class CgroupError(Exception):

@@ -39,8 +39,9 @@ params=None, on_started=None, config=None) -> RunResult``
     ``outcome`` is one of ``succeeded`` (exit 0), ``failed`` (non-zero exit, or death by a signal
     the sandbox did not send, such as SIGXCPU or an out-of-memory kill), ``timed_out``,
     ``cancelled``, ``killed`` (stopped for ``worker_shutdown``) or ``spawn_failed``. ``error`` uses
-    the SPEC's codes (``timeout``, ``cancelled``, ``worker_shutdown``, ``spawn_failed``) and is
-    ``None`` otherwise; ``error_detail`` is human-readable text for logs.
+    the SPEC's codes (``timeout``, ``cancelled``, ``worker_shutdown``, ``spawn_failed``, and
+    ``memory_exceeded`` for a failed run whose cgroup saw an OOM kill) and is ``None`` otherwise;
+    ``error_detail`` is human-readable text for logs.
 
 How the sandbox is built, and why
 =================================
@@ -108,6 +109,13 @@ How the sandbox is built, and why
   Under bwrap the exit sweep is skipped: the PID namespace already is one.
   RLIMIT_NPROC is therefore per run. A worker that is not root cannot switch users: scripts then
   run as the worker's own uid, without RLIMIT_NPROC and without the sweep.
+* **A memory and pids cgroup per run** (``use_cgroup``, ``memory_bytes``; see
+  ``executions/cgroups.py``): when the host allows one, the process Popen creates is first a
+  ``/bin/sh`` that writes its own pid into the run's ``cgroup.procs`` file(s) and execs
+  prlimit (pid == pgid still), so the run is born inside it and everything it holds in memory,
+  tmpfs included, counts against ``memory_bytes``. An OOM kill there (``oom_kill`` in the
+  cgroup's evidence) turns a failed run into error ``memory_exceeded``. After the run the
+  cgroup is emptied and removed (by the janitor if killed processes are still exiting).
 * **Process group**: ``start_new_session=True`` gives the child its own session and process group
   (pgid == pid), and no controlling terminal (no TIOCSTI injection into an operator's shell).
   Stopping means SIGTERM to the group, then SIGKILL after a grace (``kill_grace_seconds`` for
@@ -135,8 +143,9 @@ and concurrent runs can see (and signal) each other's processes; with bubblewrap
 namespace closes both holes. Without bubblewrap, files a script leaves outside its work
 directory (/tmp, /dev/shm) stay readable by a later run that gets the same uid. Workers in
 separate containers on one host must be given disjoint uid ranges (or one shared lock
-directory): their locks would not see each other. There is no memory cgroup: RLIMIT_AS bounds
-each process, not the group. bwrap leaves its exited init for PID 1 to reap, and so does killing
+directory): their locks would not see each other. Without a cgroup per run (the host allows
+none, or ``use_cgroup="never"``) RLIMIT_AS bounds each process, not the run. bwrap leaves
+its exited init for PID 1 to reap, and so does killing
 a group (or a uid) for grandchildren: run workers in containers under an init (``docker --init``,
 tini) so such zombies are collected (a worker that is PID 1 says so at start, ``reaping_problem``),
 and on a host whose PID 1 collects them promptly (zombies count against RLIMIT_NPROC).
@@ -1223,6 +1232,8 @@ def _cgroup_launcher(cgroup: RunCgroup | None) -> list[str]:
 
 
 def _memory_exceeded_detail(config: SandboxConfig) -> str:
+    if not config.memory_bytes:  # no limit of its own: an ancestor cgroup or the host ran out
+        return "out of memory (killed by the kernel's OOM killer; the run has no memory limit of its own)"
     return f"memory limit of {config.memory_bytes} bytes exceeded (killed by the kernel's OOM killer)"
 
 
