@@ -356,3 +356,29 @@ def test_worker_records_memory_exceeded_and_keeps_working(
     assert worker.run_pending() == 1
     assert Execution.objects.get(task=follow_up).status == ExecutionStatus.SUCCEEDED
     assert our_run_cgroups(needs_cgroup) == []
+
+
+def test_a_dead_workers_run_cgroup_is_emptied_and_removed(needs_cgroup: Backend) -> None:
+    """What a worker killed mid-run leaves behind: a run cgroup with a process still in it."""
+    name = f"{cgroups.RUN_PREFIX}{os.getpid()}-1-1"  # this pid, but not this process's start time
+    paths = [os.path.join(parent, name) for parent in needs_cgroup.parents()]
+    for path in paths:
+        os.mkdir(path)
+    procs = [os.path.join(path, "cgroup.procs") for path in paths]
+    launcher = ["/bin/sh", "-c", cgroups.LAUNCHER_SCRIPT, cgroups.LAUNCHER_NAME, *procs, "--"]
+    process = subprocess.Popen([*launcher, "sleep", "300"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while str(process.pid) not in Path(procs[0]).read_text().split():
+            assert time.monotonic() < deadline, "the launcher never entered the cgroup"
+            time.sleep(0.01)
+        assert needs_cgroup.remove_stale() >= 1
+        assert process.wait(timeout=10) == -9
+        assert not any(os.path.exists(path) for path in paths)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for path in paths:
+            if os.path.exists(path):
+                os.rmdir(path)
