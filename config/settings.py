@@ -401,6 +401,16 @@ TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES = env_int("TASKFORGE_SANDBOX_ADDRESS_SPACE
 TASKFORGE_SANDBOX_FILE_SIZE_BYTES = env_int("TASKFORGE_SANDBOX_FILE_SIZE_BYTES", 64 * 1024**2)
 # Each writable tmpfs under bwrap (/tmp, /dev/shm, the work directory) holds at most this.
 TASKFORGE_SANDBOX_TMPFS_BYTES = env_int("TASKFORGE_SANDBOX_TMPFS_BYTES", 64 * 1024**2)
+# A run's whole memory (every process's RAM plus what it keeps in tmpfs), bounded by a memory
+# cgroup per run where the host allows one (executions/cgroups.py); 0 = no memory limit.
+TASKFORGE_SANDBOX_MEMORY_BYTES = env_int("TASKFORGE_SANDBOX_MEMORY_BYTES", 512 * 1024**2)
+# "auto" makes a cgroup per run (memory, pids) when cgroup v2 is delegated or v1 is writable;
+# "always" refuses to run scripts without one (spawn_failed); "never" does not try.
+TASKFORGE_SANDBOX_CGROUP = os.environ.get("TASKFORGE_SANDBOX_CGROUP", "auto").strip().lower() or "auto"
+if TASKFORGE_SANDBOX_CGROUP not in {"auto", "always", "never"}:
+    raise ImproperlyConfigured(
+        f"TASKFORGE_SANDBOX_CGROUP must be auto, always or never, got {TASKFORGE_SANDBOX_CGROUP!r}"
+    )
 TASKFORGE_SANDBOX_OPEN_FILES = env_int("TASKFORGE_SANDBOX_OPEN_FILES", 256)
 TASKFORGE_SANDBOX_MAX_PROCESSES = env_int("TASKFORGE_SANDBOX_MAX_PROCESSES", 512)
 TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS = env_int("TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS", 5)

@@ -52,6 +52,7 @@ class ErrorCode(models.TextChoices):
     WORKER_SHUTDOWN = "worker_shutdown", "Worker shut down"
     SPAWN_FAILED = "spawn_failed", "Could not start the script"
     KILLED_BY_SIGNAL = "killed_by_signal", "Killed by a signal (e.g. a resource limit)"
+    MEMORY_EXCEEDED = "memory_exceeded", "Memory limit exceeded"
     WORKER_ERROR = "worker_error", "The worker could not store the outcome"
 
 

@@ -39,8 +39,9 @@ params=None, on_started=None, config=None) -> RunResult``
     ``outcome`` is one of ``succeeded`` (exit 0), ``failed`` (non-zero exit, or death by a signal
     the sandbox did not send, such as SIGXCPU or an out-of-memory kill), ``timed_out``,
     ``cancelled``, ``killed`` (stopped for ``worker_shutdown``) or ``spawn_failed``. ``error`` uses
-    the SPEC's codes (``timeout``, ``cancelled``, ``worker_shutdown``, ``spawn_failed``) and is
-    ``None`` otherwise; ``error_detail`` is human-readable text for logs.
+    the SPEC's codes (``timeout``, ``cancelled``, ``worker_shutdown``, ``spawn_failed``, and
+    ``memory_exceeded`` for a failed run whose cgroup saw an OOM kill) and is ``None`` otherwise;
+    ``error_detail`` is human-readable text for logs.
 
 How the sandbox is built, and why
 =================================
@@ -108,6 +109,13 @@ How the sandbox is built, and why
   Under bwrap the exit sweep is skipped: the PID namespace already is one.
   RLIMIT_NPROC is therefore per run. A worker that is not root cannot switch users: scripts then
   run as the worker's own uid, without RLIMIT_NPROC and without the sweep.
+* **A memory and pids cgroup per run** (``use_cgroup``, ``memory_bytes``; see
+  ``executions/cgroups.py``): when the host allows one, the process Popen creates is first a
+  ``/bin/sh`` that writes its own pid into the run's ``cgroup.procs`` file(s) and execs
+  prlimit (pid == pgid still), so the run is born inside it and everything it holds in memory,
+  tmpfs included, counts against ``memory_bytes``. An OOM kill there (``oom_kill`` in the
+  cgroup's evidence) turns a failed run into error ``memory_exceeded``. After the run the
+  cgroup is emptied and removed (by the janitor if killed processes are still exiting).
 * **Process group**: ``start_new_session=True`` gives the child its own session and process group
   (pgid == pid), and no controlling terminal (no TIOCSTI injection into an operator's shell).
   Stopping means SIGTERM to the group, then SIGKILL after a grace (``kill_grace_seconds`` for
@@ -135,8 +143,9 @@ and concurrent runs can see (and signal) each other's processes; with bubblewrap
 namespace closes both holes. Without bubblewrap, files a script leaves outside its work
 directory (/tmp, /dev/shm) stay readable by a later run that gets the same uid. Workers in
 separate containers on one host must be given disjoint uid ranges (or one shared lock
-directory): their locks would not see each other. There is no memory cgroup: RLIMIT_AS bounds
-each process, not the group. bwrap leaves its exited init for PID 1 to reap, and so does killing
+directory): their locks would not see each other. Without a cgroup per run (the host allows
+none, or ``use_cgroup="never"``) RLIMIT_AS bounds each process, not the run. bwrap leaves
+its exited init for PID 1 to reap, and so does killing
 a group (or a uid) for grandchildren: run workers in containers under an init (``docker --init``,
 tini) so such zombies are collected (a worker that is PID 1 says so at start, ``reaping_problem``),
 and on a host whose PID 1 collects them promptly (zombies count against RLIMIT_NPROC).
@@ -171,6 +180,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
+from executions import cgroups
+from executions.cgroups import CGROUP_MODES, CgroupMode, RunCgroup
+
 logger = logging.getLogger(__name__)
 
 ScriptType = Literal["python", "bash"]
@@ -198,9 +210,10 @@ PARAM_ENV_RE = re.compile(r"PARAM_[A-Za-z0-9_]+")
 # Lone surrogates (from surrogateescape) cannot be encoded: output_text replaces them.
 SURROGATES_RE = re.compile("[\ud800-\udfff]")
 
-# util-linux tools (an essential package on Debian) that set up the child before the script.
+# util-linux tools (an essential package on Debian) that set up the child before the script,
+# after the cgroup launcher (/bin/sh, see executions/cgroups.py) when the run has a cgroup.
 # Their own failures are a line "prlimit: ..." / "setpriv: ..." on stderr and exit 1, 126 or 127.
-TOOL_FAILURE_RE = re.compile(rb"\A(?:prlimit|setpriv): ")
+TOOL_FAILURE_RE = re.compile(rb"\A(?:prlimit|setpriv|taskforge-cgroup): ")
 TOOL_FAILURE_STATUSES = frozenset({1, 126, 127})
 
 # Per-run uids: one lock file per uid in a root-owned directory (see _UidLease).
@@ -265,6 +278,12 @@ class SandboxConfig:
     file_size_bytes: int = 64 * MIB
     # Size of each writable tmpfs under bwrap: /tmp, /dev/shm and the work directory.
     tmpfs_bytes: int = 64 * MIB
+    # A run's whole memory (RAM of all its processes plus what it keeps in tmpfs), bounded by a
+    # cgroup per run where one can be made (executions/cgroups.py); 0 = no memory limit.
+    memory_bytes: int = 512 * MIB
+    # "auto": a cgroup per run when the host allows it; "always": required (spawn_failed
+    # otherwise); "never": none (RLIMIT_AS per process and the sized tmpfs only).
+    use_cgroup: CgroupMode = "auto"
     open_files: int = 256
     # Processes of one run at once (RLIMIT_NPROC counts per uid, and each run has its own uid).
     max_processes: int = 512
@@ -297,6 +316,10 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         if self.use_bwrap not in BWRAP_MODES:
             raise ValueError(f"use_bwrap must be one of {BWRAP_MODES}, got {self.use_bwrap!r}")
+        if self.use_cgroup not in CGROUP_MODES:
+            raise ValueError(f"use_cgroup must be one of {CGROUP_MODES}, got {self.use_cgroup!r}")
+        if not isinstance(self.memory_bytes, int) or self.memory_bytes < 0:
+            raise ValueError("memory_bytes must be a number of bytes, 0 for no limit")
         for name in (
             "address_space_bytes",
             "file_size_bytes",
@@ -333,6 +356,8 @@ class SandboxConfig:
             "address_space_bytes": "TASKFORGE_SANDBOX_ADDRESS_SPACE_BYTES",
             "file_size_bytes": "TASKFORGE_SANDBOX_FILE_SIZE_BYTES",
             "tmpfs_bytes": "TASKFORGE_SANDBOX_TMPFS_BYTES",
+            "memory_bytes": "TASKFORGE_SANDBOX_MEMORY_BYTES",
+            "use_cgroup": "TASKFORGE_SANDBOX_CGROUP",
             "open_files": "TASKFORGE_SANDBOX_OPEN_FILES",
             "max_processes": "TASKFORGE_SANDBOX_MAX_PROCESSES",
             "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
@@ -728,20 +753,22 @@ class _Janitor:
 
     A run whose pipes are still held when its main process exits is swept at once instead
     (the run cannot end before they close). A uid waiting here stays locked, so it is never
-    handed to another run before it is swept. :func:`finish_cleanup` empties the queue now:
-    the worker calls it when it stops, and at interpreter exit it is called anyway.
+    handed to another run before it is swept. A run's cgroup that could not be removed at
+    once (killed processes still exiting) is emptied and removed here too.
+    :func:`finish_cleanup` empties the queue now: the worker calls it when it stops, and at
+    interpreter exit it is called anyway.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the queue and the thread
         self._batch_lock = threading.Lock()  # one batch at a time
-        self._queue: list[tuple[_UidLease, str | None]] = []
+        self._queue: list[tuple[_UidLease | None, str | None, RunCgroup | None]] = []
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def submit(self, lease: _UidLease, work_dir: str | None) -> None:
+    def submit(self, lease: _UidLease | None, work_dir: str | None, cgroup: RunCgroup | None = None) -> None:
         with self._lock:
-            self._queue.append((lease, work_dir))
+            self._queue.append((lease, work_dir, cgroup))
             if self._thread is None or not self._thread.is_alive():
                 if self._thread is None:
                     atexit.register(self.finish)
@@ -767,16 +794,21 @@ class _Janitor:
             if not batch:
                 return
             try:
-                _sweep([lease for lease, _ in batch])
+                for _, _, cgroup in batch:
+                    if cgroup is not None and not cgroup.remove(cgroups.KILL_SECONDS):
+                        # Removed as stale by the next worker that starts on this host.
+                        logger.warning("sandbox cgroup %s could not be removed", cgroup.paths)
+                _sweep([lease for lease, _, _ in batch if lease is not None])
             finally:
                 # Even if the sweep failed: its uids are then left unmarked (swept again by
                 # their next holders), never locked for good.
-                for lease, work_dir in batch:
+                for lease, work_dir, _ in batch:
                     try:
                         if work_dir is not None:
                             _remove_tree(work_dir)  # logs what it cannot remove
                     finally:
-                        lease.unlock()
+                        if lease is not None:
+                            lease.unlock()
 
 
 _janitor = _Janitor()
@@ -1175,6 +1207,37 @@ def _choose_bwrap(config: SandboxConfig, lease: _UidLease | None) -> str | None:
     return bwrap
 
 
+def _run_cgroup(config: SandboxConfig) -> RunCgroup | None:
+    """A memory (and pids) cgroup for one run, or None to run without (no backend here,
+    ``never``, or making one failed under ``auto``); ``_SpawnError`` when one is required."""
+    detection = cgroups.support(config.use_cgroup)
+    if detection.backend is None:
+        if config.use_cgroup == "always":
+            raise _SpawnError(f"a cgroup per run is required (use_cgroup='always') but: {detection.reason}")
+        return None
+    try:
+        return detection.backend.create(config.memory_bytes, config.max_processes)
+    except cgroups.CgroupError as exc:
+        if config.use_cgroup == "always":
+            raise _SpawnError(str(exc)) from exc
+        logger.warning("%s: this run goes without a cgroup", exc)
+        return None
+
+
+def _cgroup_launcher(cgroup: RunCgroup | None) -> list[str]:
+    """The start of the command line that puts the process into the run's cgroup(s) before
+    it execs the rest, so nothing of the run is ever outside (see executions/cgroups.py)."""
+    if cgroup is None:
+        return []
+    return ["/bin/sh", "-c", cgroups.LAUNCHER_SCRIPT, cgroups.LAUNCHER_NAME, *cgroup.procs_files(), "--"]
+
+
+def _memory_exceeded_detail(config: SandboxConfig) -> str:
+    if not config.memory_bytes:  # no limit of its own: an ancestor cgroup or the host ran out
+        return "out of memory (killed by the kernel's OOM killer; the run has no memory limit of its own)"
+    return f"memory limit of {config.memory_bytes} bytes exceeded (killed by the kernel's OOM killer)"
+
+
 @dataclass(frozen=True, slots=True)
 class _Limit:
     option: str  # prlimit's option
@@ -1509,6 +1572,7 @@ def run_script(
     pid: int | None = None
     bwrap: str | None = None
     lease: _UidLease | None = None
+    cgroup: RunCgroup | None = None
     cleanup_fds: list[int] = []
 
     def result(outcome: Outcome, **fields: Any) -> RunResult:
@@ -1552,6 +1616,7 @@ def run_script(
             limits = _rlimits(config, timeout_seconds, lease)
             _check_rlimits(limits)
             bwrap = _choose_bwrap(config, lease)
+            cgroup = _run_cgroup(config)
 
             work_dir = tempfile.mkdtemp(prefix="taskforge-run-", dir=config.work_root)
             tmp_dir = os.path.join(work_dir, "tmp")
@@ -1576,7 +1641,7 @@ def run_script(
             status_read: int | None = None
             # prlimit sets the limits on itself and execs the rest, all in the one process that
             # Popen created (already running as the run's uid): pid == pgid throughout.
-            argv = [prlimit, *_prlimit_args(limits), "--"]
+            argv = [*_cgroup_launcher(cgroup), prlimit, *_prlimit_args(limits), "--"]
             # The run's uid is taken by setpriv after prlimit, not by Popen(user=): with a uid
             # change Popen must fork() the whole worker (2.2 ms of CPU per run measured with a
             # worker-sized process) where it otherwise uses vfork() (0.1 ms).
@@ -1664,6 +1729,10 @@ def run_script(
             fields["signal"] = -status
         else:
             fields["exit_code"] = status
+        if cgroup is not None and status != 0 and supervisor.stop_reason is None and cgroup.oom_kills():
+            # The run went past its memory: the OOM killer killed inside it (all of it on v2).
+            detail = _memory_exceeded_detail(config)
+            return result("failed", error="memory_exceeded", error_detail=detail, **fields)
 
         tool_failed = TOOL_FAILURE_RE.match(err.head) is not None
         if bwrap is not None and supervisor.sandbox_pgid is None and supervisor.stop_reason is None:
@@ -1703,10 +1772,13 @@ def run_script(
         for fd in cleanup_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if lease is not None and not lease.empty:
+        # Whatever is left in the run's cgroup is killed; if it is still exiting, the janitor
+        # removes the cgroup a moment later.
+        cgroup_left = cgroup if cgroup is not None and not cgroup.remove() else None
+        if (lease is not None and not lease.empty) or cgroup_left is not None:
             # Processes of the uid may remain: swept (then the work dir removed, the uid
             # released) with the other runs that end about now, off this run's path.
-            _janitor.submit(lease, work_dir)
+            _janitor.submit(lease, work_dir, cgroup_left)
         else:
             if lease is not None:
                 lease.unlock()
@@ -1740,16 +1812,21 @@ def reaping_problem() -> str | None:
 
 def describe_isolation(config: SandboxConfig) -> str:
     """What isolation runs get with ``config``, for the worker's start-up log and its row:
-    ``bwrap`` or ``rlimits`` (plus ``+user`` when each run drops to a uid of its own)."""
+    ``bwrap`` or ``rlimits``, plus ``+user`` when each run drops to a uid of its own and
+    ``+cgroup2``/``+cgroup1`` when each run gets a memory cgroup (``executions/cgroups.py``)."""
     lease: _UidLease | None = None
     try:
         _resolve_tools(config)
         lease = _acquire_uid(config)
         kind = "bwrap" if _choose_bwrap(config, lease) else "rlimits"
+        backend = cgroups.support(config.use_cgroup).backend
+        if backend is None and config.use_cgroup == "always":
+            raise _SpawnError(f"a cgroup per run is required but: {cgroups.support('always').reason}")
     except _SpawnError as exc:
         logger.error("the sandbox cannot run scripts: %s", exc)
         return f"broken: {exc}"[:32]
     finally:
         if lease is not None:
             lease.release()
-    return f"{kind}+user" if lease else kind
+    kind = f"{kind}+user" if lease else kind
+    return f"{kind}+{backend.label}" if backend is not None else kind

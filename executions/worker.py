@@ -350,7 +350,9 @@ class WorkerProcess:
             "killed": (ExecutionStatus.FAILED, ErrorCode.WORKER_SHUTDOWN),
             "spawn_failed": (ExecutionStatus.FAILED, ErrorCode.SPAWN_FAILED),
         }[result.outcome]
-        if result.outcome == "failed" and result.exit_code is None:
+        if result.outcome == "failed" and result.error == ErrorCode.MEMORY_EXCEEDED:
+            error = ErrorCode.MEMORY_EXCEEDED
+        elif result.outcome == "failed" and result.exit_code is None:
             error = ErrorCode.KILLED_BY_SIGNAL
         finished = self._finish(
             run,
