@@ -11,8 +11,21 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import get_doc
 from rest_framework import serializers, viewsets
 
+from config.validators import validate_label_text, validate_name
+
 # Ids in paths: any UUID spelling (upper case, no dashes) is accepted; documented as a UUID.
 UUID_LOOKUP_REGEX = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+
+NAME_VALIDATORS = (validate_name, validate_label_text)
+NAME_RULE = (
+    "One line of visible text: no control or invisible formatting characters (Unicode "
+    "categories Cc, Cf except U+200C/U+200D, Cs, Zl, Zp; 400 `invalid_character`)."
+)
+LABEL_RULE = (
+    "No control or invisible formatting characters except line feed and tab (Unicode "
+    "categories Cc, Cf except U+200C/U+200D, Cs, Zl, Zp; 400 `invalid_character`)."
+)
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
@@ -145,6 +158,10 @@ class ProblemAutoSchema(AutoSchema):
             if model_field is not None and getattr(model_field, "blank", False):
                 field.allow_blank = True
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(schema, dict) and any(v in NAME_VALIDATORS for v in field.validators):
+            # ECMA-262 patterns (OpenAPI 3.0) cannot name Unicode categories: say it in words.
+            note = NAME_RULE if validate_name in field.validators else LABEL_RULE
+            schema["description"] = f"{schema.get('description', '')} {note}".strip()
         # DRF refuses "" (and, when trimming, whitespace only) unless allow_blank; say so, so a
         # schema-valid "" is not a 400 (schemathesis found it on /fail's `error`).
         if (

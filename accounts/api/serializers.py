@@ -59,7 +59,7 @@ class ProjectSerializer(serializers.ModelSerializer):
 
 
 class ProjectCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=200, trim_whitespace=True)
+    name = serializers.CharField(max_length=200, trim_whitespace=True, validators=[validate_name])
     description = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
 
 

@@ -571,16 +571,18 @@ def _celery_rate(bench: Bench, argv: list[str], label: str) -> float | None:
 def _bwrap_argv() -> list[str] | None:
     import shutil
 
-    from executions.sandbox import _bwrap_base_args  # the product's own command line
+    # the product's own command line (its seccomp filter aside: Celery passes no descriptor)
+    from executions.sandbox import SandboxConfig, _bwrap_base_args, _bwrap_seal_args
 
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return None
     return [
-        *_bwrap_base_args(bwrap),
+        *_bwrap_base_args(bwrap, SandboxConfig.from_settings()),
         "--bind",
         "{workdir}",
         "{workdir}",
+        *_bwrap_seal_args(bwrap, None),
         "--chdir",
         "{workdir}",
         "--",

@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.serializers import JSONObjectField, StrictSerializer, UserRefSerializer, user_ref
+from config.validators import validate_name
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -60,7 +61,9 @@ class TaskWriteSerializer(StrictSerializer):
     project = serializers.UUIDField(
         required=False, help_text="Defaults to the key's project, else your personal project."
     )
-    name = serializers.CharField(max_length=NAME_MAX, help_text="1-255 characters after trimming.")
+    name = serializers.CharField(
+        max_length=NAME_MAX, help_text="1-255 characters after trimming.", validators=[validate_name]
+    )
     description = serializers.CharField(
         max_length=DESCRIPTION_MAX, required=False, allow_blank=True, trim_whitespace=False
     )

@@ -85,12 +85,12 @@ class TemplateWriteSerializer(StrictSerializer):
         required=False, help_text="Create only. Defaults to the key's project, else your personal project."
     )
     slug = serializers.SlugField(max_length=100, help_text="Unique in the project; usable in URLs.")
-    name = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=200, validators=[validate_name])
     description = serializers.CharField(
         max_length=DESCRIPTION_MAX, required=False, allow_blank=True, trim_whitespace=False
     )
     name_pattern = serializers.CharField(
-        max_length=NAME_MAX, help_text="The task's name; {{ param }} allowed."
+        validators=[validate_name], max_length=NAME_MAX, help_text="The task's name; {{ param }} allowed."
     )
     description_pattern = serializers.CharField(
         max_length=DESCRIPTION_MAX, required=False, allow_blank=True, trim_whitespace=False

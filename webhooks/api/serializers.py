@@ -17,6 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.serializers import StrictSerializer, UserRefSerializer, user_ref
+from config.validators import validate_label_text
 from webhooks.models import (
     ALL_EVENTS,
     DESCRIPTION_MAX,
@@ -72,7 +73,9 @@ class WebhookWriteSerializer(StrictSerializer):
     )
     event_types = event_types_field(required=False)
     active = serializers.BooleanField(required=False, default=True)
-    description = serializers.CharField(max_length=DESCRIPTION_MAX, required=False, allow_blank=True)
+    description = serializers.CharField(
+        max_length=DESCRIPTION_MAX, required=False, allow_blank=True, validators=[validate_label_text]
+    )
 
 
 class WebhookUpdateSerializer(StrictSerializer):
@@ -81,7 +84,9 @@ class WebhookUpdateSerializer(StrictSerializer):
     active = serializers.BooleanField(
         required=False, help_text="Setting it back to true clears disabled_reason."
     )
-    description = serializers.CharField(max_length=DESCRIPTION_MAX, required=False, allow_blank=True)
+    description = serializers.CharField(
+        max_length=DESCRIPTION_MAX, required=False, allow_blank=True, validators=[validate_label_text]
+    )
 
 
 class WebhookSerializer(serializers.ModelSerializer):
