@@ -3,7 +3,8 @@
 Threaded workers (gthread): requests that wait (``?wait=N``, live logs over SSE) block a
 thread on an in-process event, not the CPU and not the database, so a few hundred threads
 serve a few hundred waiting clients while the rest of the API stays responsive (measured in
-docs/performance.md). Every value can be overridden with GUNICORN_* environment variables.
+docs/performance.md); a cap derived from ``threads`` keeps some of them for ordinary
+requests. Every value can be overridden with GUNICORN_* environment variables.
 """
 
 import multiprocessing
@@ -13,6 +14,16 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", 128))
+# The web processes size their cap on long-lived requests (live-log streams, ?wait) from this:
+# by default a quarter of the threads (at least 8) stay free for ordinary requests, whatever
+# the clients hold open (config/settings.py, TASKFORGE_MAX_STREAMS_PER_PROCESS).
+os.environ["TASKFORGE_GUNICORN_THREADS"] = str(threads)
+_stream_cap = os.environ.get("TASKFORGE_MAX_STREAMS_PER_PROCESS")
+if _stream_cap and int(_stream_cap) >= threads:
+    raise SystemExit(
+        f"TASKFORGE_MAX_STREAMS_PER_PROCESS={_stream_cap} leaves none of the {threads} threads "
+        "for ordinary requests; set it below GUNICORN_THREADS"
+    )
 # gthread: the worker heartbeat comes from its main loop, so long requests do not trip this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
