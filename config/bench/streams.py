@@ -20,6 +20,7 @@ Its own database (``<name>_streams``) and processes (gunicorn with config/gunico
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -149,18 +150,66 @@ def probe_round(base: str, account: Account, seconds: float) -> tuple[list[float
     return tasks_times, health_times
 
 
-def hold_stream(url: str, headers: dict[str, str], until: float, outcome: list[str]) -> None:
+async def _hold(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], stop: asyncio.Event, outcome: list[str]
+) -> None:
+    """One stream: its refusal's status, or "open" until ``stop`` ("ended early" if the server
+    closed it before)."""
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(10, read=40)) as response:
+        async with client.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
                 outcome.append(str(response.status_code))
                 return
-            outcome.append("held")
-            for _ in response.iter_raw():
-                if time.monotonic() > until:
-                    return
+            outcome.append("open")
+            reader = asyncio.ensure_future(_drain(response))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reader, stopper):
+                task.cancel()
+            if reader in done:
+                outcome.append("ended early")
     except httpx.HTTPError as exc:
         outcome.append(type(exc).__name__)
+
+
+async def _drain(response: httpx.Response) -> None:
+    async for _ in response.aiter_raw():
+        pass
+
+
+class StreamHolder:
+    """Opens every stream at once from one asyncio thread (hundreds of client threads would
+    themselves load the two cores) and holds them until ``close()``."""
+
+    def __init__(self, url: str, headers: list[dict[str, str]]) -> None:
+        self.url, self.headers = url, headers
+        self.outcome: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True)
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        timeout = httpx.Timeout(30, read=None)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            await asyncio.gather(*(_hold(client, self.url, h, self.stop, self.outcome) for h in self.headers))
+
+    def open(self, settle: float) -> dict[str, int]:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while len([o for o in self.outcome if o != "ended early"]) < len(self.headers):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        time.sleep(settle)
+        return self.counts()
+
+    def counts(self) -> dict[str, int]:
+        return {k: self.outcome.count(k) for k in sorted(set(self.outcome))}
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=60)
 
 
 def run_starve(base: str, accounts: list[Account], args: argparse.Namespace) -> dict[str, Any]:
@@ -178,28 +227,18 @@ def run_starve(base: str, accounts: list[Account], args: argparse.Namespace) -> 
         [Membership(project=project, user_id=a.user_id, role=Role.VIEWER) for a in streamers],
         ignore_conflicts=True,
     )
-    until = time.monotonic() + args.probe_seconds + 5
-    outcome: list[str] = []
-    threads = [
-        threading.Thread(
-            target=hold_stream,
-            args=(url, {**a.headers, "Accept": "text/event-stream"}, until, outcome),
-            daemon=True,
-        )
-        for a in streamers
-        for _ in range(args.per_principal)
+    headers = [
+        {**a.headers, "Accept": "text/event-stream"} for a in streamers for _ in range(args.per_principal)
     ]
-    for thread in threads:
-        thread.start()
-    time.sleep(3)  # every stream opened (or refused)
+    holder = StreamHolder(url, headers)
+    opened = holder.open(settle=2)
+    print(f"streams asked {len(headers)}: {opened}")
     busy = probe_round(base, prober, args.probe_seconds)
-    counts = {k: outcome.count(k) for k in sorted(set(outcome))}
-    print(f"streams asked {len(threads)}: {counts}")
+    print(f"streams at the end of the probes: {holder.counts()}")
+    holder.close()
     print("busy  /api/v1/tasks:", summary(busy[0]))
     print("busy  /health      :", summary(busy[1]))
-    for thread in threads:
-        thread.join(timeout=60)
-    return {"streams": counts, "idle": idle, "busy": busy}
+    return {"streams": opened, "idle": idle, "busy": busy}
 
 
 def main() -> None:

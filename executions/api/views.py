@@ -28,8 +28,8 @@ from executions.api.serializers import (
     log_payload,
 )
 from executions.filters import ExecutionFilter
-from executions.models import Execution, OutputChunk
-from executions.waiting import OutputFollower, Slot, release_connection, take_slot, wait_until_final
+from executions.models import FINAL_STATUSES, Execution
+from executions.waiting import OutputFollower, Slot, take_slot, wait_until_final
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(
@@ -279,7 +279,6 @@ class LogStream:
 
 
 KEEP_ALIVE_SECONDS = 15
-CHUNKS_PER_READ = 500
 
 
 def _event(name: str, data: Any, ident: int | None = None) -> str:
@@ -296,26 +295,15 @@ def _sse(execution_id: Any, offset: int, lifetime: float) -> Iterator[str]:
     with OutputFollower(execution_id) as follower:
         yield "retry: 1000\n\n"
         while True:
-            # The status first: once it is final, every chunk is visible (the finish stores the
-            # last chunks in the same transaction), so nothing can be missed before `end`.
-            execution = Execution.objects.filter(pk=execution_id).only("status", "exit_code").first()
-            chunks = list(
-                OutputChunk.objects.filter(execution_id=execution_id, seq__gt=offset)
-                .order_by("seq")
-                .values_list("seq", "stream", "data")[:CHUNKS_PER_READ]
-            )
-            release_connection()
-            for seq, stream, data in chunks:
+            read = follower.read(offset)
+            for seq, stream, data in read.chunks:
                 yield _event("chunk", {"seq": seq, "stream": stream, "data": data}, seq)
-            if chunks:
-                offset, last_write = chunks[-1][0], time.monotonic()
-                if len(chunks) == CHUNKS_PER_READ:
-                    continue
-            if execution is None or execution.is_final:
-                end = {"status": None, "exit_code": None}
-                if execution is not None:
-                    end = {"status": execution.status, "exit_code": execution.exit_code}
-                yield _event("end", end)
+            if read.chunks:
+                offset, last_write = read.chunks[-1][0], time.monotonic()
+            if not read.caught_up:
+                continue
+            if read.status is None or read.status in FINAL_STATUSES:
+                yield _event("end", {"status": read.status, "exit_code": read.exit_code})
                 return
             now = time.monotonic()
             if now >= deadline:

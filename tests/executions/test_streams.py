@@ -342,3 +342,37 @@ def test_live_stream_over_http_resumes_without_duplicates(user, make_task):
     assert [e["event"] for e in rest] == ["chunk", "chunk", "end"]
     assert [e["data"]["data"] for e in rest[:2]] == ["second\n", "third\n"]
     assert rest[-1]["data"] == {"status": "succeeded", "exit_code": 0}
+
+
+def test_followers_in_one_process_share_their_reads(running):
+    """N streams on one run cost one read per stored chunk in a process, not N."""
+    from django.test.utils import CaptureQueriesContext
+
+    _, execution = running
+
+    def store(seq: int) -> None:
+        services.execution_append_output(
+            execution_id=execution.pk, claim_token=execution.claim_token, chunks=[(seq, "stdout", f"{seq}\n")]
+        )
+
+    store(1)
+    with waiting.OutputFollower(execution.pk) as a, waiting.OutputFollower(execution.pk) as b:
+        with CaptureQueriesContext(connection) as first:
+            got_a = a.read(0)
+        with CaptureQueriesContext(connection) as second:
+            got_b = b.read(0)
+        assert (len(first), len(second)) == (2, 0)
+        assert got_a.chunks == got_b.chunks == [(1, "stdout", "1\n")]
+        assert got_a.caught_up and got_a.status == ExecutionStatus.RUNNING
+
+        store(2)
+        waiting.dispatcher.wake(a.key)  # what the listener does on the worker's NOTIFY
+        with CaptureQueriesContext(connection) as first:
+            got_a = a.read(1)
+        with CaptureQueriesContext(connection) as second:
+            got_b = b.read(1)
+        assert (len(first), len(second)) == (2, 0)
+        assert got_a.chunks == got_b.chunks == [(2, "stdout", "2\n")]
+        # A follower that comes later, from the start, gets everything kept here.
+        with waiting.OutputFollower(execution.pk) as late:
+            assert [c[0] for c in late.read(0).chunks] == [1, 2]
