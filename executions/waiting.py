@@ -15,6 +15,7 @@ per user across every process (the shared cache); otherwise 429 with ``Retry-Aft
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -291,6 +292,17 @@ class Slot:
                 logger.warning("could not give back the stream slot %s", self.key, exc_info=True)
 
 
+def process_cap() -> int:
+    """Long-lived requests this process may hold: TASKFORGE_MAX_STREAMS_PER_PROCESS, or (0)
+    the web server's threads less a reserve for ordinary requests — a quarter of them, at
+    least 8 and at most half, at least one (128 threads: 96; 8 threads: 4; 1 thread: 0)."""
+    configured = settings.TASKFORGE_MAX_STREAMS_PER_PROCESS
+    if configured > 0:
+        return configured
+    threads = int(os.environ.get("TASKFORGE_GUNICORN_THREADS") or os.environ.get("GUNICORN_THREADS") or 128)
+    return max(0, threads - max(1, threads // 4, min(8, threads // 2)))
+
+
 def _slot_keys(user_id: object) -> list[str]:
     return [f"streams:user:{user_id}:{n}" for n in range(settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL)]
 
@@ -305,7 +317,7 @@ def take_slot(user_id: object, seconds: float, what: str) -> Slot:
     """
     global _local_held
     with _local_lock:
-        if _local_held >= settings.TASKFORGE_MAX_STREAMS_PER_PROCESS:
+        if _local_held >= process_cap():
             raise _refused(
                 f"This server is holding as many long-lived requests as it may ({what}); retry shortly.",
                 1,

@@ -66,7 +66,7 @@ LOG_DESCRIPTION = (
     "whose `data:` is the chunk as JSON, sent as soon as the worker stores it; a finished "
     "execution then sends `event: end` with `{status, exit_code}` and the stream closes (close "
     "your EventSource on `end`, or it reconnects and gets `end` again). A comment line every "
-    f"15 s keeps it alive. After {settings.TASKFORGE_STREAM_MAX_SECONDS} s a stream ends with "
+    f"5 s keeps it alive. After {settings.TASKFORGE_STREAM_MAX_SECONDS} s a stream ends with "
     "`event: reconnect` (`id:` the last `seq` sent): reconnect with `Last-Event-ID` (an "
     "EventSource does so by itself) and nothing is sent twice. A stream counts against the "
     "caller's cap on concurrent long-lived requests (429 with `Retry-After` beyond it)."
@@ -278,7 +278,8 @@ class LogStream:
             self.slot.release()
 
 
-KEEP_ALIVE_SECONDS = 15
+# Also how soon a stream whose client left is noticed (the write fails) and its slot freed.
+KEEP_ALIVE_SECONDS = 5
 
 
 def _event(name: str, data: Any, ident: int | None = None) -> str:
@@ -288,7 +289,7 @@ def _event(name: str, data: Any, ident: int | None = None) -> str:
 
 def _sse(execution_id: Any, offset: int, lifetime: float) -> Iterator[str]:
     """Server-Sent Events: every chunk after ``offset`` as it is stored (woken by the worker's
-    NOTIFY), then ``end``; after ``lifetime`` seconds ``reconnect``. A comment line every 15 s
+    NOTIFY), then ``end``; after ``lifetime`` seconds ``reconnect``. A comment line every 5 s
     keeps proxies from closing an idle stream (and finds clients that left)."""
     deadline = time.monotonic() + lifetime
     last_write = time.monotonic()

@@ -376,3 +376,66 @@ def test_followers_in_one_process_share_their_reads(running):
         # A follower that comes later, from the start, gets everything kept here.
         with waiting.OutputFollower(execution.pk) as late:
             assert [c[0] for c in late.read(0).chunks] == [1, 2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorns_thread_count_sets_the_process_cap(user, make_task, tmp_path):
+    """With config/gunicorn.conf.py, a web process keeps a quarter of its threads (at least
+    8, at most half) for ordinary requests, from the thread count gunicorn really uses
+    (GUNICORN_CMD_ARGS overrides the file's): 4 threads -> 2 streams, and /health answers."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.factories import make_key
+    from tests.live import ROOT, free_port, test_database_env, wait_for
+
+    _, raw = make_key(user)
+    execution = services.execution_enqueue(task=make_task(), actor=None)  # no worker: stays queued
+    port = free_port()
+    env = {
+        **test_database_env(),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "64",
+        "GUNICORN_CMD_ARGS": "--threads 4 --graceful-timeout 2",
+        "GUNICORN_ACCESSLOG": "",
+    }
+    log = (tmp_path / "gunicorn.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}{log_url(execution.task, execution.pk)}"
+    headers = {"Authorization": f"Api-Key {raw}", "Accept": SSE}
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=30)
+        with (
+            httpx.Client(timeout=10) as one,
+            httpx.Client(timeout=10) as two,
+            one.stream("GET", url, headers=headers) as first,
+            two.stream("GET", url, headers=headers) as second,
+        ):
+            assert (first.status_code, second.status_code) == (200, 200)
+            third = httpx.get(url, headers=headers, timeout=10)
+            assert third.status_code == 429, third.text
+            assert third.json()["concurrency_limit"] == "process"
+            assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+            tasks = httpx.get(f"{base}/api/v1/tasks", headers={"Authorization": f"Api-Key {raw}"}, timeout=10)
+            assert tasks.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
