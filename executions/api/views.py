@@ -9,7 +9,6 @@ from django.conf import settings
 from django.db.models import Max, QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, renderers, status
 from rest_framework.exceptions import ValidationError
@@ -56,6 +55,27 @@ LAST_EVENT_ID_PARAM = OpenApiParameter(
     location=OpenApiParameter.HEADER,
     description="Resume after this chunk (what an EventSource sends when it reconnects: the `id` "
     "of the last event it received). Takes precedence over `offset`.",
+)
+# One event of the stream, as SSE clients (and schemathesis) see it: its fields, `data` being JSON.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One Server-Sent Event. `chunk`: `id` is the chunk's `seq`, `data` a chunk "
+    '(`{"seq", "stream", "data"}`, as in `Log.chunks`); `end`: `data` is `{"status", "exit_code"}`, '
+    'then the stream closes; `reconnect`: `id` is the last `seq` sent, `data` `{"last_event_id", '
+    '"after_seconds"}`, then the stream closes.',
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["chunk", "end", "reconnect"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "description": "A JSON object."},
+        "retry": {"type": "integer"},
+    },
+}
+FORMAT_PARAM = OpenApiParameter(
+    "format",
+    {"type": "string", "enum": ["json", "sse"]},
+    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages, whatever "
+    "`Accept` says.",
 )
 LOG_DESCRIPTION = (
     "The execution's output as chunks (`seq` 1, 2, … in the order written, each `stdout` or "
@@ -214,11 +234,11 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
         return Response(ExecutionSerializer(execution).data, status=code)
 
     @extend_schema(
-        parameters=[OFFSET_PARAM, LAST_EVENT_ID_PARAM],
+        parameters=[OFFSET_PARAM, LAST_EVENT_ID_PARAM, FORMAT_PARAM],
         responses={
             (200, "application/json"): LogSerializer,
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR, description="Server-Sent Events (see the operation's description)."
+                SSE_EVENT_SCHEMA, description="Server-Sent Events (see the operation's description)."
             ),
             400: OpenApiResponse(
                 ProblemSerializer,

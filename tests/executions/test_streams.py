@@ -126,7 +126,8 @@ def test_the_schema_describes_the_stream_and_the_caps(api):
     log = schema["paths"]["/api/v1/tasks/{task_pk}/executions/{id}/log"]["get"]
     ok = log["responses"]["200"]["content"]
     assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Log"}
-    assert ok[SSE]["schema"]["type"] == "string"
+    event = ok[SSE]["schema"]
+    assert event["properties"]["event"]["enum"] == ["chunk", "end", "reconnect"]
     assert {"400", "429"} <= set(log["responses"])
     headers = [p["name"] for p in log["parameters"] if p["in"] == "header"]
     assert headers == ["Last-Event-ID"]
