@@ -440,3 +440,34 @@ def test_gunicorns_thread_count_sets_the_process_cap(user, make_task, tmp_path):
         proc.terminate()
         proc.wait(timeout=15)
         log.close()
+
+
+def test_a_refused_trigger_wait_creates_nothing(api, user, project, running, settings):
+    """A template trigger with ?wait counts against the same cap; refused, it makes no task
+    and no execution (the slot is taken before anything is written)."""
+    from tasks.models import Task
+    from templates_app import services as templates
+
+    settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = 1
+    templates.template_create(
+        project=project,
+        actor=user,
+        slug="deploy",
+        name="deploy",
+        name_pattern="deploy",
+        script_type="bash",
+        script="echo hi",
+        parameters=[],
+    )
+    task, execution = running
+    stream = api.get(log_url(task, execution.pk), HTTP_ACCEPT=SSE)
+    assert stream.status_code == 200
+    counts = (Task.objects.count(), Execution.objects.count())
+    refused = api.post("/api/v1/templates/deploy/trigger?wait=5", {}, format="json")
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["concurrency_limit"] == "user"
+    assert (Task.objects.count(), Execution.objects.count()) == counts
+    # Without ?wait it is an ordinary request.
+    assert api.post("/api/v1/templates/deploy/trigger", {}, format="json").status_code == 201
+    close(stream)
+    assert waiting.slots_held_here() == 0
