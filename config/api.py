@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from rest_framework import viewsets
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotAcceptable, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -82,9 +82,21 @@ class TaskforgeAPIMixin:
         # like any other value outside it (DRF answers 404 for an unknown format).
         if not force and request.query_params.get("format") == "":
             raise ValidationError({"format": ["Must not be empty."]}, code="blank")
-        return super().perform_content_negotiation(request, force)  # type: ignore[misc]
+        try:
+            return super().perform_content_negotiation(request, force)  # type: ignore[misc]
+        except NotAcceptable:
+            # No 406 anywhere (RFC 9110 lets a server disregard Accept): an explicit ?format=
+            # wins over Accept, and an Accept nothing matches gets the default, JSON.
+            wanted = request.query_params.get("format")
+            for renderer in self.get_renderers():  # type: ignore[attr-defined]
+                if wanted is None or renderer.format == wanted:
+                    return renderer, renderer.media_type
+            raise
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        # Slots of long-lived requests (?wait) the view took: the wait is over (executions.waiting).
+        for slot in getattr(request, "_taskforge_slots", ()):
+            slot.release()
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         usage = getattr(request, "_rate_usage", None)
         if usage is not None:

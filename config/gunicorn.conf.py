@@ -3,7 +3,8 @@
 Threaded workers (gthread): requests that wait (``?wait=N``, live logs over SSE) block a
 thread on an in-process event, not the CPU and not the database, so a few hundred threads
 serve a few hundred waiting clients while the rest of the API stays responsive (measured in
-docs/performance.md). Every value can be overridden with GUNICORN_* environment variables.
+docs/performance.md); a cap derived from ``threads`` keeps some of them for ordinary
+requests. Every value can be overridden with GUNICORN_* environment variables.
 """
 
 import multiprocessing
@@ -13,6 +14,25 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", 128))
+# The web processes size their cap on long-lived requests (live-log streams, ?wait) from the
+# thread count: by default a quarter of the threads (at least 8, at most half) stay free for
+# ordinary requests, whatever clients hold open (executions.waiting.process_cap). post_fork
+# tells each worker the effective count (GUNICORN_CMD_ARGS may have changed it).
+os.environ["TASKFORGE_GUNICORN_THREADS"] = str(threads)
+
+
+def post_fork(server: object, worker: object) -> None:
+    threads = worker.cfg.threads  # type: ignore[attr-defined]
+    os.environ["TASKFORGE_GUNICORN_THREADS"] = str(threads)
+    cap = int(os.environ.get("TASKFORGE_MAX_STREAMS_PER_PROCESS") or 0)
+    if cap >= threads:
+        server.log.warning(  # type: ignore[attr-defined]
+            "TASKFORGE_MAX_STREAMS_PER_PROCESS=%s leaves none of the %s threads for ordinary requests",
+            cap,
+            threads,
+        )
+
+
 # gthread: the worker heartbeat comes from its main loop, so long requests do not trip this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30

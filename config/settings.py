@@ -284,6 +284,17 @@ TASKFORGE_WORKER_DEAD_AFTER = env_int("TASKFORGE_WORKER_DEAD_AFTER", 60)
 # (At most 60, the SPEC's bound; lower it where request threads are scarce: each waiting
 # request holds one.)
 TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
+# Long-lived requests (live-log streams and ?wait): each holds a request thread. At most
+# TASKFORGE_MAX_STREAMS_PER_PRINCIPAL at once per user (all of their keys and sessions together,
+# counted across processes in the shared cache), at most TASKFORGE_MAX_STREAMS_PER_PROCESS per
+# web process (0, the default: derived from the web server's threads, keeping a quarter of them,
+# at least 8 and at most half, for ordinary requests; config/gunicorn.conf.py tells each process
+# its thread count; executions.waiting.process_cap); beyond either, 429 + Retry-After.
+# A stream ends after TASKFORGE_STREAM_MAX_SECONDS with an event asking the client to reconnect
+# (Last-Event-ID resumes it).
+TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = env_int("TASKFORGE_MAX_STREAMS_PER_PRINCIPAL", 8)
+TASKFORGE_MAX_STREAMS_PER_PROCESS = env_int("TASKFORGE_MAX_STREAMS_PER_PROCESS", 0)
+TASKFORGE_STREAM_MAX_SECONDS = env_int("TASKFORGE_STREAM_MAX_SECONDS", 300)
 # Idempotency-Key: how long a key replays its first response, and after how long a request
 # still "in flight" (its process died) may be taken over by a retry.
 TASKFORGE_IDEMPOTENCY_TTL_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)

@@ -295,7 +295,8 @@ class SandboxConfig:
     # Cancellation must reach the script within 2 s: poll interval + this grace stays well below.
     cancel_grace_seconds: float = 1.0
     cancel_poll_seconds: float = 0.25
-    flush_interval_seconds: float = 0.1
+    # Output reaches live logs this long after it is written, at most (issue 19: <= 50 ms).
+    flush_interval_seconds: float = 0.02
     chunk_bytes: int = 64 * KIB
     # After the main process exits, how long to keep reading pipes still held open by processes
     # that escaped the group (without bwrap). Within the group, everything is killed at once.

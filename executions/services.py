@@ -42,6 +42,8 @@ logger = logging.getLogger("taskforge.executions")
 
 QUEUE_CHANNEL = "taskforge_queue"
 DONE_CHANNEL = "taskforge_done"
+# New output stored for a running execution (payload: its id): live-log streams wake on it.
+OUTPUT_CHANNEL = "taskforge_output"
 RESULT_TAIL_CHARS = 4096
 # The hot path (claim, finish, the task following its execution) is written as plain SQL
 # (config.sql): the same statements through the ORM cost the worker ~10 ms more CPU per run.
@@ -465,6 +467,7 @@ def execution_append_output(
     if not _holds(execution_id, claim_token):
         return False
     _store_chunks(execution_id, chunks)
+    notify(OUTPUT_CHANNEL, str(execution_id))  # delivered at commit: the chunks are visible
     return True
 
 

@@ -1,33 +1,50 @@
-"""Waiting for an execution to finish without polling the database in a tight loop.
+"""Waiting for an execution without polling the database in a tight loop, and the caps on
+requests that wait.
 
-One listener thread per process (PostgreSQL: ``LISTEN taskforge_done``) wakes the request
-threads waiting on ``?wait=N`` or following a live log. Each waiter still re-reads the row at
-least once a second, so a lost notification only delays it, and on SQLite (no NOTIFY) the
-re-read is the mechanism.
+One listener thread per process (PostgreSQL: ``LISTEN taskforge_done`` and
+``LISTEN taskforge_output``) wakes the request threads waiting on ``?wait=N`` (an execution
+finished) or following a live log (new output stored, or finished). Each waiter still re-reads
+at least once a second, so a lost notification only delays it, and on SQLite (no NOTIFY) a
+short re-read is the mechanism.
+
+Every such request holds a web thread, so each takes a *slot* first (``take_slot``): at most
+``TASKFORGE_MAX_STREAMS_PER_PROCESS`` in this process and ``TASKFORGE_MAX_STREAMS_PER_PRINCIPAL``
+per user across every process (the shared cache); otherwise 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
+from rest_framework.exceptions import Throttled
 
-from executions.models import Execution
+from executions.models import Execution, OutputChunk
 
 logger = logging.getLogger("taskforge.waiting")
 
 SQLITE_POLL = 0.2
+SQLITE_OUTPUT_POLL = 0.05  # SQLite has no NOTIFY: a live log re-reads this often
 SAFETY_POLL = 1.0
+OUTPUT_PREFIX = "output:"
 
 
 class _Dispatcher:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.waiters: dict[str, set[threading.Event]] = defaultdict(set)
+        self.notified_at: dict[str, float] = {}  # key -> when its last notification came
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
 
@@ -43,16 +60,21 @@ class _Dispatcher:
     def _listen(self) -> None:
         import psycopg
 
-        from executions.services import DONE_CHANNEL
+        from executions.services import DONE_CHANNEL, OUTPUT_CHANNEL
 
         params = connection.get_connection_params()
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    conn.execute(f"LISTEN {OUTPUT_CHANNEL}")
                     while not self.stopping.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            self.wake(note.payload)
+                            if note.channel == OUTPUT_CHANNEL:
+                                self.wake(OUTPUT_PREFIX + note.payload)
+                            else:  # finished: those waiting for it and those following its log
+                                self.wake(note.payload)
+                                self.wake(OUTPUT_PREFIX + note.payload)
             except Exception:
                 logger.exception("done-listener lost its connection; reconnecting in 1s")
                 time.sleep(1)
@@ -67,6 +89,8 @@ class _Dispatcher:
     def wake(self, key: str) -> None:
         with self.lock:
             events = list(self.waiters.get(key, ()))
+            if events:
+                self.notified_at[key] = time.monotonic()
         for event in events:
             event.set()
 
@@ -79,6 +103,7 @@ class _Dispatcher:
             self.waiters[key].discard(event)
             if not self.waiters[key]:
                 del self.waiters[key]
+                self.notified_at.pop(key, None)
 
 
 dispatcher = _Dispatcher()
@@ -110,3 +135,243 @@ def wait_until_final(execution_id: uuid.UUID, timeout: float) -> Execution:
             event.clear()
     finally:
         dispatcher.unregister(key, event)
+
+
+CHUNKS_PER_READ = 500
+FEED_KEEP_CHUNKS = 2000
+
+
+@dataclass
+class LogRead:
+    """What a follower gets: the execution's status as read *before* the chunks (so once it is
+    final, every chunk is among those read), the chunks after its offset, and whether those are
+    all there was (else read again at once)."""
+
+    status: str | None  # None: the execution is gone
+    exit_code: int | None
+    chunks: list[tuple[int, str, str]]
+    caught_up: bool
+
+
+@dataclass
+class _Feed:
+    """One execution's recent output as this process last read it, shared by every stream
+    following it here: a chunk stored wakes N streams but costs two queries, not 2N (a
+    hundred streams on one run each querying on every line held the GIL and the database
+    pool long enough to slow every other request, docs/performance.md)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    base: int = 0  # the seq just before the first chunk kept
+    chunks: list[tuple[int, str, str]] = field(default_factory=list)
+    status: str | None = None
+    exit_code: int | None = None
+    read_at: float = -1.0  # monotonic time the last refresh began
+    complete: bool = False  # the last refresh found fewer than CHUNKS_PER_READ chunks
+    users: int = 0
+
+    @property
+    def last(self) -> int:
+        return self.chunks[-1][0] if self.chunks else self.base
+
+    def refresh(self, execution_id: uuid.UUID) -> None:
+        began = time.monotonic()
+        row = Execution.objects.filter(pk=execution_id).values_list("status", "exit_code").first()
+        new = _chunks_after(execution_id, self.last)
+        release_connection()
+        self.status, self.exit_code = row if row is not None else (None, None)
+        self.chunks.extend(new)
+        if len(self.chunks) > FEED_KEEP_CHUNKS:
+            dropped = len(self.chunks) - FEED_KEEP_CHUNKS
+            self.base = self.chunks[dropped - 1][0]
+            del self.chunks[:dropped]
+        self.read_at, self.complete = began, len(new) < CHUNKS_PER_READ
+
+
+def _chunks_after(execution_id: uuid.UUID, offset: int) -> list[tuple[int, str, str]]:
+    return list(
+        OutputChunk.objects.filter(execution_id=execution_id, seq__gt=offset)
+        .order_by("seq")
+        .values_list("seq", "stream", "data")[:CHUNKS_PER_READ]
+    )
+
+
+_feeds: dict[str, _Feed] = {}
+_feeds_lock = threading.Lock()
+
+
+class OutputFollower:
+    """Following a live log: ``read(offset)`` for what is new, ``wait(timeout)`` until there
+    may be more (new output stored — the worker's NOTIFY, pushed by the listener thread — or
+    the execution finished; on SQLite, a short poll). Use as a context manager."""
+
+    def __init__(self, execution_id: uuid.UUID) -> None:
+        self.execution_id = execution_id
+        self.key = OUTPUT_PREFIX + str(execution_id)
+        self.event = threading.Event()
+        self.interval = SAFETY_POLL if connection.vendor == "postgresql" else SQLITE_OUTPUT_POLL
+        self.woke_at = time.monotonic()
+
+    def __enter__(self) -> OutputFollower:
+        dispatcher.ensure_started()
+        dispatcher.register(self.key, self.event)
+        with _feeds_lock:
+            self.feed = _feeds.setdefault(self.key, _Feed())
+            self.feed.users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        dispatcher.unregister(self.key, self.event)
+        with _feeds_lock:
+            self.feed.users -= 1
+            if not self.feed.users:
+                _feeds.pop(self.key, None)
+
+    def read(self, offset: int) -> LogRead:
+        """What follows ``offset``, from a read begun after the last notification (or at most
+        one poll interval before this follower last woke)."""
+        need = max(dispatcher.notified_at.get(self.key, 0.0), self.woke_at - self.interval)
+        feed = self.feed
+        # Never hold a pooled connection while queued on the lock: a hundred streams waiting
+        # for one refresh would hold a hundred connections (the pool lends 20).
+        release_connection()
+        with feed.lock:
+            if not feed.chunks and feed.read_at < 0:
+                feed.base = offset  # the first follower here: keep from its offset on
+            if offset >= feed.base:
+                if feed.read_at < need or not feed.complete:
+                    feed.refresh(self.execution_id)
+                chunks = [c for c in feed.chunks if c[0] > offset][:CHUNKS_PER_READ]
+                last = chunks[-1][0] if chunks else offset
+                return LogRead(feed.status, feed.exit_code, chunks, feed.complete and last >= feed.last)
+        # Behind what this process keeps (a late follower of a long log): read on its own.
+        row = Execution.objects.filter(pk=self.execution_id).values_list("status", "exit_code").first()
+        chunks = _chunks_after(self.execution_id, offset)
+        release_connection()
+        status, exit_code = row if row is not None else (None, None)
+        return LogRead(status, exit_code, chunks, len(chunks) < CHUNKS_PER_READ)
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds (less on SQLite) or until woken; the connection is
+        handed back first."""
+        release_connection()
+        self.event.wait(max(0.0, min(self.interval, timeout)))
+        self.event.clear()
+        self.woke_at = time.monotonic()
+
+
+# --- Slots for long-lived requests -----------------------------------------------------------
+# Slots held per process: a plain counter (the cap protects this process's threads).
+_local_lock = threading.Lock()
+_local_held = 0
+# A principal's slot outlives the request it was taken for by this much at most if the process
+# dies without giving it back (each slot is a cache key with its own expiry).
+SLOT_GRACE_SECONDS = 30
+RETRY_AFTER_MAX = 10
+
+
+class Slot:
+    """One long-lived request's place; ``release()`` is idempotent."""
+
+    def __init__(self, key: str | None, token: str) -> None:
+        self.key = key
+        self.token = token
+        self.released = False
+
+    def release(self) -> None:
+        global _local_held
+        if self.released:
+            return
+        self.released = True
+        with _local_lock:
+            _local_held -= 1
+        if self.key is not None:
+            try:
+                if cache.get(self.key, "").startswith(self.token):
+                    cache.delete(self.key)
+            except Exception:  # the cache is away: the key expires on its own
+                logger.warning("could not give back the stream slot %s", self.key, exc_info=True)
+
+
+def process_cap() -> int:
+    """Long-lived requests this process may hold: TASKFORGE_MAX_STREAMS_PER_PROCESS, or (0)
+    the web server's threads less a reserve for ordinary requests — a quarter of them, at
+    least 8 and at most half, at least one (128 threads: 96; 8 threads: 4; 1 thread: 0)."""
+    configured = settings.TASKFORGE_MAX_STREAMS_PER_PROCESS
+    if configured > 0:
+        return configured
+    threads = int(os.environ.get("TASKFORGE_GUNICORN_THREADS") or os.environ.get("GUNICORN_THREADS") or 128)
+    return max(0, threads - max(1, threads // 4, min(8, threads // 2)))
+
+
+def _slot_keys(user_id: object) -> list[str]:
+    return [f"streams:user:{user_id}:{n}" for n in range(settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL)]
+
+
+def take_slot(user_id: object, seconds: float, what: str) -> Slot:
+    """A slot for a request that will hold its thread up to ``seconds``; 429 if none is free.
+
+    Per principal, the slots are ``TASKFORGE_MAX_STREAMS_PER_PRINCIPAL`` cache keys, each taken
+    with an atomic ``add`` (Redis ``SET NX``; the database cache's insert) and expiring
+    ``seconds`` + 30 s after it was taken, so a process that dies holding slots cannot keep
+    them beyond that. ``what`` names the request kind in the problem's detail.
+    """
+    global _local_held
+    with _local_lock:
+        if _local_held >= process_cap():
+            raise _refused(
+                f"This server is holding as many long-lived requests as it may ({what}); retry shortly.",
+                1,
+                "process",
+            )
+        _local_held += 1
+    token = uuid.uuid4().hex
+    try:
+        keys = _slot_keys(user_id)
+        start = random.randrange(len(keys)) if keys else 0  # noqa: S311 - spreading, not security
+        expires = time.time() + seconds + SLOT_GRACE_SECONDS
+        for key in keys[start:] + keys[:start]:
+            if cache.add(key, f"{token}:{expires:.0f}", timeout=seconds + SLOT_GRACE_SECONDS):
+                return Slot(key, token)
+        raise _refused(
+            f"At most {len(keys)} live-log streams and ?wait requests at once per user; "
+            f"this one would exceed it ({what}).",
+            _retry_after(keys),
+            "user",
+        )
+    except BaseException:
+        with _local_lock:
+            _local_held -= 1
+        raise
+
+
+def _retry_after(keys: list[str]) -> int:
+    """Seconds until a held slot surely frees (its expiry), at most RETRY_AFTER_MAX."""
+    now = time.time()
+    ends = []
+    for value in cache.get_many(keys).values():
+        try:
+            ends.append(float(str(value).rsplit(":", 1)[1]) - SLOT_GRACE_SECONDS - now)
+        except (IndexError, ValueError):
+            continue
+    return int(max(1, min([RETRY_AFTER_MAX, *ends])))
+
+
+def _refused(detail: str, retry_after: int, scope: str) -> Throttled:
+    """429: ``concurrency_limit`` says which cap was met ("user" or "process")."""
+    exc = Throttled(wait=retry_after, detail=detail)
+    exc.extra = {"concurrency_limit": scope}  # type: ignore[attr-defined]
+    return exc
+
+
+@contextmanager
+def held_slot(user_id: object, seconds: float, what: str) -> Iterator[Slot]:
+    slot = take_slot(user_id, seconds, what)
+    try:
+        yield slot
+    finally:
+        slot.release()
+
+
+def slots_held_here() -> int:
+    """Slots held in this process (tests, /status)."""
+    return _local_held

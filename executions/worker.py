@@ -6,7 +6,9 @@ threads (each keeps its database connection from one script to the next). Beside
 - the main loop claims work whenever a slot is free, woken by ``LISTEN/NOTIFY`` on
   PostgreSQL (so a queued execution starts within milliseconds) and by a poll timer
   (the only mechanism on SQLite, and the safety net everywhere: NOTIFY is a hint);
-- a housekeeping thread, twice a second, stores buffered output, reads cancel requests,
+- a housekeeping thread stores buffered output as soon as a script prints (at most one store
+  per run every OUTPUT_COALESCE seconds, so a burst becomes one chunk; the store NOTIFYs live-log
+  streams), reads cancel requests twice a second,
   and every third of the lease renews the leases and the worker's heartbeat; every few
   seconds it reaps executions whose worker died and agent claims whose lease expired.
 
@@ -53,6 +55,9 @@ from executions.sandbox import (
 logger = logging.getLogger("taskforge.worker")
 
 FLUSH_INTERVAL = 0.2
+# Output is stored as soon as it arrives unless the last store was less than this ago (then
+# at that point): live logs see a line within tens of milliseconds, a burst costs one store.
+OUTPUT_COALESCE = 0.02
 CANCEL_POLL_INTERVAL = 0.5
 REAP_INTERVAL = 5.0
 PRUNE_INTERVAL = 300.0
@@ -101,6 +106,8 @@ class Run:
 
     # The end of each stream, for the task's result (the finish need not read it back).
     tails: dict[str, str] = field(default_factory=lambda: {"stdout": "", "stderr": ""})
+    # Set when output arrives: wakes the housekeeping thread to store it (WorkerProcess sets it).
+    output_ready: threading.Event | None = None
 
     def on_output(self, stream: str, data: bytes | str) -> None:
         text = output_text(data, None if isinstance(data, str) else self.decoders[stream])
@@ -108,6 +115,8 @@ class Run:
             return
         with self.lock:
             self._add(stream, text)
+        if self.output_ready is not None:
+            self.output_ready.set()
 
     def _add(self, stream: str, text: str) -> None:
         self.seq += 1
@@ -161,6 +170,7 @@ class WorkerProcess:
         self.ready: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.wake = threading.Event()
+        self.output_ready = threading.Event()  # a run printed: store it (housekeeping)
         self.stopping = threading.Event()
         self.killing = threading.Event()
         self.worker: Worker | None = None
@@ -297,6 +307,7 @@ class WorkerProcess:
             params = {**execution.parameters, **execution.secret_parameters}
             for key, value in params.items():
                 env[f"PARAM_{str(key).upper()}"] = value if isinstance(value, str) else _json(value)
+            run.output_ready = self.output_ready
             result = run_script(
                 script=execution.script,
                 script_type=execution.script_type,
@@ -450,7 +461,7 @@ class WorkerProcess:
 
     def _housekeeping(self) -> None:
         lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)
-        last_lease = last_reap = last_cancel = last_prune = 0.0
+        last_lease = last_reap = last_cancel = last_prune = last_store = 0.0
         while True:
             now = time.monotonic()
             try:
@@ -459,6 +470,7 @@ class WorkerProcess:
                 for run in runs:
                     if run.pending and not run.store_failed:
                         self._flush_or_give_up(run)
+                        last_store = now
                 if now - last_cancel >= CANCEL_POLL_INTERVAL and runs:
                     last_cancel = now
                     for execution_id in services.cancel_requested(r.execution.pk for r in runs):
@@ -490,7 +502,11 @@ class WorkerProcess:
                 log_retry("housekeeping failed; retrying")
                 close_old_connections()
                 time.sleep(1)
-            time.sleep(FLUSH_INTERVAL)
+            # Until output arrives (then no sooner than OUTPUT_COALESCE after the last store),
+            # or FLUSH_INTERVAL passes: the leases, cancels and reaping keep their own clocks.
+            if self.output_ready.wait(FLUSH_INTERVAL):
+                self.output_ready.clear()
+                time.sleep(max(0.0, last_store + OUTPUT_COALESCE - time.monotonic()))
 
     def _deliver_webhooks(self) -> None:
         """Fan events out to webhook subscriptions and send what is due (never in a web request)."""

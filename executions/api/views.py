@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from config.api import TaskforgeViewSet
 from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from config.openapi import ProblemSerializer
 from executions import services
 from executions.api.serializers import (
     ExecuteSerializer,
@@ -26,15 +27,69 @@ from executions.api.serializers import (
     log_payload,
 )
 from executions.filters import ExecutionFilter
-from executions.models import Execution
-from executions.waiting import wait_until_final
+from executions.models import FINAL_STATUSES, Execution
+from executions.waiting import OutputFollower, Slot, take_slot, wait_until_final
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(
     "wait",
     {"type": "integer", "minimum": 0, "maximum": settings.TASKFORGE_MAX_WAIT_SECONDS},
     description=f"Hold the request up to N seconds (max {settings.TASKFORGE_MAX_WAIT_SECONDS}) "
-    "until the execution finishes.",
+    "until the execution finishes. A waiting request counts against the caller's cap on "
+    "concurrent long-lived requests (429 beyond it).",
+)
+CONCURRENCY_429 = (
+    "Rate limit exceeded, or too many long-lived requests at once (live-log streams and ?wait "
+    f"together: {settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL} per user, or this server's own cap; "
+    "the problem's `concurrency_limit` is `user` or `process`); retry after `Retry-After` seconds"
+)
+OFFSET_PARAM = OpenApiParameter(
+    "offset",
+    {"type": "integer", "minimum": 0},
+    description="Return the chunks after this `seq` (a page's `next_offset`, an event's `id`); "
+    "0 = from the start. Past the last chunk: 400.",
+)
+LAST_EVENT_ID_PARAM = OpenApiParameter(
+    "Last-Event-ID",
+    {"type": "integer", "minimum": 0},
+    location=OpenApiParameter.HEADER,
+    description="Resume after this chunk (what an EventSource sends when it reconnects: the `id` "
+    "of the last event it received). Takes precedence over `offset`.",
+)
+# One event of the stream, as SSE clients (and schemathesis) see it: its fields, `data` being JSON.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One Server-Sent Event. `chunk`: `id` is the chunk's `seq`, `data` a chunk "
+    '(`{"seq", "stream", "data"}`, as in `Log.chunks`); `end`: `data` is `{"status", "exit_code"}`, '
+    'then the stream closes; `reconnect`: `id` is the last `seq` sent, `data` `{"last_event_id", '
+    '"after_seconds"}`, then the stream closes.',
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["chunk", "end", "reconnect"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "description": "A JSON object."},
+        "retry": {"type": "integer"},
+    },
+}
+FORMAT_PARAM = OpenApiParameter(
+    "format",
+    {"type": "string", "enum": ["json", "sse"]},
+    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages, whatever "
+    "`Accept` says.",
+)
+LOG_DESCRIPTION = (
+    "The execution's output as chunks (`seq` 1, 2, … in the order written, each `stdout` or "
+    "`stderr`), after `offset` (or `Last-Event-ID`), at most 500 per page: pass `next_offset` "
+    "as `offset` for the rest.\n\n"
+    "With `Accept: text/event-stream` (or `?format=sse`): a live Server-Sent Events stream. "
+    "It starts with `retry: 1000`; each chunk is an `event: chunk` whose `id:` is its `seq` and "
+    "whose `data:` is the chunk as JSON, sent as soon as the worker stores it; a finished "
+    "execution then sends `event: end` with `{status, exit_code}` and the stream closes (close "
+    "your EventSource on `end`, or it reconnects and gets `end` again). A comment line every "
+    f"5 s keeps it alive. After {settings.TASKFORGE_STREAM_MAX_SECONDS} s a stream ends with "
+    "`event: reconnect` (`id:` the last `seq` sent): reconnect with `Last-Event-ID` (an "
+    "EventSource does so by itself) and nothing is sent twice. A stream counts against the "
+    "caller's cap on concurrent long-lived requests (429 with `Retry-After` beyond it)."
 )
 
 
@@ -49,7 +104,15 @@ def wait_seconds(request: Request) -> int:
     limit = settings.TASKFORGE_MAX_WAIT_SECONDS
     if not 0 <= value <= limit:
         raise ValidationError({"wait": [f"Must be between 0 and {limit}."]}, code="out_of_range")
+    if value:
+        # Before anything is written: a refused ?wait (429) must not have queued a run. The
+        # slot is given back when the response is finalized (config.api).
+        hold_for_request(request, take_slot(request.user.pk, value, "?wait"))
     return value
+
+
+def hold_for_request(request: Request, slot: Slot) -> None:
+    request._taskforge_slots = [*getattr(request, "_taskforge_slots", []), slot]
 
 
 def execution_url(request: Request, execution: Execution) -> str:
@@ -68,17 +131,22 @@ def queued_response(request: Request, execution: Execution, wait: int) -> Respon
     )
 
 
-class EventStreamRenderer(renderers.JSONRenderer):
-    """Lets content negotiation accept ``text/event-stream`` for the live log (errors in JSON)."""
+class EventStreamRenderer(renderers.BaseRenderer):
+    """``text/event-stream`` for the live log only (``Accept: text/event-stream`` or
+    ``?format=sse``). The log action answers it with a stream; problems stay JSON."""
 
     media_type = "text/event-stream"
     format = "sse"
+    charset = "utf-8"
+
+    def render(self, data: Any, media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        # Only problem documents reach here (the stream itself is a StreamingHttpResponse);
+        # they are sent as application/problem+json (config.errors sets the content type).
+        return json.dumps(data).encode()
 
 
 class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
     """Executions of the caller's tasks (nested under a task, or across tasks)."""
-
-    renderer_classes = (renderers.JSONRenderer, renderers.BrowsableAPIRenderer, EventStreamRenderer)
 
     queryset = Execution.objects.select_related("worker", "triggered_by")
     serializer_class = ExecutionSerializer
@@ -100,6 +168,12 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
     def get_serializer_class(self) -> type:
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
 
+    def get_renderers(self) -> list[Any]:
+        # Server-Sent Events on the log only: elsewhere ``?format=sse`` is an unknown format.
+        if self.action == "log":
+            return [renderers.JSONRenderer(), EventStreamRenderer()]
+        return super().get_renderers()
+
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if "id" in kwargs:
             self.task()
@@ -113,6 +187,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
             202: OpenApiResponse(ExecutionSerializer, description="Queued or still running (see Location)."),
             **idempotency_responses(),
             409: OpenApiResponse(description="No script, archived, claimed or blocked"),
+            429: OpenApiResponse(ProblemSerializer, description=CONCURRENCY_429),
         },
         examples=[
             OpenApiExample("Run with a shorter timeout", value={"timeout_seconds": 30}, request_only=True),
@@ -161,53 +236,103 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
         return Response(ExecutionSerializer(execution).data, status=code)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "offset",
-                {"type": "integer", "minimum": 0},
-                description="Return chunks after this one (next_offset).",
-            )
-        ],
+        parameters=[OFFSET_PARAM, LAST_EVENT_ID_PARAM, FORMAT_PARAM],
         responses={
             (200, "application/json"): LogSerializer,
             (200, "text/event-stream"): OpenApiResponse(
-                {"type": "string"},
-                description="With Accept: text/event-stream: Server-Sent Events (`event: chunk` with a "
-                "chunk as JSON, then `event: end` with the status and exit code).",
+                SSE_EVENT_SCHEMA, description="Server-Sent Events (see the operation's description)."
             ),
+            400: OpenApiResponse(
+                ProblemSerializer,
+                description="`offset` or `Last-Event-ID` not a non-negative integer, or past the last chunk",
+            ),
+            429: OpenApiResponse(ProblemSerializer, description=CONCURRENCY_429),
         },
-        description="Output from an offset. With `Accept: text/event-stream`, a live Server-Sent Events "
-        "stream (`event: chunk` with the chunk as JSON, then `event: end`) until the execution ends.",
+        description=LOG_DESCRIPTION,
     )
     def log(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         execution = self.get_object()
+        offset = log_offset(request, execution)
+        if request.accepted_renderer.format != EventStreamRenderer.format:
+            return Response(log_payload(execution, offset))
+        lifetime = settings.TASKFORGE_STREAM_MAX_SECONDS
+        slot = take_slot(request.user.pk, lifetime, "live-log streams")
+        events = LogStream(_sse(execution.pk, offset, lifetime), slot)
+        response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+
+def log_offset(request: Request, execution: Execution) -> int:
+    """Where the log resumes: ``Last-Event-ID`` when sent (an EventSource reconnecting), else
+    ``?offset=``; 400 unless a non-negative integer at most the last chunk's ``seq``."""
+    header = request.headers.get("Last-Event-ID")
+    name, raw = ("Last-Event-ID", header.strip()) if header is not None else ("offset", None)
+    if raw is None:
         raw = request.query_params.get("offset", "0")
-        if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is True; int("²") raises
-            raise ValidationError({"offset": ["Must be a non-negative integer."]})
-        offset = int(raw)
-        if "text/event-stream" in request.headers.get("Accept", ""):
-            response = StreamingHttpResponse(_sse(execution.pk, offset), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return response
-        return Response(log_payload(execution, offset))
+    if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is True; int("²") raises
+        raise ValidationError({name: ["Must be a non-negative integer."]})
+    offset = int(raw)
+    if offset and not execution.chunks.filter(seq__gte=offset).exists():
+        last = execution.chunks.aggregate(last=Max("seq"))["last"] or 0
+        raise ValidationError(
+            {name: [f"{offset} is past the end of the output: the last chunk is {last}."]}, code="past_end"
+        )
+    return offset
 
 
-def _sse(execution_id: Any, offset: int) -> Iterator[str]:
-    """Server-Sent Events: every new chunk, then an end event; a comment line keeps proxies awake."""
-    last_beat = time.monotonic()
-    while True:
-        execution = Execution.objects.get(pk=execution_id)
-        payload = log_payload(execution, offset)
-        for chunk in payload["chunks"]:
-            yield f"id: {chunk['seq']}\nevent: chunk\ndata: {json.dumps(chunk)}\n\n"
-        offset = payload["next_offset"]
-        if payload["finished"] and not payload["chunks"]:
-            end = {"status": execution.status, "exit_code": execution.exit_code}
-            yield f"event: end\ndata: {json.dumps(end)}\n\n"
-            return
-        if time.monotonic() - last_beat > 15:
-            last_beat = time.monotonic()
-            yield ": keep-alive\n\n"
-        if not payload["chunks"]:
-            wait_until_final(execution_id, 0.25)
+class LogStream:
+    """The stream's body: gives the request's slot back when the server closes the response
+    (the client left, the stream ended), even if it was never iterated."""
+
+    def __init__(self, events: Iterator[str], slot: Slot) -> None:
+        self.events = events
+        self.slot = slot
+
+    def __iter__(self) -> Iterator[str]:
+        return self.events
+
+    def close(self) -> None:
+        try:
+            self.events.close()  # type: ignore[attr-defined]
+        finally:
+            self.slot.release()
+
+
+# Also how soon a stream whose client left is noticed (the write fails) and its slot freed.
+KEEP_ALIVE_SECONDS = 5
+
+
+def _event(name: str, data: Any, ident: int | None = None) -> str:
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def _sse(execution_id: Any, offset: int, lifetime: float) -> Iterator[str]:
+    """Server-Sent Events: every chunk after ``offset`` as it is stored (woken by the worker's
+    NOTIFY), then ``end``; after ``lifetime`` seconds ``reconnect``. A comment line every 5 s
+    keeps proxies from closing an idle stream (and finds clients that left)."""
+    deadline = time.monotonic() + lifetime
+    last_write = time.monotonic()
+    with OutputFollower(execution_id) as follower:
+        yield "retry: 1000\n\n"
+        while True:
+            read = follower.read(offset)
+            for seq, stream, data in read.chunks:
+                yield _event("chunk", {"seq": seq, "stream": stream, "data": data}, seq)
+            if read.chunks:
+                offset, last_write = read.chunks[-1][0], time.monotonic()
+            if not read.caught_up:
+                continue
+            if read.status is None or read.status in FINAL_STATUSES:
+                yield _event("end", {"status": read.status, "exit_code": read.exit_code})
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                yield _event("reconnect", {"last_event_id": offset, "after_seconds": lifetime}, offset)
+                return
+            if now - last_write >= KEEP_ALIVE_SECONDS:
+                last_write = now
+                yield ": keep-alive\n\n"
+            follower.wait(min(deadline - now, KEEP_ALIVE_SECONDS - (now - last_write)))

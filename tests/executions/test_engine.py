@@ -356,7 +356,7 @@ def test_sse_log_stream_replays_and_ends(api, make_task, inline_worker):
         f"/api/v1/tasks/{task.pk}/executions/{execution_id}/log", HTTP_ACCEPT="text/event-stream"
     )
     assert response.status_code == 200
-    assert response["Content-Type"] == "text/event-stream"
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
     body = b"".join(response.streaming_content).decode()
     assert "event: chunk" in body
     assert '"data": "one\\ntwo\\n"' in body or ('"one\\n"' in body and '"two\\n"' in body)

@@ -43,6 +43,7 @@ REFERENTIAL_CODES = {
     "already_member",  # adding a user who is already in the project
     "ambiguous",  # webhook event_types ["*", ...]: "*" must come alone (no JSON Schema for it)
     "max_digits",  # estimated_hours precision: multipleOf on binary floats is unreliable
+    "past_end",  # a log offset / Last-Event-ID past the last chunk: depends on the output
     "no_parameters",  # execute with parameters on a task that was not made from a template
     "unique",  # a template slug already taken in the project
     "unknown_field",  # a trigger override naming a field a trigger cannot set (refused, not dropped)
