@@ -123,7 +123,7 @@ def test_errors_of_a_stream_request_are_problems(api, other_api, finished):
 
 def test_the_schema_describes_the_stream_and_the_caps(api):
     schema = api.get("/api/schema/?format=json").json()
-    log = schema["paths"]["/api/v1/tasks/{task_pk}/executions/{id}/log"]["get"]
+    log = schema["paths"]["/api/v1/tasks/{id}/executions/{execution_id}/log"]["get"]
     ok = log["responses"]["200"]["content"]
     assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Log"}
     event = ok[SSE]["schema"]
@@ -132,15 +132,15 @@ def test_the_schema_describes_the_stream_and_the_caps(api):
     headers = [p["name"] for p in log["parameters"] if p["in"] == "header"]
     assert headers == ["Last-Event-ID"]
     for path, method in (
-        ("/api/v1/tasks/{task_pk}/executions/{id}", "get"),
-        ("/api/v1/tasks/{task_pk}/executions", "get"),
-        ("/api/v1/tasks/{task_pk}/execute", "post"),
+        ("/api/v1/tasks/{id}/executions/{execution_id}", "get"),
+        ("/api/v1/tasks/{id}/executions", "get"),
+        ("/api/v1/tasks/{id}/execute", "post"),
         ("/api/v1/executions", "get"),
     ):
         operation = schema["paths"][path][method]
         assert "format" not in [p["name"] for p in operation.get("parameters", [])], path
         assert SSE not in json.dumps(operation["responses"]), path
-    execute = schema["paths"]["/api/v1/tasks/{task_pk}/execute"]["post"]
+    execute = schema["paths"]["/api/v1/tasks/{id}/execute"]["post"]
     assert "long-lived" in execute["responses"]["429"]["description"]
 
 
@@ -468,6 +468,6 @@ def test_a_refused_trigger_wait_creates_nothing(api, user, project, running, set
     assert refused.json()["concurrency_limit"] == "user"
     assert (Task.objects.count(), Execution.objects.count()) == counts
     # Without ?wait it is an ordinary request.
-    assert api.post("/api/v1/templates/deploy/trigger", {}, format="json").status_code == 201
+    assert api.post("/api/v1/templates/deploy/trigger", {}, format="json").status_code == 202
     close(stream)
     assert waiting.slots_held_here() == 0
