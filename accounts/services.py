@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -176,16 +177,20 @@ def invitation_revoke(*, invitation: Invitation) -> Invitation:
     return locked
 
 
-def _check_rate(rate_limit: str, errors: dict[str, list[str]]) -> None:
+def _check_rate(rate_limit: str, errors: dict[str, list[Any]]) -> None:
     if not rate_limit:
         return
     try:
         validate_rate(rate_limit)
         validate_key_rate(rate_limit)
     except ValueError as exc:
-        errors["rate_limit"] = [str(exc)]
+        errors["rate_limit"] = [ValidationError(str(exc), code="invalid_rate")]
     except ValidationError as exc:
-        errors["rate_limit"] = list(exc.message_dict["rate_limit"])
+        errors["rate_limit"] = list(exc.error_dict["rate_limit"])  # keeps its code (above_cap)
+
+
+def _wider(message: str) -> ValidationError:
+    return ValidationError(message, code="wider_than_parent")
 
 
 def _no_wider_than_parent(
@@ -195,26 +200,31 @@ def _no_wider_than_parent(
     project: Project | None,
     expires_at: datetime | None,
     rate_limit: str,
-    errors: dict[str, list[str]],
+    errors: dict[str, list[Any]],
 ) -> None:
-    """Record in ``errors`` every way a key asked of ``parent`` would be wider than it."""
+    """Record in ``errors`` every way a key asked of ``parent`` would be wider than it (each
+    with the code ``wider_than_parent``)."""
     if "scopes" not in errors and not parent.scopes_cover(scopes):
         granted = ", ".join(parent.scopes)
-        errors["scopes"] = [f"A key cannot create a key with scopes it does not have (it has: {granted})."]
+        errors["scopes"] = [
+            _wider(f"A key cannot create a key with scopes it does not have (it has: {granted}).")
+        ]
     if parent.project_id is not None and (project is None or project.pk != parent.project_id):
         errors["project"] = [
-            f"A project-restricted key can only create keys for its project ({parent.project_id})."
+            _wider(f"A project-restricted key can only create keys for its project ({parent.project_id}).")
         ]
     outlives = parent.expiry_date is not None and (expires_at is None or expires_at > parent.expiry_date)
     if outlives and "expires_at" not in errors:
         errors["expires_at"] = [
-            "A key cannot outlive the key that creates it (that one expires at "
-            f"{parent.expiry_date.isoformat()})."  # type: ignore[union-attr]
+            _wider(
+                "A key cannot outlive the key that creates it (that one expires at "
+                f"{parent.expiry_date.isoformat()})."  # type: ignore[union-attr]
+            )
         ]
     parent_rate = parent.rate_limit or settings.TASKFORGE_RATE_LIMIT_AUTHENTICATED
     if rate_limit and "rate_limit" not in errors and not rate_within(rate_limit, parent_rate):
         errors["rate_limit"] = [
-            f"{rate_limit!r} is wider than the rate of the key that creates it ({parent_rate})."
+            _wider(f"{rate_limit!r} is wider than the rate of the key that creates it ({parent_rate}).")
         ]
 
 
@@ -237,7 +247,7 @@ def api_key_create(
     wider than the parent's (the parent's when none is given). Every key's rate is within
     TASKFORGE_RATE_LIMIT_MAX.
     """
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, list[Any]] = {}
     name = (name or "").strip()
     if not name or len(name) > 50:
         errors["name"] = ["A name of 1 to 50 characters is required."]

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from accounts.models import ApiKey, Invitation, Membership, Project, Role
 from accounts.scopes import SCOPES
 from config.ratelimit import RATE_PATTERN
-from config.serializers import StrictSerializer
+from config.serializers import StrictSerializer, UserRefSerializer
 from config.validators import validate_name
 
 User = get_user_model()
@@ -88,7 +88,7 @@ class InvitationSentSerializer(serializers.Serializer):
 class ProjectInvitationSerializer(serializers.ModelSerializer):
     """A pending invitation as the project's admins see it: the name they typed, no more."""
 
-    invited_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    invited_by = UserRefSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Invitation
@@ -107,7 +107,7 @@ class ReceivedInvitationSerializer(serializers.ModelSerializer):
     """An invitation the caller received."""
 
     project = InvitedProjectSerializer(read_only=True)
-    invited_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    invited_by = UserRefSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Invitation

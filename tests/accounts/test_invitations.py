@@ -66,7 +66,7 @@ def test_an_invitee_is_not_a_member_until_accepting(key_client, bob, carol, bobs
 
     (invitation,) = received(carol_api)
     assert invitation["project"] == {"id": str(bobs_project.pk), "name": "Bob's team"}
-    assert invitation["role"] == "viewer" and invitation["invited_by"] == "bob"
+    assert invitation["role"] == "viewer" and invitation["invited_by"]["username"] == "bob"
     assert "bob@example.com" not in str(invitation)
 
     response = carol_api.post(f"/api/v1/invitations/{invitation['id']}/accept")

@@ -62,6 +62,16 @@ def test_the_repro_a_narrow_parent_cannot_mint_an_unbounded_child(key_client, us
     errors = errors_of(create(parent, expires_at=(expiry + timedelta(minutes=1)).isoformat()))
     assert expiry.isoformat() in errors["expires_at"]
     assert ApiKey.objects.filter(parent=parent.api_key).count() == 0
+
+    # Each refusal carries a code a client can branch on.
+    def code_of(response: Any) -> str:
+        return response.json()["errors"][0]["code"]
+
+    assert code_of(create(parent, rate_limit="30/15m")) == "wider_than_parent"
+    assert (
+        code_of(create(parent, expires_at=(expiry + timedelta(minutes=1)).isoformat())) == "wider_than_parent"
+    )
+    assert code_of(create(parent, rate_limit="999999999/1s")) == "above_cap"
     # Left out, the expiry and the rate are the parent's.
     response = create(parent)
     assert response.status_code == 201, response.content
