@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, User
 from config import sql
 from config.errors import Conflict
+from executions import wakeup
 from executions.models import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
@@ -63,16 +64,13 @@ TASK_STATUS_FOR = {
 
 
 def notify(channel: str, payload: str = "") -> None:
-    """A LISTEN/NOTIFY wake-up hint, delivered when the transaction commits (PostgreSQL only).
-
-    NOTIFY is transactional in PostgreSQL: sent inside the caller's transaction, it reaches
-    listeners at commit and never if the transaction rolls back, with no extra round trip
-    after the commit. Correctness never depends on it: workers also poll, waiters re-read.
+    """A wake-up hint, delivered when the transaction commits: ``NOTIFY`` on PostgreSQL (sent
+    inside the caller's transaction, it reaches listeners at commit and never if the
+    transaction rolls back, with no extra round trip after the commit), a local socket
+    otherwise (``executions.wakeup``). Correctness never depends on it: workers also poll,
+    waiters re-read.
     """
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+    wakeup.notify(channel, payload)
 
 
 def execution_event(
@@ -423,9 +421,12 @@ QUEUED_PROJECTS = (
     ' FROM p WHERE p."project_id" IS NOT NULL'
 )
 # One project's queue head, highest priority first, then oldest (ids as the database gives
-# them: text on SQLite, passed back as parameters unchanged).
+# them: text on SQLite, passed back as parameters unchanged), with the project's running
+# executions (counted after its row lock: exact).
 PROJECT_HEAD = (
-    'SELECT "id", "task_id" FROM "executions_execution" WHERE "project_id" = %s AND "status" = %s'
+    'SELECT "id", "task_id", (SELECT COUNT(*) FROM "executions_execution" r'
+    ' WHERE r."project_id" = %s AND r."status" = %s)'
+    ' FROM "executions_execution" WHERE "project_id" = %s AND "status" = %s'
     ' ORDER BY "priority" DESC, "queued_at", "id" LIMIT %s'
 )
 
@@ -446,11 +447,12 @@ def _queued_projects() -> list[tuple[Any, int, Any]]:
     return sql.rows(QUEUED_PROJECTS, [queued, queued, running, queued])
 
 
-def _project_head(project_id: Any, limit: int) -> list[tuple[Any, Any]]:
-    """The first ``limit`` queued executions of a project nobody else is claiming, locked
-    (SKIP LOCKED)."""
+def _project_head(project_id: Any, limit: int) -> list[tuple[Any, Any, int]]:
+    """``(id, task id, the project's running count)`` of the first ``limit`` queued
+    executions of a project that nobody else is claiming, locked (SKIP LOCKED)."""
     return sql.rows(
-        PROJECT_HEAD + sql.for_update(skip_locked=True), [project_id, ExecutionStatus.QUEUED, limit]
+        PROJECT_HEAD + sql.for_update(skip_locked=True),
+        [project_id, ExecutionStatus.RUNNING, project_id, ExecutionStatus.QUEUED, limit],
     )
 
 
@@ -466,14 +468,6 @@ def _lock_project(project_id: Any, *, wait: bool) -> bool:
     )
 
 
-def _running_in(project_id: Any) -> int:
-    found = sql.rows(
-        'SELECT COUNT(*) FROM "executions_execution" WHERE "project_id" = %s AND "status" = %s',
-        [project_id, ExecutionStatus.RUNNING],
-    )
-    return int(found[0][0])
-
-
 class _Claim:
     """One claim transaction: the projects it serves (their rows locked, in turn), their
     locked candidates, the task rows it locked, and what it claimed."""
@@ -481,22 +475,23 @@ class _Claim:
     def __init__(self, worker: Worker, limit: int, scan: int) -> None:
         self.worker, self.limit, self.scan = worker, limit, scan
         self.cap: int = settings.TASKFORGE_PROJECT_MAX_RUNNING
-        self.heads: dict[Any, list[tuple[Any, Any]]] = {}  # per project served: candidates
+        self.heads: dict[Any, list[tuple[Any, Any]]] = {}  # per project served: its candidates
         self.allowance: dict[Any, int] = {}  # per project served: how many more it may start
         self.tasks: dict[Any, Task] = {}
         self.skipped_tasks: set[Any] = set()
         self.claimed: list[tuple[Execution, Task]] = []
 
-    def open(self, project_id: Any, *, wait: bool = False) -> int | None:
+    def open(self, project_id: Any, *, wait: bool = False, lock: bool = True) -> int | None:
         """Serve ``project_id``: lock its row (None if another claim holds it), then read
-        how many of its executions run now (after the lock: exact) and its candidates."""
-        if not _lock_project(project_id, wait=wait):
+        how many of its executions run now (after the lock: exact) and its candidates.
+        ``lock=False``: the only project with work and no cap, nothing to order or count
+        against others (one statement fewer in a single-tenant queue)."""
+        if lock and not _lock_project(project_id, wait=wait):
             return None
-        running = _running_in(project_id)
+        head = _project_head(project_id, max(self.scan, self.limit))
+        running = head[0][2] if head else 0
         self.allowance[project_id] = max(0, self.cap - running) if self.cap else self.limit
-        self.heads[project_id] = (
-            _project_head(project_id, max(self.scan, self.limit)) if self.allowance[project_id] else []
-        )
+        self.heads[project_id] = [(pk, task_id) for pk, task_id, _ in head]
         return running
 
     def take(self, project_id: Any) -> bool:
@@ -523,12 +518,13 @@ class _Claim:
         the one whose next run has waited longest); returns the projects skipped because
         another claim is serving them right now."""
         load = {pid: (running, head) for pid, running, head in _queued_projects()}
+        lock = bool(self.cap) or len(load) > 1
         busy: list[Any] = []
         while len(self.claimed) < self.limit and load:
             project_id = min(load, key=lambda pid: (*load[pid], pid))
             running, head = load[project_id]
             if project_id not in self.heads:
-                fresh = self.open(project_id)
+                fresh = self.open(project_id, lock=lock)
                 if fresh is None:
                     busy.append(project_id)
                     del load[project_id]

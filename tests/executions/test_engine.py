@@ -612,11 +612,11 @@ def test_the_queue_is_read_in_index_order_even_with_stale_statistics(make_task, 
             "\n".join(row[0] for row in sql.rows(f"EXPLAIN {statement}", params))
             for statement, params in (
                 (services.QUEUED_PROJECTS, [queued, queued, running, queued]),
-                (f"{services.PROJECT_HEAD} FOR UPDATE SKIP LOCKED", [team.pk, queued, 5]),
+                (f"{services.PROJECT_HEAD} FOR UPDATE SKIP LOCKED", [team.pk, running, team.pk, queued, 5]),
             )
         ]
     assert {project_id for project_id, _, _ in projects} == {tasks[0].project_id, team.pk}
-    numbers = dict(Execution.objects.filter(pk__in=[pk for pk, _ in head]).values_list("pk", "number"))
+    numbers = dict(Execution.objects.filter(pk__in=[row[0] for row in head]).values_list("pk", "number"))
     assert sorted(numbers.values()) == [3001, 3003, 3005, 3007, 3009]
     for plan in plans:
         assert "execution_project_queue_idx" in plan, plan
