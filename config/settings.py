@@ -239,8 +239,9 @@ TASKFORGE_PROJECT_MAX_RUNNING = env_int("TASKFORGE_PROJECT_MAX_RUNNING", 0)
 if TASKFORGE_PROJECT_MAX_RUNNING < 0:
     raise ImproperlyConfigured("TASKFORGE_PROJECT_MAX_RUNNING must be 0 (no cap) or more")
 # Where the processes sharing a SQLite database poke each other awake (Unix sockets:
-# executions.wakeup); PostgreSQL uses LISTEN/NOTIFY instead.
-TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR") or str(BASE_DIR / "var" / "wakeup")
+# executions.wakeup); empty: beside the database file (<file>.wakeup/). PostgreSQL uses
+# LISTEN/NOTIFY instead.
+TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR", "")
 # How long ?wait=N may hold a request (seconds).
 # (At most 60, the SPEC's bound; lower it where request threads are scarce: each waiting
 # request holds one.)

@@ -5,7 +5,8 @@ On PostgreSQL this is ``NOTIFY`` (transactional: delivered at commit, never afte
 heard by a ``LISTEN`` connection in the listening process. Without PostgreSQL (SQLite, the
 embedded default) the processes sharing the database file share a machine, so a local socket
 does it: every listener binds a Unix datagram socket of its own in
-``TASKFORGE_WAKEUP_DIR/<channel>/``, and :func:`poke` sends one datagram to every socket
+``TASKFORGE_WAKEUP_DIR/<channel>/`` (by default beside the database file:
+``var/taskforge.sqlite3.wakeup/<channel>/``), and :func:`poke` sends one datagram to every socket
 there, after the commit (``transaction.on_commit``). A datagram is a few microseconds, never
 blocks the sender (a listener whose buffer is full has wake-ups pending already) and needs no
 dependency; a socket left behind by a killed process refuses the datagram and is removed.
@@ -50,8 +51,19 @@ def notify(channel: str, payload: str = "") -> None:
     transaction.on_commit(partial(poke, channel, payload), robust=True)
 
 
+def base_dir() -> Path:
+    """``TASKFORGE_WAKEUP_DIR``, or beside the database file: every process using that
+    file (web, workers, the test suite's child processes) meets there, and no other."""
+    if settings.TASKFORGE_WAKEUP_DIR:
+        return Path(settings.TASKFORGE_WAKEUP_DIR)
+    database = Path(str(connection.settings_dict["NAME"]))
+    if not database.is_absolute():  # an in-memory database: one process, nobody to wake
+        return Path(settings.BASE_DIR) / "var" / "wakeup"
+    return database.with_name(f"{database.name}.wakeup")
+
+
 def channel_dir(channel: str) -> Path:
-    return Path(settings.TASKFORGE_WAKEUP_DIR) / channel
+    return base_dir() / channel
 
 
 def poke(channel: str, payload: str = "") -> int:

@@ -507,7 +507,7 @@ class WorkerProcess:
         try:
             return wakeup.Listener(services.QUEUE_CHANNEL)
         except OSError as exc:
-            logger.warning("no wake-up socket in %s (%s); polling only", settings.TASKFORGE_WAKEUP_DIR, exc)
+            logger.warning("no wake-up socket in %s (%s); polling only", wakeup.base_dir(), exc)
             return None
 
     def _listen_local(self, listener: wakeup.Listener) -> None:

@@ -103,3 +103,25 @@ def test_an_idle_worker_starts_a_queued_run_on_the_wake_up_not_the_poll(wakeup_d
     assert not thread.is_alive()
     if connection.vendor != "postgresql":
         assert list((wakeup_dir / services.QUEUE_CHANNEL).iterdir()) == []  # closed on the way out
+
+
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_runworker_process_and_this_one_meet_beside_the_database_file(make_task):
+    """No setting: the child worker (pointed at the test database) binds its socket beside
+    that file, where this process's enqueues poke; with an hour's poll, each run starts."""
+    from tests.live import worker
+
+    sockets = wakeup.channel_dir(services.QUEUE_CHANNEL)
+    assert sockets.parent.name == f"{Path(connection.settings_dict['NAME']).name}.wakeup"
+    task = make_task("echo $TASKFORGE_EXECUTION_ID", max_concurrency=2)
+    with worker("--queue-poll", "3600"):
+        wait_for(lambda: sockets.is_dir() and any(sockets.iterdir()))
+        for _ in range(2):  # the second is queued while the worker idles after the first
+            execution = services.execution_enqueue(task=task, actor=None)
+            done = wait_for(
+                lambda pk=execution.pk: Execution.objects.filter(pk=pk, status="succeeded").first(),
+                timeout=30,
+            )
+            assert done.chunks.get().data == f"{execution.pk}\n"
+    assert not any(sockets.iterdir())  # removed at the worker's clean stop
