@@ -280,6 +280,17 @@ TASKFORGE_KEY_LAST_USED_INTERVAL = env_int("TASKFORGE_KEY_LAST_USED_INTERVAL", 6
 TASKFORGE_EXECUTION_LEASE_SECONDS = env_int("TASKFORGE_EXECUTION_LEASE_SECONDS", 30)
 # A worker whose heartbeat is older than this is shown as lost.
 TASKFORGE_WORKER_DEAD_AFTER = env_int("TASKFORGE_WORKER_DEAD_AFTER", 60)
+# How many executions of one project may run at once, over all workers (0: no cap). Projects
+# take turns for free worker slots either way; the cap also keeps slots free for the others
+# while one project's long runs hold them (set it below the fleet's total slots when several
+# tenants share the workers).
+TASKFORGE_PROJECT_MAX_RUNNING = env_int("TASKFORGE_PROJECT_MAX_RUNNING", 0)
+if TASKFORGE_PROJECT_MAX_RUNNING < 0:
+    raise ImproperlyConfigured("TASKFORGE_PROJECT_MAX_RUNNING must be 0 (no cap) or more")
+# Where the processes sharing a SQLite database poke each other awake (Unix sockets:
+# executions.wakeup); empty: beside the database file (<file>.wakeup/). PostgreSQL uses
+# LISTEN/NOTIFY instead.
+TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR", "")
 # How long ?wait=N may hold a request (seconds).
 # (At most 60, the SPEC's bound; lower it where request threads are scarce: each waiting
 # request holds one.)

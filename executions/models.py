@@ -95,7 +95,8 @@ class ExecutionQuerySet(ProjectScopedQuerySet):
     project_field = "project"
 
     def claim_order(self) -> ExecutionQuerySet:
-        """Queued executions, highest priority first, then oldest (the partial index's order)."""
+        """Queued executions, highest priority first, then oldest: the order of one project's
+        queue (projects take turns: ``executions.services.execution_claim_batch``)."""
         return self.filter(status=ExecutionStatus.QUEUED).order_by("-priority", "queued_at", "id")
 
     def lease_expired(self, now: datetime | None = None) -> ExecutionQuerySet:
@@ -171,11 +172,16 @@ class Execution(models.Model):
             ),
         ]
         indexes = [
-            # The queue: what a worker claims next.
+            # The queue, per project: the projects with queued work (a skip scan of the first
+            # column) and each one's head, highest priority first, then oldest.
             models.Index(
-                fields=["-priority", "queued_at", "id"],
+                fields=["project", "-priority", "queued_at", "id"],
                 condition=Q(status="queued"),
-                name="execution_queue_idx",
+                name="execution_project_queue_idx",
+            ),
+            # Fair claiming and TASKFORGE_PROJECT_MAX_RUNNING: a project's running executions.
+            models.Index(
+                fields=["project"], condition=Q(status="running"), name="execution_running_project_idx"
             ),
             # The reaper: running executions by lease.
             models.Index(

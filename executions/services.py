@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, User
 from config import sql
 from config.errors import Conflict
+from executions import wakeup
 from executions.models import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
@@ -65,16 +66,13 @@ TASK_STATUS_FOR = {
 
 
 def notify(channel: str, payload: str = "") -> None:
-    """A LISTEN/NOTIFY wake-up hint, delivered when the transaction commits (PostgreSQL only).
-
-    NOTIFY is transactional in PostgreSQL: sent inside the caller's transaction, it reaches
-    listeners at commit and never if the transaction rolls back, with no extra round trip
-    after the commit. Correctness never depends on it: workers also poll, waiters re-read.
+    """A wake-up hint, delivered when the transaction commits: ``NOTIFY`` on PostgreSQL (sent
+    inside the caller's transaction, it reaches listeners at commit and never if the
+    transaction rolls back, with no extra round trip after the commit), a local socket
+    otherwise (``executions.wakeup``). Correctness never depends on it: workers also poll,
+    waiters re-read.
     """
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+    wakeup.notify(channel, payload)
 
 
 def execution_event(
@@ -358,10 +356,11 @@ def cancel_requested(execution_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
 
 
 # --- Claim ------------------------------------------------------------------------------------
-def _claim_if_startable(pk: Any, task: Task, worker: Worker) -> Execution | None:
+def _claim_if_startable(pk: Any, task: Task, worker: Worker, *, project_cap: int = 0) -> Execution | None:
     """Mark queued execution ``pk`` running for ``worker`` if its task may start another run:
-    fewer running than its ``max_concurrency`` and no unfinished dependency. One UPDATE,
-    sent after the task's row lock is taken, so its conditions see every claim committed
+    fewer running than its ``max_concurrency``, no unfinished dependency, and (``project_cap``
+    above 0) fewer than ``project_cap`` running in its project. One UPDATE, sent after the
+    task's (and project's) row lock is taken, so its conditions see every claim committed
     before (in PostgreSQL's read committed mode each statement takes a fresh snapshot; a
     condition in the locking statement itself would not). Returns the whole row, or None.
     """
@@ -377,12 +376,19 @@ def _claim_if_startable(pk: Any, task: Task, worker: Worker) -> Execution | None
     )
     task_id = sql.values(Task, id=task.pk)[0]
     names = [field.name for field in Execution._meta.concrete_fields]
+    capped, cap_params = "", []
+    if project_cap:
+        capped = (
+            ' AND (SELECT COUNT(*) FROM "executions_execution" c'
+            ' WHERE c."project_id" = %s AND c."status" = %s) < %s'
+        )
+        cap_params = [*sql.values(Execution, project=task.project_id), ExecutionStatus.RUNNING, project_cap]
     updated = sql.rows(
         f'UPDATE "executions_execution" SET {assigned} WHERE "id" = %s AND "status" = %s'
         ' AND (SELECT COUNT(*) FROM "executions_execution" r WHERE r."task_id" = %s AND r."status" = %s) < %s'
         ' AND NOT EXISTS(SELECT 1 FROM "tasks_task_depends_on" d INNER JOIN "tasks_task" t'
         ' ON t."id" = d."to_task_id" WHERE d."from_task_id" = %s AND t."status" <> %s)'
-        f" RETURNING {sql.columns(Execution, names)}",
+        f"{capped} RETURNING {sql.columns(Execution, names)}",
         [
             *params,
             pk,
@@ -392,29 +398,147 @@ def _claim_if_startable(pk: Any, task: Task, worker: Worker) -> Execution | None
             task.max_concurrency,
             task_id,
             Status.COMPLETED,
+            *cap_params,
         ],
     )
     return sql.load(Execution, names, updated[0]) if updated else None
 
 
-# The head of the queue, highest priority first, then oldest (ids as the database gives them:
-# text on SQLite, passed back as parameters unchanged).
-QUEUE_HEAD = (
-    'SELECT "id", "task_id" FROM "executions_execution" WHERE "status" = %s'
+# The projects with queued work, found by a skip scan of the per-project queue index (one
+# index probe per project, however long its queue), each with its running executions and
+# when its head (the run it would start next) was queued. Read without locks: it only orders
+# the projects; the runs themselves are locked by PROJECT_HEAD.
+QUEUED_PROJECTS = (
+    'WITH RECURSIVE p("project_id") AS ('
+    ' SELECT (SELECT "project_id" FROM "executions_execution" WHERE "status" = %s'
+    ' ORDER BY "project_id" LIMIT 1)'
+    " UNION ALL"
+    ' SELECT (SELECT e."project_id" FROM "executions_execution" e WHERE e."status" = %s'
+    ' AND e."project_id" > p."project_id" ORDER BY e."project_id" LIMIT 1)'
+    ' FROM p WHERE p."project_id" IS NOT NULL)'
+    ' SELECT p."project_id",'
+    ' (SELECT COUNT(*) FROM "executions_execution" r WHERE r."project_id" = p."project_id"'
+    ' AND r."status" = %s),'
+    ' (SELECT h."queued_at" FROM "executions_execution" h WHERE h."project_id" = p."project_id"'
+    ' AND h."status" = %s ORDER BY h."priority" DESC, h."queued_at", h."id" LIMIT 1)'
+    ' FROM p WHERE p."project_id" IS NOT NULL'
+)
+# One project's queue head, highest priority first, then oldest (ids as the database gives
+# them: text on SQLite, passed back as parameters unchanged), with the project's running
+# executions (counted after its row lock: exact).
+PROJECT_HEAD = (
+    'SELECT "id", "task_id", (SELECT COUNT(*) FROM "executions_execution" r'
+    ' WHERE r."project_id" = %s AND r."status" = %s)'
+    ' FROM "executions_execution" WHERE "project_id" = %s AND "status" = %s'
     ' ORDER BY "priority" DESC, "queued_at", "id" LIMIT %s'
 )
 
 
-def _queue_head(limit: int) -> list[tuple[Any, Any]]:
-    """The first ``limit`` queued executions nobody else is claiming, locked (SKIP LOCKED)."""
+def _read_in_index_order() -> None:
     if connection.vendor == "postgresql":
-        # Read in the order of the queue's partial index, never by sorting every queued row.
-        # A queue's planner statistics are often stale (a burst enqueued since the last
+        # Read the queue in the order of its partial index, never by sorting every queued
+        # row. A queue's planner statistics are often stale (a burst enqueued since the last
         # ANALYZE: "17 queued" for 20,000 real ones) and PostgreSQL then prefers a bitmap
         # scan and a sort of the whole queue: 7-21 ms per claim against 0.2 ms (measured,
         # docs/performance.md). SET LOCAL: for this transaction only.
         sql.execute("SET LOCAL enable_sort = off")
-    return sql.rows(QUEUE_HEAD + sql.for_update(skip_locked=True), [ExecutionStatus.QUEUED, limit])
+
+
+def _queued_projects() -> list[tuple[Any, int, Any]]:
+    """``(project id, running, head queued_at)`` of every project with queued work."""
+    queued, running = ExecutionStatus.QUEUED, ExecutionStatus.RUNNING
+    return sql.rows(QUEUED_PROJECTS, [queued, queued, running, queued])
+
+
+def _project_head(project_id: Any, limit: int) -> list[tuple[Any, Any, int]]:
+    """``(id, task id, the project's running count)`` of the first ``limit`` queued
+    executions of a project that nobody else is claiming, locked (SKIP LOCKED)."""
+    return sql.rows(
+        PROJECT_HEAD + sql.for_update(skip_locked=True),
+        [project_id, ExecutionStatus.RUNNING, project_id, ExecutionStatus.QUEUED, limit],
+    )
+
+
+def _lock_project(project_id: Any, *, wait: bool) -> bool:
+    """Lock the project's row for this claim; False if another claim holds it (``wait``:
+    wait for it instead). ``FOR NO KEY UPDATE`` does not block the key-share lock that an
+    enqueue's foreign key takes. SQLite: its IMMEDIATE transaction already excludes others."""
+    if not connection.features.has_select_for_update:
+        return True
+    skip = "" if wait else " SKIP LOCKED"
+    return bool(
+        sql.rows(f'SELECT 1 FROM "accounts_project" WHERE "id" = %s FOR NO KEY UPDATE{skip}', [project_id])
+    )
+
+
+class _Claim:
+    """One claim transaction: the projects it serves (their rows locked, in turn), their
+    locked candidates, the task rows it locked, and what it claimed."""
+
+    def __init__(self, worker: Worker, limit: int, scan: int) -> None:
+        self.worker, self.limit, self.scan = worker, limit, scan
+        self.cap: int = settings.TASKFORGE_PROJECT_MAX_RUNNING
+        self.heads: dict[Any, list[tuple[Any, Any]]] = {}  # per project served: its candidates
+        self.allowance: dict[Any, int] = {}  # per project served: how many more it may start
+        self.tasks: dict[Any, Task] = {}
+        self.skipped_tasks: set[Any] = set()
+        self.claimed: list[tuple[Execution, Task]] = []
+
+    def open(self, project_id: Any, *, wait: bool = False, lock: bool = True) -> int | None:
+        """Serve ``project_id``: lock its row (None if another claim holds it), then read
+        how many of its executions run now (after the lock: exact) and its candidates.
+        ``lock=False``: the only project with work and no cap, nothing to order or count
+        against others (one statement fewer in a single-tenant queue)."""
+        if lock and not _lock_project(project_id, wait=wait):
+            return None
+        head = _project_head(project_id, max(self.scan, self.limit))
+        running = head[0][2] if head else 0
+        self.allowance[project_id] = max(0, self.cap - running) if self.cap else self.limit
+        self.heads[project_id] = [(pk, task_id) for pk, task_id, _ in head]
+        return running
+
+    def take(self, project_id: Any) -> bool:
+        """Claim the project's next startable candidate; False if it has none (left now)."""
+        candidates = self.heads[project_id]
+        while candidates and self.allowance[project_id] > 0:
+            pk, task_id = candidates.pop(0)
+            if task_id in self.skipped_tasks:
+                continue  # keep a task's executions in order: the oldest waits first
+            task = self.tasks.get(task_id)
+            if task is None:
+                task = self.tasks[task_id] = _lock_task(task_id)
+            execution = _claim_if_startable(pk, task, self.worker, project_cap=self.cap)
+            if execution is None:  # (the candidate itself is locked: it is still queued)
+                self.skipped_tasks.add(task_id)
+                continue
+            self.claimed.append((execution, task))
+            self.allowance[project_id] -= 1
+            return True
+        return False
+
+    def take_turns(self) -> list[Any]:
+        """Give free slots to projects in turn, the one with the fewest running first (ties:
+        the one whose next run has waited longest); returns the projects skipped because
+        another claim is serving them right now."""
+        load = {pid: (running, head) for pid, running, head in _queued_projects()}
+        lock = bool(self.cap) or len(load) > 1
+        busy: list[Any] = []
+        while len(self.claimed) < self.limit and load:
+            project_id = min(load, key=lambda pid: (*load[pid], pid))
+            running, head = load[project_id]
+            if project_id not in self.heads:
+                fresh = self.open(project_id, lock=lock)
+                if fresh is None:
+                    busy.append(project_id)
+                    del load[project_id]
+                else:  # the count read unlocked may be stale: choose again with this one
+                    load[project_id] = (fresh, head)
+                continue
+            if not self.take(project_id):
+                del load[project_id]  # nothing (more) this project may start now
+                continue
+            load[project_id] = (running + 1, head)
+        return busy
 
 
 def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
@@ -427,31 +551,28 @@ def execution_claim_next(*, worker: Worker, scan: int = 20) -> Execution | None:
 def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list[Execution]:
     """Claim up to ``limit`` queued executions this worker may start, in one transaction.
 
-    Highest priority first, then oldest. Candidates are locked with SKIP LOCKED so workers
-    never wait for each other; each candidate's task row is then locked to respect its
-    ``max_concurrency`` (executions beyond it stay queued, in order) and its dependencies.
-    Claiming several at once (a worker with free slots) costs one commit instead of one each.
-    Candidates are read as ids (a script may be 1 MiB); only the claimed rows are read whole.
+    Projects take turns: each free slot goes to the project with the fewest running
+    executions (ties: the one whose next run has waited longest), never to one at
+    ``TASKFORGE_PROJECT_MAX_RUNNING``; within a project, highest priority first, then oldest.
+    A project is served under its row lock (taken SKIP LOCKED: a project another worker is
+    serving is passed over for the next one), so the count it is chosen by, and capped by,
+    is exact. Its candidates are locked with SKIP LOCKED; each candidate's task row is then
+    locked to respect its ``max_concurrency`` (executions beyond it stay queued, in order)
+    and its dependencies. Claiming several at once (a worker with free slots) costs one
+    commit instead of one each. Candidates are read as ids (a script may be 1 MiB); only
+    the claimed rows are read whole.
     """
-    candidates = _queue_head(max(scan, limit))
-    tasks: dict[Any, Task] = {}  # locked in this transaction, one object per task
-    skipped_tasks: set[Any] = set()
-    claimed: list[tuple[Execution, Task]] = []
-    for pk, task_id in candidates:
-        if len(claimed) >= limit:
-            break
-        if task_id in skipped_tasks:
-            continue  # keep a task's executions in order: the oldest waits first
-        task = tasks.get(task_id)
-        if task is None:
-            task = tasks[task_id] = _lock_task(task_id)
-        execution = _claim_if_startable(pk, task, worker)
-        if execution is None:  # (the candidate itself is locked: it is still queued)
-            skipped_tasks.add(task_id)
-            continue
-        claimed.append((execution, task))
+    claim = _Claim(worker, limit, scan)
+    _read_in_index_order()
+    busy = claim.take_turns()
+    if not claim.claimed and not claim.heads and busy:
+        # Every project with work is being served by another claim: wait for the first one's
+        # lock (holding no project lock, this wait cannot deadlock), then choose again with
+        # what that claim committed (read committed: each statement sees the latest).
+        claim.open(busy[0], wait=True)
+        claim.take_turns()
     executions = []
-    for execution, task in claimed:
+    for execution, task in claim.claimed:
         started = _execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task, execution, events=[started])
         executions.append(execution)

@@ -4,8 +4,9 @@ One process runs ``concurrency`` scripts at once, each in one of ``concurrency``
 threads (each keeps its database connection from one script to the next). Besides those:
 
 - the main loop claims work whenever a slot is free, woken by ``LISTEN/NOTIFY`` on
-  PostgreSQL (so a queued execution starts within milliseconds) and by a poll timer
-  (the only mechanism on SQLite, and the safety net everywhere: NOTIFY is a hint);
+  PostgreSQL, by a local Unix socket that enqueues poke on SQLite (``executions.wakeup``; so
+  a queued execution starts within milliseconds either way) and by a poll timer (the
+  safety net everywhere: a wake-up is a hint);
 - a housekeeping thread stores buffered output as soon as a script prints (at most one store
   per run every OUTPUT_COALESCE seconds, so a burst becomes one chunk; the store NOTIFYs live-log
   streams), reads cancel requests twice a second,
@@ -40,7 +41,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
-from executions import services
+from executions import services, wakeup
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
 from executions.sandbox import (
     RunResult,
@@ -171,6 +172,8 @@ class WorkerProcess:
         self.threads: list[threading.Thread] = []
         self.wake = threading.Event()
         self.output_ready = threading.Event()  # a run printed: store it (housekeeping)
+        # Set while the claim loop waits for work (a wake-up, a free slot or the poll timer).
+        self.idle = threading.Event()
         self.stopping = threading.Event()
         self.killing = threading.Event()
         self.worker: Worker | None = None
@@ -194,15 +197,23 @@ class WorkerProcess:
 
     def run(self) -> None:
         """Run until stopped (signal or ``stopping``); returns after a clean shutdown."""
+        # Bound before the first claim: whatever is queued after that claim's read pokes it.
+        local = self._local_listener() if connection.vendor != "postgresql" else None
         self.worker = services.worker_register(
             concurrency=self.concurrency, sandbox=describe_isolation(self.sandbox), name=self.name
         )
         if problem := reaping_problem():
             logger.error(problem)
-        wakeup = "LISTEN/NOTIFY + polling" if connection.vendor == "postgresql" else "polling"
+        woken_by = (
+            "LISTEN/NOTIFY + polling"
+            if connection.vendor == "postgresql"
+            else "local wake-up socket + polling"
+            if local is not None
+            else "polling"
+        )
         self.on_event(
             f"worker {self.worker.name} started: concurrency {self.concurrency}, "
-            f"isolation {self.worker.sandbox}, {wakeup} every {self.poll_interval:g}s"
+            f"isolation {self.worker.sandbox}, {woken_by} every {self.poll_interval:g}s"
         )
         self.threads = [
             threading.Thread(target=self._run_thread, name=f"run-{i}", daemon=True)
@@ -213,6 +224,10 @@ class WorkerProcess:
         helpers = [threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)]
         if connection.vendor == "postgresql":
             helpers.append(threading.Thread(target=self._listen, name="listen", daemon=True))
+        elif local is not None:
+            helpers.append(
+                threading.Thread(target=self._listen_local, args=(local,), name="listen", daemon=True)
+            )
         if self.webhooks:
             helpers.append(threading.Thread(target=self._deliver_webhooks, name="webhooks", daemon=True))
         for thread in helpers:
@@ -222,12 +237,15 @@ class WorkerProcess:
         finally:
             self._shutdown()
             finish_cleanup()  # the last runs' uid sweeps and work directories
+            if local is not None:
+                local.close()
             services.worker_stop(worker=self.worker)
             self.on_event(f"worker {self.worker.name} stopped")
             connections.close_all()
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            self.idle.clear()
             self.wake.clear()
             try:
                 while self._free_slots() > 0 and not self.stopping.is_set():
@@ -237,6 +255,7 @@ class WorkerProcess:
                 log_retry("claiming failed; retrying")
                 close_old_connections()
                 time.sleep(1)
+            self.idle.set()
             self.wake.wait(self.poll_interval)
 
     def _free_slots(self) -> int:
@@ -462,7 +481,8 @@ class WorkerProcess:
     def _housekeeping(self) -> None:
         lease_every = max(1.0, settings.TASKFORGE_EXECUTION_LEASE_SECONDS / 3)
         last_lease = last_reap = last_cancel = last_prune = last_store = 0.0
-        while True:
+        # Until the worker stops and its last runs are over (run() returns after them).
+        while not self.stopping.is_set() or self.runs:
             now = time.monotonic()
             try:
                 with self.runs_lock:
@@ -507,6 +527,7 @@ class WorkerProcess:
             if self.output_ready.wait(FLUSH_INTERVAL):
                 self.output_ready.clear()
                 time.sleep(max(0.0, last_store + OUTPUT_COALESCE - time.monotonic()))
+        connections.close_all()
 
     def _deliver_webhooks(self) -> None:
         """Fan events out to webhook subscriptions and send what is due (never in a web request)."""
@@ -543,6 +564,27 @@ class WorkerProcess:
                             self.wake.set()
             except Exception:
                 log_retry("LISTEN connection failed; polling meanwhile, reconnecting in 1s")
+                time.sleep(1)
+
+    def _local_listener(self) -> wakeup.Listener | None:
+        """Without PostgreSQL: the socket enqueues poke (``executions.wakeup``), or None
+        (then the worker only polls) if it cannot be bound."""
+        try:
+            return wakeup.Listener(services.QUEUE_CHANNEL)
+        except OSError as exc:
+            logger.warning("no wake-up socket in %s (%s); polling only", wakeup.base_dir(), exc)
+            return None
+
+    def _listen_local(self, listener: wakeup.Listener) -> None:
+        """Wake the main loop when an enqueue pokes the worker's socket (SQLite)."""
+        while not self.stopping.is_set():
+            try:
+                if listener.wait(1.0):
+                    self.wake.set()
+            except Exception:
+                if self.stopping.is_set():
+                    return  # closed by run() on the way out
+                logger.exception("reading the wake-up socket failed; polling meanwhile")
                 time.sleep(1)
 
 

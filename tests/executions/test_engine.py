@@ -575,38 +575,53 @@ def test_racing_claimers_respect_max_concurrency(make_task):
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner only")
-def test_the_queue_head_is_read_in_index_order_even_with_stale_statistics(make_task):
-    """Statistics taken while the queue was empty, then a burst of 3,000 executions: the
-    planner, left alone, sorts the whole queue for every claim (bitmap scan + sort)."""
-    task = make_task()
+def test_the_queue_is_read_in_index_order_even_with_stale_statistics(make_task, other_user):
+    """Statistics taken while the queue was empty, then a burst of 3,000 executions over two
+    projects behind a long finished history: the planner, left alone, sorts the whole queue
+    for every claim (bitmap scan + sort) or walks the history by the list index."""
+    team = other_user.personal_project
+    tasks = [make_task(), make_task(in_project=team)]
     with connection.cursor() as cursor:
         cursor.execute('ANALYZE "executions_execution"')
     base = timezone.now()
-    Execution.objects.bulk_create(
-        Execution(
+
+    def run(n: int, status: str = ExecutionStatus.QUEUED) -> Execution:
+        task = tasks[n % 2]
+        done = status != ExecutionStatus.QUEUED
+        return Execution(
             project_id=task.project_id,
             task=task,
             number=n,
+            status=status,
             script_type="bash",
             script="true",
             timeout_seconds=60,
             priority=5,
             queued_at=base + timedelta(microseconds=n),
+            finished_at=base if done else None,
         )
-        for n in range(1, 3001)
-    )
+
+    Execution.objects.bulk_create(run(n, ExecutionStatus.SUCCEEDED) for n in range(1, 3001))
+    Execution.objects.bulk_create(run(n) for n in range(3001, 6001))
+    queued, running = ExecutionStatus.QUEUED, ExecutionStatus.RUNNING
     with transaction.atomic():
-        head = services._queue_head(5)
-        plan = "\n".join(
-            row[0]
-            for row in sql.rows(
-                f"EXPLAIN {services.QUEUE_HEAD} FOR UPDATE SKIP LOCKED", [ExecutionStatus.QUEUED, 5]
+        services._read_in_index_order()
+        projects = services._queued_projects()
+        head = services._project_head(team.pk, 5)
+        plans = [
+            "\n".join(row[0] for row in sql.rows(f"EXPLAIN {statement}", params))
+            for statement, params in (
+                (services.QUEUED_PROJECTS, [queued, queued, running, queued]),
+                (f"{services.PROJECT_HEAD} FOR UPDATE SKIP LOCKED", [team.pk, running, team.pk, queued, 5]),
             )
-        )
-    numbers = dict(Execution.objects.filter(pk__in=[pk for pk, _ in head]).values_list("pk", "number"))
-    assert sorted(numbers.values()) == [1, 2, 3, 4, 5]
-    assert "Index Scan using execution_queue_idx" in plan
-    assert "Sort" not in plan
+        ]
+    assert {project_id for project_id, _, _ in projects} == {tasks[0].project_id, team.pk}
+    numbers = dict(Execution.objects.filter(pk__in=[row[0] for row in head]).values_list("pk", "number"))
+    assert sorted(numbers.values()) == [3001, 3003, 3005, 3007, 3009]
+    for plan in plans:
+        assert "execution_project_queue_idx" in plan, plan
+        assert "Sort" not in plan, plan
+        assert "execution_list_idx" not in plan, plan
 
 
 def test_the_result_keeps_the_end_of_long_output_as_the_log_has_it(api, make_task, inline_worker):
