@@ -31,7 +31,7 @@ from accounts.models import (
     ensure_personal_project,
 )
 from accounts.scopes import SCOPES
-from config.ratelimit import validate_rate
+from core.ratelimit import validate_rate
 
 # The library's own concrete key model is unused (ours is accounts.ApiKey): keep it out of sight.
 admin.site.unregister(LibraryAPIKey)

@@ -14,8 +14,8 @@ from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 from accounts.scopes import scopes_grant
-from config.ratelimit import RATE_RE, validate_rate
-from config.validators import validate_name
+from core.ratelimit import RATE_RE, validate_rate
+from core.validators import validate_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -385,7 +385,7 @@ class IdempotencyKey(models.Model):
 
     The row is inserted (state in_flight) in its own committed transaction before the view
     runs; the unique constraint on (principal, key) is what makes a duplicate lose, on every
-    database. See ``config/idempotency.py``.
+    database. See ``accounts/idempotency.py``.
     """
 
     # "key:<api key id>" or "user:<user id>" (session logins).

@@ -22,9 +22,9 @@ from accounts.models import (
     validate_key_rate,
 )
 from accounts.scopes import normalize_scopes
-from config.errors import Conflict, field_error
-from config.ratelimit import validate_rate
-from config.validators import first_refused_character
+from core.errors import Conflict, field_error
+from core.ratelimit import validate_rate
+from core.validators import first_refused_character
 
 
 @transaction.atomic

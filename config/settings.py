@@ -76,15 +76,17 @@ INSTALLED_APPS = [
     "templates_app",
     "executions",
     "webhooks",
+    # The benchmark harness (bench/): only its ``manage.py benchmark`` command, no models.
+    "bench",
 ]
 
 MIDDLEWARE = [
-    "config.middleware.RequestIDMiddleware",
+    "core.middleware.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
-    "config.middleware.ApiNoStoreMiddleware",
+    "core.middleware.ApiNoStoreMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "config.middleware.BodySizeLimitMiddleware",
+    "core.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -166,7 +168,7 @@ else:
     # incr is made atomic by the subclass.
     CACHES = {
         "default": {
-            "BACKEND": "config.ratelimit.AtomicDatabaseCache",
+            "BACKEND": "core.ratelimit.AtomicDatabaseCache",
             "LOCATION": "taskforge_cache",
         }
     }
@@ -340,12 +342,12 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "config.pagination.PageNumberLimitPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberLimitPagination",
     "PAGE_SIZE": 20,
-    "EXCEPTION_HANDLER": "config.errors.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "config.openapi.ProblemAutoSchema",
+    "EXCEPTION_HANDLER": "core.errors.problem_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.ProblemAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_VERSIONING_CLASS": None,
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -371,8 +373,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "config.openapi.add_links",
-        "config.openapi.require_comma_list_items",
+        "core.openapi.add_links",
+        "core.openapi.require_comma_list_items",
     ],
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "ENUM_NAME_OVERRIDES": {
@@ -389,7 +391,7 @@ LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.middleware.RequestIDLogFilter"}},
+    "filters": {"request_id": {"()": "core.request_id.RequestIDLogFilter"}},
     "formatters": {
         "plain": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",

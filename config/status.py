@@ -9,8 +9,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api.base import TaskforgeAPIView
 from accounts.models import Project
-from config.api import TaskforgeAPIView
 from executions.selectors import queue_summary
 from tasks.models import Status
 from tasks.selectors import task_status_counts

@@ -10,7 +10,7 @@ class ExecutionsConfig(AppConfig):
     name = "executions"
 
     def ready(self) -> None:
-        from config.health import COMPONENT_CHECKS, DEGRADED, HEALTHY
+        from core.health import COMPONENT_CHECKS, DEGRADED, HEALTHY
 
         def workers() -> str:
             from executions.models import Worker

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import django_filters
 
-from config.filters import CommaChoiceFilter, StrictFilterSet, UTCIsoDateTimeFilter
+from core.filters import CommaChoiceFilter, StrictFilterSet, UTCIsoDateTimeFilter
 from executions.models import Execution, ExecutionStatus, Trigger
 
 

@@ -22,8 +22,8 @@ from django.db.models import Max
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from config import sql
-from config.errors import Conflict
+from core import sql
+from core.errors import Conflict
 from executions import wakeup
 from executions.models import (
     FINAL_STATUSES,
@@ -47,7 +47,7 @@ DONE_CHANNEL = "taskforge_done"
 OUTPUT_CHANNEL = "taskforge_output"
 RESULT_TAIL_CHARS = 4096
 # The hot path (claim, finish, the task following its execution) is written as plain SQL
-# (config.sql): the same statements through the ORM cost the worker ~10 ms more CPU per run.
+# (core.sql): the same statements through the ORM cost the worker ~10 ms more CPU per run.
 # What claiming and finishing read of the task they lock (not its script or metadata).
 TASK_LOCK_FIELDS = ("id", "project", "status", "max_concurrency", "max_retries", "last_execution")
 LATEST_FIELDS = ("id", "task", "number", "status", "exit_code", "error")
@@ -141,7 +141,7 @@ def execution_enqueue(
             blockers=[str(b) for b in blockers],
         )
     if timeout_seconds is not None and not 1 <= timeout_seconds <= 3600:
-        from config.errors import field_error
+        from core.errors import field_error
 
         raise field_error("timeout_seconds", "Must be between 1 and 3600.", "out_of_range")
     given = {**(parameters or {}), **(secret_parameters or {})}
@@ -157,7 +157,7 @@ def execution_enqueue(
             digest=task.script_digest,
         )
     elif given:
-        from config.errors import field_error
+        from core.errors import field_error
 
         raise field_error(
             "parameters", "This task was not made from a template: it takes no parameters.", "no_parameters"

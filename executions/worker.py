@@ -515,7 +515,7 @@ class WorkerProcess:
                     reap_expired_claims()
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
-                    from config.idempotency import prune as prune_idempotency_keys
+                    from accounts.idempotency import prune as prune_idempotency_keys
 
                     prune_idempotency_keys()
             except Exception:

@@ -18,7 +18,7 @@ from drf_spectacular.drainage import set_override
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from config.filters import CommaChoiceFilter, StrictFilterSet, UTCDateTimeField
+from core.filters import CommaChoiceFilter, StrictFilterSet, UTCDateTimeField
 from tasks.models import PRIORITY_MAX, PRIORITY_MIN, TAG_RE, ScriptType, Status, Task
 
 # sort key -> whether the column is nullable (nulls always sort last, on every database).

@@ -23,7 +23,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Project, ProjectScopedQuerySet, Role, User
-from config.validators import validate_name
+from core.validators import validate_name
 
 # --- Limits (SPEC §3) ----------------------------------------------------------------------
 NAME_MAX = 255

@@ -8,7 +8,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import Count
 
 from accounts.models import ApiKey, Project, User
-from config.errors import field_error
+from core.errors import field_error
 from tasks.models import Status, Task
 
 

@@ -18,7 +18,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
-from config.errors import Conflict, field_error
+from core.errors import Conflict, field_error
 from tasks.models import (
     ACTIVE,
     LEASE_DEFAULT,

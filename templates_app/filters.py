@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_filters as filters
 from django.db.models import Q, QuerySet
 
-from config.filters import StrictFilterSet
+from core.filters import StrictFilterSet
 from templates_app.models import Template
 
 

@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
-from config.validators import validate_name
+from core.validators import validate_name
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,

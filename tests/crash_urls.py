@@ -5,7 +5,7 @@ from django.urls import include, path
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import TaskforgeAPIView
+from accounts.api.base import TaskforgeAPIView
 from config.urls import urlpatterns as real_urlpatterns
 
 
@@ -28,5 +28,5 @@ urlpatterns = [
     path("api/v1/crash-db", DatabaseGoneView.as_view()),
     path("", include(real_urlpatterns)),
 ]
-handler404 = "config.errors.handler404"
-handler500 = "config.errors.handler500"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"

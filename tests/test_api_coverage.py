@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from accounts.api.base import TaskforgeAPIMixin, TaskforgeViewSet
 from accounts.models import ApiKey, Invitation, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
-from config.api import TaskforgeAPIMixin, TaskforgeViewSet
 from executions.models import Execution
 from tasks.models import Task
 from templates_app.models import Template

@@ -11,7 +11,7 @@ import django_filters
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from config.filters import takes_many
+from core.filters import takes_many
 from executions.models import Execution, ExecutionStatus
 from tasks.models import Status
 from tests.factories import TaskFactory

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
-from config.validators import validate_label_text
+from core.validators import validate_label_text
 
 # Event types a subscription may ask for. Listed here, not derived from tasks.EventType, so a
 # new internal event type never reaches receivers by accident: add it here to publish it.

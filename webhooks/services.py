@@ -19,8 +19,8 @@ from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.models import Project, User
-from config.errors import Conflict, field_error
-from config.serializers import user_ref
+from core.errors import Conflict, field_error
+from core.serializers import user_ref
 from webhooks import ssrf
 from webhooks.models import (
     ALL_EVENTS,

@@ -9,9 +9,9 @@ from rest_framework import serializers
 
 from accounts.models import ApiKey, Invitation, Membership, Project, Role
 from accounts.scopes import SCOPES
-from config.ratelimit import RATE_PATTERN
-from config.serializers import StrictSerializer, UserRefSerializer
-from config.validators import validate_name
+from core.ratelimit import RATE_PATTERN
+from core.serializers import StrictSerializer, UserRefSerializer
+from core.validators import validate_name
 
 User = get_user_model()
 
@@ -173,7 +173,7 @@ class ApiKeyCreateSerializer(StrictSerializer):
         allow_blank=True,
         default="",
         max_length=32,
-        # The same rule as config.ratelimit.validate_rate, as a pattern so the schema states it.
+        # The same rule as core.ratelimit.validate_rate, as a pattern so the schema states it.
         validators=[RegexValidator(RATE_PATTERN, "Not a rate like 1000/15m.", code="invalid_rate")],
         help_text="count/[n]unit, e.g. 5000/15m; empty uses the default (or, for a key created by "
         "a key, that key's rate). At most the server's TASKFORGE_RATE_LIMIT_MAX.",

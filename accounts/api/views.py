@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import services
+from accounts.api.base import TaskforgeAPIView, TaskforgeViewSet
 from accounts.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
@@ -27,7 +28,6 @@ from accounts.api.serializers import (
     ReceivedInvitationSerializer,
 )
 from accounts.models import ApiKey, Invitation, InvitationStatus, Membership, Project, Role
-from config.api import TaskforgeAPIView, TaskforgeViewSet
 
 INVITATION_SENT = (
     "Invitation sent. If this username belongs to an account that is not yet a member, its owner "

@@ -6,7 +6,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer, UserRefSerializer, user_ref
+from core.serializers import StrictSerializer, UserRefSerializer, user_ref
 from executions.models import ErrorCode, Execution, ExecutionStatus, OutputChunk, Stream
 
 

@@ -15,9 +15,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import TaskforgeViewSet
-from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
-from config.openapi import ProblemSerializer
+from accounts.api.base import TaskforgeViewSet
+from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from core.openapi import ProblemSerializer
 from executions import services
 from executions.api.serializers import (
     ExecuteSerializer,
@@ -106,7 +106,7 @@ def wait_seconds(request: Request) -> int:
         raise ValidationError({"wait": [f"Must be between 0 and {limit}."]}, code="out_of_range")
     if value:
         # Before anything is written: a refused ?wait (429) must not have queued a run. The
-        # slot is given back when the response is finalized (config.api).
+        # slot is given back when the response is finalized (accounts.api.base).
         hold_for_request(request, take_slot(request.user.pk, value, "?wait"))
     return value
 
@@ -141,7 +141,7 @@ class EventStreamRenderer(renderers.BaseRenderer):
 
     def render(self, data: Any, media_type: str | None = None, renderer_context: Any = None) -> bytes:
         # Only problem documents reach here (the stream itself is a StreamingHttpResponse);
-        # they are sent as application/problem+json (config.errors sets the content type).
+        # they are sent as application/problem+json (core.errors sets the content type).
         return json.dumps(data).encode()
 
 

@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
-from config.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageNumberLimitPagination, _int_param
+from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageNumberLimitPagination, _int_param
 
 # (field name, descending, nulls last)
 SortKey = tuple[str, bool, bool]

@@ -10,8 +10,8 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import JSONObjectField, StrictSerializer, UserRefSerializer, user_ref
-from config.validators import validate_name
+from core.serializers import JSONObjectField, StrictSerializer, UserRefSerializer, user_ref
+from core.validators import validate_name
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,

@@ -12,9 +12,9 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import TaskforgeViewSet
-from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
-from config.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
+from accounts.api.base import TaskforgeViewSet
+from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from core.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
 from tasks.api.serializers import (

@@ -7,8 +7,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer, user_ref
-from config.validators import validate_name
+from core.serializers import StrictSerializer, user_ref
+from core.validators import validate_name
 from executions.api.serializers import ExecutionSerializer
 from tasks.api.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
 from tasks.models import (

@@ -25,12 +25,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api.base import TaskforgeViewSet
+from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
 from accounts.permissions import MissingScope
-from config.api import TaskforgeViewSet
-from config.errors import Conflict
-from config.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
-from config.openapi import ProblemSerializer
+from core.errors import Conflict
+from core.openapi import ProblemSerializer
 from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from executions.api.views import WAIT_PARAM, wait_seconds
 from executions.models import Execution

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts import services
 from accounts.models import Invitation, InvitationStatus, Membership, Project, Role, User
-from config.errors import Conflict
+from core.errors import Conflict
 from tasks.models import Task
 from tests.factories import TaskFactory, UserFactory
 

@@ -13,8 +13,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import Resolver404, resolve
 
-from config.bench.scenarios import check_no_double_claims
-from config.bench.stack import BenchmarkError
+from bench.scenarios import check_no_double_claims
+from bench.stack import BenchmarkError
 from tests.factories import TaskFactory, UserFactory
 
 
@@ -64,12 +64,12 @@ def test_unknown_scenarios_are_refused() -> None:
 def test_the_bare_baseline_view_is_not_in_the_production_urls() -> None:
     with pytest.raises(Resolver404):
         resolve("/bench/bare-tasks")
-    assert resolve("/bench/bare-tasks", urlconf="config.bench_urls").url_name == "bench-bare-tasks"
+    assert resolve("/bench/bare-tasks", urlconf="bench.urls").url_name == "bench-bare-tasks"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_benchmark_database_is_created_and_dropped_beside_the_configured_one() -> None:
-    from config.bench.stack import BenchDatabase
+    from bench.stack import BenchDatabase
 
     original = connection.settings_dict["NAME"]
     name = f"{original}_b{uuid.uuid4().hex[:6]}" if connection.vendor == "postgresql" else None

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Role
-from config import sql
+from core import sql
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus
 from tasks.models import Event, Status, Task

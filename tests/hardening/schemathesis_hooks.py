@@ -34,7 +34,7 @@ REFERENTIAL_CODES = {
     "forbidden_address",  # webhook host resolving to a private / metadata address
     "null_characters_not_allowed",  # PostgreSQL text cannot hold NUL; JSON Schema patterns can't say it well
     "surrogate_characters_not_allowed",  # lone UTF-16 surrogates cannot be stored as UTF-8
-    # Names refuse Unicode categories Cc, Cf, Cs, Zl and Zp (config/validators.py, stated in
+    # Names refuse Unicode categories Cc, Cf, Cs, Zl and Zp (core/validators.py, stated in
     # each field's description): OpenAPI 3.0's ECMA-262 patterns have no \p{...} to say it.
     "invalid_character",
     "above_cap",  # a key's rate_limit above the operator's TASKFORGE_RATE_LIMIT_MAX (a setting)

@@ -347,7 +347,7 @@ def test_a_chunked_body_without_length_is_cut_at_the_limit() -> None:
     """No Content-Length (chunked): the middleware cannot see the size; the parser stops."""
     import io
 
-    from config.parsers import JSONParser, PayloadTooLarge
+    from core.parsers import JSONParser, PayloadTooLarge
 
     with override_settings(TASKFORGE_MAX_BODY_BYTES=1024):
         stream = io.BytesIO(b'{"name": "' + b"x" * 10_000 + b'"}')

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from accounts.models import ApiKey, Project
-from config.validators import first_refused_character, validate_label_text, validate_name
+from core.validators import first_refused_character, validate_label_text, validate_name
 from tasks.models import Task
 from templates_app.models import Template
 from tests.tasks.conftest import error_fields, problem_of

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Role
-from config.errors import Conflict
+from core.errors import Conflict
 from tasks import services
 from tasks.models import Event, EventType, Status, Task
 from tests.factories import TaskFactory, UserFactory

@@ -14,7 +14,7 @@ from django.db import OperationalError, close_old_connections, connection
 from django.utils import timezone
 
 from accounts.models import Role
-from config.errors import Conflict
+from core.errors import Conflict
 from tasks import services
 from tasks.models import Event, EventType, Status, Task
 from tests.factories import TaskFactory, UserFactory

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.utils import timezone
 
-from config.errors import Conflict
+from core.errors import Conflict
 from tasks import services
 from tasks.models import TRANSITIONS, Event, EventType, Status, Task
 from tests.factories import TaskFactory

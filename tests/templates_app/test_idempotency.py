@@ -1,4 +1,4 @@
-"""Idempotency-Key on the creating POSTs (config/idempotency.py)."""
+"""Idempotency-Key on the creating POSTs (accounts/idempotency.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts import idempotency
 from accounts.models import IdempotencyKey, IdempotencyState
-from config import idempotency
 from executions.models import Execution
 from tasks.models import Note, Task
 from tests.tasks.conftest import problem_of

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from config.validators import first_refused_character
+from core.validators import first_refused_character
 from executions.api.serializers import ExecutionDetailSerializer
 from executions.models import Execution, ExecutionStatus
 from templates_app import services
@@ -83,7 +83,7 @@ def test_hostile_values_are_printed_literally(
     user, project, inline_worker, marker, pattern, script_type, script
 ):
     value = pattern.format(marker=marker)
-    # A value with a line break cannot be part of a task name (config/validators.py; refused
+    # A value with a line break cannot be part of a task name (core/validators.py; refused
     # in tests/hardening/test_names.py): such values go to the script only.
     nameable = first_refused_character(value) is None
     template = hostile_template(user, project, script_type, script, name_pattern=None if nameable else "Echo")

@@ -16,8 +16,8 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.serializers import StrictSerializer, UserRefSerializer, user_ref
-from config.validators import validate_label_text
+from core.serializers import StrictSerializer, UserRefSerializer, user_ref
+from core.validators import validate_label_text
 from webhooks.models import (
     ALL_EVENTS,
     DESCRIPTION_MAX,

@@ -22,9 +22,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api.base import TaskforgeViewSet
 from accounts.models import Membership, Role
-from config.api import TaskforgeViewSet
-from config.openapi import ProblemSerializer
+from core.openapi import ProblemSerializer
 from tasks.selectors import project_for_new_task
 from webhooks import services
 from webhooks.api.serializers import (

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from config.idempotency import prune
+from accounts.idempotency import prune
 
 
 class Command(BaseCommand):

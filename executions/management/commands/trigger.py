@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
-from config.errors import Conflict
+from core.errors import Conflict
 from executions import services
 from executions.models import Execution, OutputChunk, Trigger
 from tasks.models import Task

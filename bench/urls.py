@@ -1,11 +1,11 @@
-"""The production URL conf plus the benchmark's baseline view (``config.bench_settings`` only).
+"""The production URL conf plus the benchmark's baseline view (``bench.settings`` only).
 
 The bare view is mounted here and nowhere else, so it is unreachable in production.
 """
 
 from django.urls import path
 
-from config.bench.views import bare_task_list
+from bench.views import bare_task_list
 from config.urls import handler400, handler403, handler404, handler500
 from config.urls import urlpatterns as product_urlpatterns
 

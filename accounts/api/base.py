@@ -22,8 +22,8 @@ from rest_framework.views import APIView
 from accounts.models import ApiKey, Project, Role
 from accounts.permissions import HasProjectRole, HasScope, require_role
 from accounts.scopes import SCOPE_OBJECTS, ScopeObject
-from config.filters import list_parameters, refuse_repeated
-from config.ratelimit import enforce_rate_limit, rate_limit_headers
+from core.filters import list_parameters, refuse_repeated
+from core.ratelimit import enforce_rate_limit, rate_limit_headers
 
 SEALED = ("get_queryset", "get_object", "get_permissions", "perform_authentication")
 

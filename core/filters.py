@@ -59,7 +59,7 @@ class CommaChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter
 
     def __init__(self, *args: Any, enum_component: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # drf-spectacular documents a CSV filter as an array of this (config.openapi makes it
+        # drf-spectacular documents a CSV filter as an array of this (core.openapi makes it
         # explode: true, the repeated spelling generated clients send). Naming the enum's
         # component (TaskStatusEnum) gives clients the same type as the objects' own status.
         item: dict[str, Any] = {"type": "string", "enum": [str(v) for v, _ in kwargs.get("choices", ())]}

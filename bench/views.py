@@ -1,5 +1,5 @@
 """The throughput baseline: the task list's query in a bare Django view (no DRF, no auth,
-no rate limit, no serializer). Mounted only by ``config.bench_urls``.
+no rate limit, no serializer). Mounted only by ``bench.urls``.
 """
 
 from __future__ import annotations

@@ -5,4 +5,4 @@ only ``manage.py benchmark`` passes this module to the processes it starts.
 
 from config.settings import *  # noqa: F403
 
-ROOT_URLCONF = "config.bench_urls"
+ROOT_URLCONF = "bench.urls"

@@ -44,7 +44,7 @@ from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.models import ApiKey, IdempotencyKey, IdempotencyState
-from config.errors import Conflict
+from core.errors import Conflict
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -66,7 +66,7 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
 
 
 def idempotency_responses() -> dict[int, OpenApiResponse]:
-    from config.openapi import ProblemSerializer
+    from core.openapi import ProblemSerializer
 
     return {
         409: OpenApiResponse(

@@ -1,7 +1,7 @@
 """The real stack the benchmark measures: its own database, gunicorn with the production
 configuration on loopback, ``runworker`` processes, and (for the baseline) a Celery worker.
 
-Every process gets the configured settings (``config.bench_settings``: production settings plus
+Every process gets the configured settings (``bench.settings``: production settings plus
 the baseline view), the benchmark database and the configured Redis; nothing runs in DEBUG.
 """
 
@@ -25,8 +25,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, connections
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SETTINGS_MODULE = "config.bench_settings"
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_MODULE = "bench.settings"
 
 
 class BenchmarkError(RuntimeError):
@@ -240,7 +240,7 @@ class Stack:
                 "-m",
                 "celery",
                 "-A",
-                "config.bench.celery_app",
+                "bench.celery_app",
                 "worker",
                 "-Q",
                 queue,

@@ -20,9 +20,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from config.bench.report import Report, machine, print_table
-from config.bench.scenarios import QUICK, RUNNERS, SCENARIOS, Bench, Sizes
-from config.bench.stack import BenchDatabase, BenchmarkError, Stack
+from bench.report import Report, machine, print_table
+from bench.scenarios import QUICK, RUNNERS, SCENARIOS, Bench, Sizes
+from bench.stack import BenchDatabase, BenchmarkError, Stack
 
 # Size options: --<name> overrides Sizes.<name>.
 SIZE_HELP = {

@@ -1,7 +1,7 @@
 """Live-log streams against the real stack: print → SSE latency, and the API beside many streams.
 
-    DATABASE_URL=postgres://… REDIS_URL=redis://… DEBUG=1 python -m config.bench.streams latency
-    … python -m config.bench.streams starve --principals 50 --per-principal 4
+    DATABASE_URL=postgres://… REDIS_URL=redis://… DEBUG=1 python -m bench.streams latency
+    … python -m bench.streams starve --principals 50 --per-principal 4
 
 ``latency``: a Python script prints ``time.time()`` every 0.1-0.3 s (80 lines); a client reads
 the execution's log as Server-Sent Events and notes, for every line, the time it arrived minus
@@ -36,8 +36,8 @@ django.setup()
 
 import httpx  # noqa: E402
 
-from config.bench.seed import Account, seed_accounts  # noqa: E402
-from config.bench.stack import BenchDatabase, Stack  # noqa: E402
+from bench.seed import Account, seed_accounts  # noqa: E402
+from bench.stack import BenchDatabase, Stack  # noqa: E402
 
 LATENCY_SCRIPT = """\
 import random, time

@@ -21,10 +21,10 @@ from django.db.models import Count, Min, OuterRef, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
-from config.bench.load import Client, LoadResult, percentile, run_load
-from config.bench.report import Figure, Report
-from config.bench.seed import Account, seed_accounts, seed_tasks, settle
-from config.bench.stack import BenchmarkError, Stack
+from bench.load import Client, LoadResult, percentile, run_load
+from bench.report import Figure, Report
+from bench.seed import Account, seed_accounts, seed_tasks, settle
+from bench.stack import BenchmarkError, Stack
 
 SCENARIOS = ("list", "throughput", "latency", "executions", "claims", "memory")
 
@@ -514,7 +514,7 @@ def _celery_rate(bench: Bench, argv: list[str], label: str) -> float | None:
     import os
 
     os.environ["TASKFORGE_BENCH_CELERY_BROKER"] = bench.celery_broker
-    from config.bench.celery_app import app, run
+    from bench.celery_app import app, run
 
     app.conf.broker_url = app.conf.result_backend = bench.celery_broker
     s = bench.sizes

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from config.middleware import get_request_id
+from core.request_id import get_request_id
 
 logger = logging.getLogger("taskforge.errors")
 

@@ -11,7 +11,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import get_doc
 from rest_framework import serializers, viewsets
 
-from config.validators import validate_label_text, validate_name
+from core.validators import validate_label_text, validate_name
 
 # Ids in paths: any UUID spelling (upper case, no dashes) is accepted; documented as a UUID.
 UUID_LOOKUP_REGEX = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
@@ -83,7 +83,7 @@ ERROR_DESCRIPTIONS = {
 class ProblemAutoSchema(AutoSchema):
     """Adds the problem responses every API operation can give, unless declared.
 
-    Every 4xx/5xx is served as ``application/problem+json`` (config.errors), including the
+    Every 4xx/5xx is served as ``application/problem+json`` (core.errors), including the
     ones a view declares itself (409 conflicts): their content type is rewritten to match.
     """
 
@@ -205,7 +205,7 @@ SUMMARIES = {
 
 class ArrayParametersRepeated(DjangoFilterExtension):
     """List filters as ``style: form, explode: true`` arrays (``status=a&status=b``), the
-    spelling generated clients send; the API takes the comma spelling too (config.filters)."""
+    spelling generated clients send; the API takes the comma spelling too (core.filters)."""
 
     priority = 1
 

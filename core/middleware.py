@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextvars
 import io
-import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,19 +14,11 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+from core.errors import problem_response
+from core.request_id import set_request_id
+
 # Echo a client's id only when it is short and harmless in logs and headers.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def get_request_id() -> str | None:
-    return _request_id.get()
-
-
-class RequestIDLogFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _request_id.get() or "-"
-        return True
 
 
 class _DualMiddleware:
@@ -69,7 +59,7 @@ class RequestIDMiddleware(_DualMiddleware):
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         request.request_id = request_id  # type: ignore[attr-defined]
-        _request_id.set(request_id)
+        set_request_id(request_id)
         return None
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -140,8 +130,6 @@ class BodySizeLimitMiddleware(_DualMiddleware):
 
     @staticmethod
     def _too_large(request: HttpRequest, length: int | None, limit: int) -> HttpResponse:
-        from config.errors import problem_response
-
         said = f"is {length} bytes" if length is not None else f"is over {limit} bytes"
         return problem_response(
             request, 413, f"The request body {said}; the limit is {limit} bytes.", max_bytes=limit
@@ -149,8 +137,6 @@ class BodySizeLimitMiddleware(_DualMiddleware):
 
     @staticmethod
     def _length_required(request: HttpRequest) -> HttpResponse:
-        from config.errors import problem_response
-
         return problem_response(
             request,
             411,
