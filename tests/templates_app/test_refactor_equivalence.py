@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from templates_app import bash_taint
 from templates_app import parameters as p
 
 # The suite-wide cache fixture touches the database cache.
@@ -650,3 +651,95 @@ def test_each_declaration_rule(declaration, field, code):
 def test_a_default_is_not_checked_when_its_declaration_has_another_problem():
     errors = p.validate_spec([{"name": "a", "type": "integer", "max": 3, "default": 5, "bogus": 1}])
     assert [f for f, _c, _m in errors] == ["parameters[0].bogus"]
+
+
+# --- bash_taint: the arithmetic regions, one function per construct ------------------------------
+def old_arithmetic_regions(text: str) -> list[tuple[int, str, str]]:
+    """``(offset, region, construct)`` for each place bash evaluates as arithmetic."""
+    regions = []
+    for match in re.finditer(r"\$?\(\(", text):
+        end = bash_taint._matching(text, match.start() + (1 if text[match.start()] == "$" else 0), "(", ")")
+        regions.append((match.start(), text[match.start() : end], "arithmetic (( ))"))
+    for match in re.finditer(r"\$\[", text):
+        end = bash_taint._matching(text, match.start() + 1, "[", "]")
+        regions.append((match.start(), text[match.start() : end], "arithmetic $[ ]"))
+    for match in re.finditer(r"\[\[", text):
+        end = text.find("]]", match.end())
+        end = len(text) if end < 0 else end
+        region = text[match.start() : end]
+        if re.search(r"(?<![\w-])-(eq|ne|lt|le|gt|ge|v)\b", region):
+            regions.append((match.start(), region, "an arithmetic comparison in [[ ]]"))
+    for match in re.finditer(r"\$\{([#!]?)(" + bash_taint._NAME + r"|[0-9@*])", text):
+        end = bash_taint._matching(text, match.start() + 1, "{", "}")
+        rest = text[match.end() : end]
+        if rest.startswith(("[@]", "[*]")):  # every element: not a subscript expression
+            rest = rest[3:]
+        if match.group(1) == "!" or rest.startswith("[") or re.match(r":(?![-=?+])", rest):
+            regions.append(
+                (match.start(), match.group(1) + match.group(2) + rest, "a subscript, offset or ${!…}")
+            )
+    for match in re.finditer(r"(?<![\w$])" + bash_taint._NAME + r"\[", text):
+        end = bash_taint._matching(text, match.end() - 1, "[", "]")
+        if text[end : end + 1] == "=" or text[end : end + 2] == "+=":
+            regions.append((match.start(), text[match.end() : end - 1], "an array subscript"))
+    for match in re.finditer(r"(?:\(|\s)\[([^\]\n]*)\]\+?=", text):
+        regions.append((match.start(), match.group(1), "an array subscript"))
+    return regions
+
+
+TAINT_PIECES = [
+    "((",
+    "))",
+    "$((",
+    "$[",
+    "]",
+    "[",
+    "[[",
+    "]]",
+    " -gt ",
+    " -v ",
+    "-eq",
+    "${",
+    "${!",
+    "${#",
+    "}",
+    "[@]",
+    "[*]",
+    ":",
+    ":-",
+    "a",
+    "x",
+    "1",
+    "@",
+    "=",
+    "+=",
+    " ",
+    "\n",
+    "(",
+    ")",
+    "$",
+    "a[",
+    "let ",
+]
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.lists(st.sampled_from(TAINT_PIECES), max_size=30).map("".join))
+def test_arithmetic_regions_as_before(text):
+    assert bash_taint._arithmetic_regions(text) == old_arithmetic_regions(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "construct"),
+    [
+        ("(( x ))", "arithmetic (( ))"),
+        ("$[ x ]", "arithmetic $[ ]"),
+        ("[[ $x -gt 1 ]]", "an arithmetic comparison in [[ ]]"),
+        ("${a[x]} ${!x} ${x:1}", "a subscript, offset or ${!…}"),
+        ("a[x]=1", "an array subscript"),
+        ("a=([x]=1)", "an array subscript"),
+    ],
+)
+def test_each_arithmetic_construct(text, construct):
+    assert construct in [c for _o, _r, c in bash_taint._arithmetic_regions(text)]
+    assert bash_taint._arithmetic_regions("[[ $x == 1 ]] ${a[@]} ${x:-1} a[x]") == []
