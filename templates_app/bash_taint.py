@@ -215,19 +215,48 @@ def _propagate(text: str, seeds: Mapping[str, frozenset[str]], commands: list, f
 
 def _arithmetic_regions(text: str) -> list[tuple[int, str, str]]:
     """``(offset, region, construct)`` for each place bash evaluates as arithmetic."""
+    return [
+        *_double_paren_regions(text),
+        *_dollar_bracket_regions(text),
+        *_test_comparison_regions(text),
+        *_expansion_regions(text),
+        *_subscript_regions(text),
+    ]
+
+
+def _double_paren_regions(text: str) -> list[tuple[int, str, str]]:
+    """``(( ))`` and ``$(( ))``."""
     regions = []
     for match in re.finditer(r"\$?\(\(", text):
         end = _matching(text, match.start() + (1 if text[match.start()] == "$" else 0), "(", ")")
         regions.append((match.start(), text[match.start() : end], "arithmetic (( ))"))
+    return regions
+
+
+def _dollar_bracket_regions(text: str) -> list[tuple[int, str, str]]:
+    """The old ``$[ ]`` arithmetic."""
+    regions = []
     for match in re.finditer(r"\$\[", text):
         end = _matching(text, match.start() + 1, "[", "]")
         regions.append((match.start(), text[match.start() : end], "arithmetic $[ ]"))
+    return regions
+
+
+def _test_comparison_regions(text: str) -> list[tuple[int, str, str]]:
+    """``[[ … ]]`` with an arithmetic operator (``-eq`` … ``-ge``) or ``-v``."""
+    regions = []
     for match in re.finditer(r"\[\[", text):
         end = text.find("]]", match.end())
         end = len(text) if end < 0 else end
         region = text[match.start() : end]
         if re.search(r"(?<![\w-])-(eq|ne|lt|le|gt|ge|v)\b", region):
             regions.append((match.start(), region, "an arithmetic comparison in [[ ]]"))
+    return regions
+
+
+def _expansion_regions(text: str) -> list[tuple[int, str, str]]:
+    """``${v[…]}``, ``${v:offset:length}`` and ``${!v}``."""
+    regions = []
     for match in re.finditer(r"\$\{([#!]?)(" + _NAME + r"|[0-9@*])", text):
         end = _matching(text, match.start() + 1, "{", "}")
         rest = text[match.end() : end]
@@ -237,6 +266,12 @@ def _arithmetic_regions(text: str) -> list[tuple[int, str, str]]:
             regions.append(
                 (match.start(), match.group(1) + match.group(2) + rest, "a subscript, offset or ${!…}")
             )
+    return regions
+
+
+def _subscript_regions(text: str) -> list[tuple[int, str, str]]:
+    """Subscripts of assignments: ``a[…]=`` and ``([…]=…)`` in a compound assignment."""
+    regions = []
     for match in re.finditer(r"(?<![\w$])" + _NAME + r"\[", text):
         end = _matching(text, match.end() - 1, "[", "]")
         if text[end : end + 1] == "=" or text[end : end + 2] == "+=":

@@ -123,94 +123,153 @@ def validate_spec(spec: list[Mapping[str, Any]]) -> Errors:
     errors: Errors = []
     if len(spec) > PARAMETERS_MAX:
         errors.append(("parameters", "max_items", f"At most {PARAMETERS_MAX} parameters."))
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # upper-cased name -> index
     for index, raw in enumerate(spec):
         at = f"parameters[{index}]"
-
-        def err(key: str, code: str, message: str, at: str = at) -> None:
+        for key, code, message in _declaration_errors(raw, index, seen):
             errors.append((f"{at}.{key}" if key else at, code, message))
-
-        if not isinstance(raw, Mapping):
-            err("", "invalid", "Each parameter is an object.")
-            continue
-        unknown = sorted(set(raw) - set(KNOWN_KEYS))
-        if unknown:
-            err(unknown[0], "unknown_key", f"Unknown key {unknown[0]!r}; allowed: {', '.join(KNOWN_KEYS)}.")
-        item = normalize_spec([raw])[0]
-        name, type_ = item["name"], item["type"]
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            err("name", "invalid_name", "A name is 1-64 of A-Z a-z 0-9 _, not starting with a digit.")
-        else:
-            folded = name.upper()
-            if folded in seen:
-                err("name", "duplicate", f"{name!r} is declared twice (names are compared ignoring case).")
-            seen[folded] = index
-        if type_ not in TYPES:
-            err("type", "invalid_choice", f"Unknown type {type_!r}; one of {', '.join(TYPES)}.")
-            continue
-        for key in ("required", "secret"):
-            if key in raw and not isinstance(raw[key], bool):
-                err(key, "invalid", "Must be true or false.")
-        if not isinstance(item["description"], str) or len(item["description"]) > DESCRIPTION_MAX:
-            err("description", "invalid", f"A string of at most {DESCRIPTION_MAX} characters.")
-        # Rules that only make sense for some types.
-        choices = item["choices"]
-        if type_ == "choice":
-            if not choices:
-                err("choices", "required", "A choice parameter needs a non-empty list of choices.")
-            elif len(choices) > CHOICES_MAX:
-                err("choices", "max_items", f"At most {CHOICES_MAX} choices.")
-            elif not all(isinstance(c, str) and c for c in choices):
-                err("choices", "invalid", "Choices are non-empty strings.")
-            elif len(set(choices)) != len(choices):
-                err("choices", "duplicate", "Choices must be distinct.")
-        elif choices is not None:
-            err("choices", "not_allowed", "Only choice parameters have choices.")
-        for key in ("min", "max"):
-            bound = item[key]
-            if bound is None:
-                continue
-            if type_ not in ("integer", "number"):
-                err(key, "not_allowed", f"{key} applies to integer and number parameters only.")
-            elif not (_is_int(bound) if type_ == "integer" else _is_number(bound)):
-                err(key, "invalid", f"Must be {'an integer' if type_ == 'integer' else 'a number'}.")
-        if _is_number(item["min"]) and _is_number(item["max"]) and item["min"] > item["max"]:
-            err("min", "invalid", "min is greater than max.")
-        for key in ("min_length", "max_length"):
-            bound = item[key]
-            if bound is None:
-                continue
-            if type_ != "string":
-                err(key, "not_allowed", f"{key} applies to string parameters only.")
-            elif not _is_int(bound) or not 0 <= bound <= VALUE_MAX_CHARS:
-                err(key, "invalid", f"Must be an integer from 0 to {VALUE_MAX_CHARS}.")
-        if (
-            _is_int(item["min_length"])
-            and _is_int(item["max_length"])
-            and item["min_length"] > item["max_length"]
-        ):
-            err("min_length", "invalid", "min_length is greater than max_length.")
-        pattern = item["pattern"]
-        if pattern:
-            if type_ != "string":
-                err("pattern", "not_allowed", "pattern applies to string parameters only.")
-            elif not isinstance(pattern, str) or len(pattern) > PATTERN_MAX:
-                err("pattern", "invalid", f"A regular expression of at most {PATTERN_MAX} characters.")
-            else:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    err("pattern", "invalid_pattern", f"Not a valid regular expression: {exc}.")
-        default = item["default"]
-        if default is not None:
-            if item["secret"]:
-                # A default would be stored on the template and shown by the API and the admin.
-                err("default", "not_allowed", "A secret parameter cannot have a default.")
-            elif not any(e[0].startswith(at) for e in errors):
-                problem = check_value(item, default)
-                if problem is not None:
-                    err("default", problem[0], f"The default breaks its own rules: {problem[1]}")
     return errors
+
+
+def _declaration_errors(raw: Any, index: int, seen: dict[str, int]) -> Errors:
+    """Problems with one declaration, as ``(key, code, message)`` (key "" for the whole one).
+
+    The steps run in a fixed order (the order of the messages); an unknown type stops after
+    the name, and the default is checked against its own rules only when all else is right.
+    """
+    if not isinstance(raw, Mapping):
+        return [("", "invalid", "Each parameter is an object.")]
+    item = normalize_spec([raw])[0]
+    errors = _unknown_key_errors(raw) + _name_errors(item["name"], index, seen)
+    if item["type"] not in TYPES:
+        return [
+            *errors,
+            ("type", "invalid_choice", f"Unknown type {item['type']!r}; one of {', '.join(TYPES)}."),
+        ]
+    for step in (_flag_errors, _description_errors):
+        errors += step(raw)
+    for rule in (_choices_errors, _bound_errors, _length_errors, _pattern_errors):
+        errors += rule(item)
+    return errors + _default_errors(item, checkable=not errors)
+
+
+def _unknown_key_errors(raw: Mapping[str, Any]) -> Errors:
+    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+    if not unknown:
+        return []
+    return [(unknown[0], "unknown_key", f"Unknown key {unknown[0]!r}; allowed: {', '.join(KNOWN_KEYS)}.")]
+
+
+def _name_errors(name: Any, index: int, seen: dict[str, int]) -> Errors:
+    """A valid name not used before (ignoring case); records it in ``seen``."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return [("name", "invalid_name", "A name is 1-64 of A-Z a-z 0-9 _, not starting with a digit.")]
+    folded = name.upper()
+    duplicate = folded in seen
+    seen[folded] = index
+    if duplicate:
+        return [("name", "duplicate", f"{name!r} is declared twice (names are compared ignoring case).")]
+    return []
+
+
+def _flag_errors(raw: Mapping[str, Any]) -> Errors:
+    return [
+        (key, "invalid", "Must be true or false.")
+        for key in ("required", "secret")
+        if key in raw and not isinstance(raw[key], bool)
+    ]
+
+
+def _description_errors(raw: Mapping[str, Any]) -> Errors:
+    description = raw.get("description") or ""
+    if not isinstance(description, str) or len(description) > DESCRIPTION_MAX:
+        return [("description", "invalid", f"A string of at most {DESCRIPTION_MAX} characters.")]
+    return []
+
+
+def _choices_errors(item: Mapping[str, Any]) -> Errors:
+    """A choice parameter has distinct non-empty string choices; no other type has choices."""
+    choices = item["choices"]
+    if item["type"] != "choice":
+        if choices is not None:
+            return [("choices", "not_allowed", "Only choice parameters have choices.")]
+        return []
+    if not choices:
+        return [("choices", "required", "A choice parameter needs a non-empty list of choices.")]
+    if len(choices) > CHOICES_MAX:
+        return [("choices", "max_items", f"At most {CHOICES_MAX} choices.")]
+    if not all(isinstance(c, str) and c for c in choices):
+        return [("choices", "invalid", "Choices are non-empty strings.")]
+    if len(set(choices)) != len(choices):
+        return [("choices", "duplicate", "Choices must be distinct.")]
+    return []
+
+
+def _bound_errors(item: Mapping[str, Any]) -> Errors:
+    """``min`` and ``max``: integer and number parameters only, of their type, in order."""
+    type_ = item["type"]
+    errors: Errors = []
+    for key in ("min", "max"):
+        bound = item[key]
+        if bound is None:
+            continue
+        if type_ not in ("integer", "number"):
+            errors.append((key, "not_allowed", f"{key} applies to integer and number parameters only."))
+        elif not (_is_int(bound) if type_ == "integer" else _is_number(bound)):
+            errors.append((key, "invalid", f"Must be {'an integer' if type_ == 'integer' else 'a number'}."))
+    if _is_number(item["min"]) and _is_number(item["max"]) and item["min"] > item["max"]:
+        errors.append(("min", "invalid", "min is greater than max."))
+    return errors
+
+
+def _length_errors(item: Mapping[str, Any]) -> Errors:
+    """``min_length`` and ``max_length``: string parameters only, 0 to VALUE_MAX_CHARS, in order."""
+    errors: Errors = []
+    for key in ("min_length", "max_length"):
+        bound = item[key]
+        if bound is None:
+            continue
+        if item["type"] != "string":
+            errors.append((key, "not_allowed", f"{key} applies to string parameters only."))
+        elif not _is_int(bound) or not 0 <= bound <= VALUE_MAX_CHARS:
+            errors.append((key, "invalid", f"Must be an integer from 0 to {VALUE_MAX_CHARS}."))
+    low, high = item["min_length"], item["max_length"]
+    if _is_int(low) and _is_int(high) and low > high:
+        errors.append(("min_length", "invalid", "min_length is greater than max_length."))
+    return errors
+
+
+def _pattern_errors(item: Mapping[str, Any]) -> Errors:
+    """``pattern``: string parameters only, a regular expression Python compiles."""
+    pattern = item["pattern"]
+    if not pattern:
+        return []
+    if item["type"] != "string":
+        return [("pattern", "not_allowed", "pattern applies to string parameters only.")]
+    if not isinstance(pattern, str) or len(pattern) > PATTERN_MAX:
+        return [("pattern", "invalid", f"A regular expression of at most {PATTERN_MAX} characters.")]
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return [("pattern", "invalid_pattern", f"Not a valid regular expression: {exc}.")]
+    return []
+
+
+def _default_errors(item: Mapping[str, Any], *, checkable: bool) -> Errors:
+    """No default for a secret; otherwise, when the declaration is ``checkable`` (no other
+    problem), the default obeys the declaration's own rules."""
+    default = item["default"]
+    if default is None:
+        return []
+    if item["secret"]:
+        # A default would be stored on the template and shown by the API and the admin.
+        return [("default", "not_allowed", "A secret parameter cannot have a default.")]
+    if not checkable:
+        return []
+    problem = check_value(item, default)
+    if problem is None:
+        return []
+    return [("default", problem[0], f"The default breaks its own rules: {problem[1]}")]
 
 
 # --- Values ---------------------------------------------------------------------------------------
@@ -221,31 +280,42 @@ def check_value(item: Mapping[str, Any], value: Any) -> tuple[str, str] | None:
     """
     type_ = item["type"]
     if type_ in TEXT_TYPES:
-        if not isinstance(value, str):
-            return "invalid_type", f"Must be a string, got {_type_label(value)}."
-        if "\x00" in value:
-            return "invalid", "Must not contain NUL characters."
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "invalid", "Must be valid Unicode (no lone surrogates)."
-        if len(value) > VALUE_MAX_CHARS:
-            return "max_length", f"At most {VALUE_MAX_CHARS} characters."
-        if type_ == "choice":
-            if value not in item["choices"]:
-                return "invalid_choice", f"Not one of the choices: {', '.join(item['choices'])}."
-            return None
-        if item.get("min_length") is not None and len(value) < item["min_length"]:
-            return "min_length", f"At least {item['min_length']} characters (got {len(value)})."
-        if item.get("max_length") is not None and len(value) > item["max_length"]:
-            return "max_length", f"At most {item['max_length']} characters (got {len(value)})."
-        if item.get("pattern") and not re.fullmatch(item["pattern"], value):
-            return "pattern_mismatch", f"Does not match the pattern {item['pattern']}."
-        return None
+        return _check_text(item, value)
     if type_ == "boolean":
         if not isinstance(value, bool):
             return "invalid_type", f"Must be a boolean (JSON true or false), got {_type_label(value)}."
         return None
+    return _check_numeric(item, value)
+
+
+def _check_text(item: Mapping[str, Any], value: Any) -> tuple[str, str] | None:
+    """A string or choice value: a string bash and Python can carry, then the type's rules."""
+    if not isinstance(value, str):
+        return "invalid_type", f"Must be a string, got {_type_label(value)}."
+    if "\x00" in value:
+        return "invalid", "Must not contain NUL characters."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid", "Must be valid Unicode (no lone surrogates)."
+    if len(value) > VALUE_MAX_CHARS:
+        return "max_length", f"At most {VALUE_MAX_CHARS} characters."
+    if item["type"] == "choice":
+        if value not in item["choices"]:
+            return "invalid_choice", f"Not one of the choices: {', '.join(item['choices'])}."
+        return None
+    if item.get("min_length") is not None and len(value) < item["min_length"]:
+        return "min_length", f"At least {item['min_length']} characters (got {len(value)})."
+    if item.get("max_length") is not None and len(value) > item["max_length"]:
+        return "max_length", f"At most {item['max_length']} characters (got {len(value)})."
+    if item.get("pattern") and not re.fullmatch(item["pattern"], value):
+        return "pattern_mismatch", f"Does not match the pattern {item['pattern']}."
+    return None
+
+
+def _check_numeric(item: Mapping[str, Any], value: Any) -> tuple[str, str] | None:
+    """An integer or number value: its type (a boolean is neither), then ``min`` and ``max``."""
+    type_ = item["type"]
     if type_ == "integer" and not _is_int(value):
         return "invalid_type", f"Must be an integer, got {_type_label(value)}."
     if type_ == "number" and not _is_number(value):
@@ -492,6 +562,245 @@ def render_script(
 
 # --- bash: a conservative scanner of quoting contexts ---------------------------------------------
 _BASH_METACHARS = set(" \t\n;&|()<>")
+# What a placeholder standing in each scanner state is inside ("code": where a shell word may).
+_BASH_PLACEHOLDER_CONTEXTS = {
+    "top": "code",
+    "cmd": "code",
+    "dq": "a double-quoted string",
+    "brace": "a ${…} expansion",
+    "arith": "an arithmetic expression",
+}
+_HEREDOC_RE = re.compile(r"<<(-?)[ \t]*(['\"]?)([A-Za-z0-9_.-]+)\2")
+
+
+@dataclass
+class _BashFrame:
+    """One nesting level: "top", "cmd" (``$(…)``), "dq", "brace" (``${…}``) or "arith"."""
+
+    state: str
+    depth: int = 0  # open parentheses within a cmd, top or arith level
+
+
+class _BashScanner:
+    """One scan of a bash script: a stack of frames and one step function per state.
+
+    Each step reads the character at ``i`` and moves ``i`` on. ``lost`` is set where the
+    scanner cannot be sure how bash reads the rest; every later placeholder is then refused.
+    """
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.n = len(script)
+        self.spans = {m.start(): m.end() for m in PLACEHOLDER_RE.finditer(script)}
+        self.found: dict[int, str] = {}
+        self.stack = [_BashFrame("top")]
+        self.heredocs: list[tuple[str, bool]] = []  # pending (delimiter, strip_tabs)
+        self.lost = ""
+        self.i = 0
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def scan(self) -> dict[int, str]:
+        steps = {
+            "top": self._code,
+            "cmd": self._code,
+            "dq": self._double_quoted,
+            "brace": self._brace,
+            "arith": self._arithmetic,
+        }
+        while self.i < self.n and not self.lost:
+            if self.i in self.spans:
+                self._placeholder()
+            else:
+                steps[self.stack[-1].state](self.script[self.i])
+        if self.lost:
+            self._mark_range(self.i, self.n, f"a part of the script the checker cannot follow ({self.lost})")
+        return self.found
+
+    def _placeholder(self) -> None:
+        """A placeholder where the scan stands: record the context and step over it."""
+        if self.i and self.script[self.i - 1] == "$":
+            context = "a position right after $"
+        else:
+            context = _BASH_PLACEHOLDER_CONTEXTS[self.stack[-1].state]
+        self.found[self.i] = context
+        self.i = self.spans[self.i]
+
+    # --- small moves ------------------------------------------------------------------------------
+    def _mark_range(self, first: int, stop: int, context: str) -> None:
+        for pos in self.spans:
+            if first <= pos < stop:
+                self.found[pos] = context
+
+    def _lose(self, reason: str) -> None:
+        self.lost = f"{reason} on line {_line_of(self.script, self.i)}"
+
+    def _push(self, state: str, width: int) -> None:
+        self.stack.append(_BashFrame(state))
+        self.i += width
+
+    def _pop(self) -> None:
+        self.stack.pop()
+
+    def _after_metachar(self) -> bool:
+        return self.i == 0 or self.script[self.i - 1] in _BASH_METACHARS
+
+    def _expansion(self) -> bool:
+        """Enter ``$((``, ``$(`` or ``${`` at ``i`` (not ``${{ placeholder }}``); False if none."""
+        ahead = self.script[self.i + 1 : self.i + 3]
+        if ahead == "((":
+            self._push("arith", 3)
+        elif ahead.startswith("("):
+            self._push("cmd", 2)
+        elif ahead.startswith("{") and self.i + 1 not in self.spans:
+            self._push("brace", 2)
+        else:
+            return False
+        return True
+
+    # --- code: the top level and $(…) --------------------------------------------------------------
+    def _code(self, c: str) -> None:
+        step = {
+            "\\": self._escape,
+            "'": self._single_quote,
+            '"': self._open_double_quote,
+            "`": self._backticks,
+            "#": self._comment,
+            "$": self._dollar,
+            "(": self._open_paren,
+            ")": self._close_paren,
+            "<": self._redirect,
+            "\n": self._newline,
+            "c": self._word_c,
+        }.get(c)
+        if step is None:
+            self.i += 1
+        else:
+            step()
+
+    def _escape(self) -> None:
+        self.i += 2  # the escaped character (a placeholder there is never marked: refused)
+
+    def _single_quote(self) -> None:
+        end = self.script.find("'", self.i + 1)
+        if end < 0:
+            self.lost = "an unterminated single quote"
+            return
+        self._mark_range(self.i + 1, end, "a single-quoted string")
+        self.i = end + 1
+
+    def _open_double_quote(self) -> None:
+        self._push("dq", 1)
+
+    def _backticks(self) -> None:
+        self._lose("backticks")
+
+    def _comment(self) -> None:
+        if not self._after_metachar():  # a # inside a word (a#b) is a letter
+            self.i += 1
+            return
+        end = self.script.find("\n", self.i)
+        end = self.n if end < 0 else end
+        self._mark_range(self.i + 1, end, "a comment")
+        self.i = end
+
+    def _dollar(self) -> None:
+        if self.script[self.i + 1 : self.i + 2] in ("'", '"'):
+            self._lose("$-quoting")
+        elif not self._expansion():
+            self.i += 1
+
+    def _open_paren(self) -> None:
+        if self.script[self.i + 1 : self.i + 2] == "(" and self._after_metachar():
+            self._push("arith", 2)
+            return
+        self.stack[-1].depth += 1
+        self.i += 1
+
+    def _close_paren(self) -> None:
+        frame = self.stack[-1]
+        if frame.depth > 0:
+            frame.depth -= 1
+        elif frame.state == "cmd":
+            self._pop()
+        self.i += 1
+
+    def _redirect(self) -> None:
+        if self.script[self.i : self.i + 2] != "<<" or self.script[self.i : self.i + 3] == "<<<":
+            self.i += 1
+            return
+        match = _HEREDOC_RE.match(self.script, self.i)
+        if not match:
+            self._lose("a here-document")
+            return
+        self.heredocs.append((match.group(3), match.group(1) == "-"))
+        self.i = match.end()
+
+    def _newline(self) -> None:
+        self.i += 1
+        while self.heredocs:
+            self._heredoc_body(*self.heredocs.pop(0))
+
+    def _heredoc_body(self, delimiter: str, strip_tabs: bool) -> None:
+        """Skip one here-document body and its delimiter line; placeholders in it are data."""
+        start = self.i
+        while self.i < self.n:
+            end = self.script.find("\n", self.i)
+            end = self.n if end < 0 else end
+            line = self.script[self.i : end]
+            if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                break
+            self.i = end + 1
+        self._mark_range(start, self.i, "a here-document")
+        end = self.script.find("\n", self.i)
+        self.i = self.n if end < 0 else end + 1
+
+    def _word_c(self) -> None:
+        """``case`` inside ``$(…)``: its ``)`` patterns would close the substitution."""
+        if (
+            self.stack[-1].state == "cmd"
+            and self.script[self.i - 1] in _BASH_METACHARS
+            and re.match(r"case\b", self.script[self.i : self.i + 5])
+        ):
+            self._lose("case inside $(…)")
+        else:
+            self.i += 1
+
+    # --- "…" -------------------------------------------------------------------------------------
+    def _double_quoted(self, c: str) -> None:
+        if c == "\\":
+            self.i += 2
+        elif c == "`":
+            self._lose("backticks")
+        elif c == "$" and self._expansion():
+            pass
+        else:
+            if c == '"':
+                self._pop()
+            self.i += 1
+
+    # --- ${…} -------------------------------------------------------------------------------------
+    def _brace(self, c: str) -> None:
+        if c in "'\"`\\" or self.script[self.i : self.i + 2] == "$(":
+            self._lose("quoting inside ${…}")
+            return
+        if c == "}":
+            self._pop()
+        self.i += 1
+
+    # --- $((…)) and ((…)) -------------------------------------------------------------------------
+    def _arithmetic(self, c: str) -> None:
+        if c in "'\"`\\":
+            self._lose("quoting inside arithmetic")
+            return
+        frame = self.stack[-1]
+        if c == "(":
+            frame.depth += 1
+        elif c == ")" and frame.depth > 0:
+            frame.depth -= 1
+        elif c == ")" and self.script[self.i : self.i + 2] == "))":
+            self._pop()
+            self.i += 1
+        self.i += 1
 
 
 def _bash_contexts(script: str) -> dict[int, str]:
@@ -503,197 +812,7 @@ def _bash_contexts(script: str) -> dict[int, str]:
     be sure how bash reads the rest (``$'…'``, backticks, ``case`` inside ``$(…)``, quotes
     inside ``${…}``), every later placeholder is reported as unreadable: refusing is safe.
     """
-    spans = {m.start(): m.end() for m in PLACEHOLDER_RE.finditer(script)}
-    found: dict[int, str] = {}
-    # stack of contexts: "top", "cmd" ($(…)), "dq", "brace" (${…}), "arith"
-    stack: list[str] = ["top"]
-    depth: list[int] = [0]  # paren depth within each cmd/arith level
-    heredocs: list[tuple[str, bool]] = []  # pending (delimiter, strip_tabs)
-    lost = ""
-    i, n = 0, len(script)
-
-    def mark(pos: int, context: str) -> int:
-        found[pos] = context
-        return spans[pos]
-
-    while i < n:
-        if i in spans:
-            if lost:
-                found[i] = f"a part of the script the checker cannot follow ({lost})"
-                i = spans[i]
-                continue
-            state = stack[-1]
-            previous = script[i - 1] if i else ""
-            if previous == "$":
-                i = mark(i, "a position right after $")
-                continue
-            if state in ("top", "cmd"):
-                i = mark(i, "code")
-            elif state == "dq":
-                i = mark(i, "a double-quoted string")
-            elif state == "brace":
-                i = mark(i, "a ${…} expansion")
-            else:
-                i = mark(i, "an arithmetic expression")
-            continue
-        c = script[i]
-        state = stack[-1]
-        if lost:
-            i += 1
-            continue
-        if state in ("top", "cmd"):
-            if c == "\\":
-                i += 2  # the escaped character (a placeholder there is never marked: refused)
-                continue
-            if c == "'":
-                end = script.find("'", i + 1)
-                if end < 0:
-                    lost = "an unterminated single quote"
-                    continue
-                for pos in spans:
-                    if i < pos < end:
-                        found[pos] = "a single-quoted string"
-                i = end + 1
-                continue
-            if c == '"':
-                stack.append("dq")
-                depth.append(0)
-                i += 1
-                continue
-            if c == "`":
-                lost = f"backticks on line {_line_of(script, i)}"
-                continue
-            if c == "#" and (i == 0 or script[i - 1] in _BASH_METACHARS):
-                end = script.find("\n", i)
-                end = n if end < 0 else end
-                for pos in spans:
-                    if i < pos < end:
-                        found[pos] = "a comment"
-                i = end
-                continue
-            if c == "$":
-                nxt = script[i + 1 : i + 3]
-                if nxt.startswith(("'", '"')):
-                    lost = f"$-quoting on line {_line_of(script, i)}"
-                    continue
-                if nxt == "((":
-                    stack.append("arith")
-                    depth.append(0)
-                    i += 3
-                    continue
-                if nxt.startswith("("):
-                    stack.append("cmd")
-                    depth.append(0)
-                    i += 2
-                    continue
-                if nxt.startswith("{") and i + 1 not in spans:
-                    stack.append("brace")
-                    depth.append(0)
-                    i += 2
-                    continue
-                i += 1
-                continue
-            if c == "(" and script[i + 1 : i + 2] == "(" and (i == 0 or script[i - 1] in _BASH_METACHARS):
-                stack.append("arith")
-                depth.append(0)
-                i += 2
-                continue
-            if c == "(":
-                depth[-1] += 1
-            elif c == ")":
-                if depth[-1] > 0:
-                    depth[-1] -= 1
-                elif state == "cmd":
-                    stack.pop()
-                    depth.pop()
-            elif c == "<" and script[i : i + 2] == "<<" and script[i : i + 3] != "<<<":
-                match = re.match(r"<<(-?)[ \t]*(['\"]?)([A-Za-z0-9_.-]+)\2", script[i:])
-                if not match:
-                    lost = f"a here-document on line {_line_of(script, i)}"
-                    continue
-                heredocs.append((match.group(3), match.group(1) == "-"))
-                i += match.end()
-                continue
-            elif c == "\n" and heredocs:
-                i += 1
-                while heredocs:
-                    delimiter, strip = heredocs.pop(0)
-                    start = i
-                    while i < n:
-                        end = script.find("\n", i)
-                        end = n if end < 0 else end
-                        line = script[i:end]
-                        if (line.lstrip("\t") if strip else line) == delimiter:
-                            break
-                        i = end + 1
-                    for pos in spans:
-                        if start <= pos < i:
-                            found[pos] = "a here-document"
-                    end = script.find("\n", i)
-                    i = n if end < 0 else end + 1
-                continue
-            elif (
-                c == "c"
-                and state == "cmd"
-                and script[i - 1] in _BASH_METACHARS
-                and re.match(r"case\b", script[i : i + 5])
-            ):
-                lost = f"case inside $(…) on line {_line_of(script, i)}"
-                continue
-            i += 1
-            continue
-        if state == "dq":
-            if c == "\\":
-                i += 2
-                continue
-            if c == '"':
-                stack.pop()
-                depth.pop()
-            elif c == "`":
-                lost = f"backticks on line {_line_of(script, i)}"
-                continue
-            elif c == "$" and script[i + 1 : i + 3] == "((":
-                stack.append("arith")
-                depth.append(0)
-                i += 3
-                continue
-            elif c == "$" and script[i + 1 : i + 2] == "(":
-                stack.append("cmd")
-                depth.append(0)
-                i += 2
-                continue
-            elif c == "$" and script[i + 1 : i + 2] == "{" and i + 1 not in spans:
-                stack.append("brace")
-                depth.append(0)
-                i += 2
-                continue
-            i += 1
-            continue
-        if state == "brace":
-            if c in "'\"`\\" or script[i : i + 2] == "$(":
-                lost = f"quoting inside ${{…}} on line {_line_of(script, i)}"
-                continue
-            if c == "}":
-                stack.pop()
-                depth.pop()
-            i += 1
-            continue
-        # arithmetic
-        if c in "'\"`\\":
-            lost = f"quoting inside arithmetic on line {_line_of(script, i)}"
-            continue
-        if c == "(":
-            depth[-1] += 1
-        elif c == ")":
-            if depth[-1] > 0:
-                depth[-1] -= 1
-            elif script[i : i + 2] == "))":
-                stack.pop()
-                depth.pop()
-                i += 2
-                continue
-        i += 1
-    return found
+    return _BashScanner(script).scan()
 
 
 # --- python: the tokenizer of the interpreter that runs the script decides ------------------------
