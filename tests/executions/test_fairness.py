@@ -120,13 +120,15 @@ def test_a_project_at_its_cap_waits_and_the_others_go_on():
 # --- races: real concurrent connections ---------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claimers_do_not_let_a_busy_project_starve_another():
-    """Forty high-priority runs of one project queued first, one low-priority run of another
-    queued last; four workers with one free slot each claim at once. The other project's
-    run is among the four claimed: the second claim to serve the busy project sees its first
-    run (its row lock makes the count exact) or finds it being served, and turns to the
-    other project."""
+    """A hundred high-priority runs of one project queued first, one low-priority run of
+    another queued last; four workers with one free slot each claim at once. The other
+    project's run is among the four claimed: the second claim to serve the busy project sees
+    its first run (its row lock makes the count exact) or finds it being served, and turns to
+    the other project. (Each claim locks up to 20 candidates SKIP LOCKED: with fewer queued
+    runs than 20 per concurrent claimer, a claim can find every candidate locked and come
+    back empty, to claim again at the next wake-up.)"""
     busy, other = _tenant("busy"), _tenant("other")
-    _queue(busy, 40, priority=10)
+    _queue(busy, 100, priority=10)
     late = _queue(other, 1, priority=0)[0]
     workers = [_worker() for _ in range(4)]
 
