@@ -623,7 +623,8 @@ def scenario_executions(bench: Bench) -> None:
 def check_no_double_claims(claimed: list[tuple[str, int]], task_ids: list[uuid.UUID]) -> dict[str, int]:
     """Fail loudly unless every task was claimed exactly once (client side and in the
     database: one ``task.claimed`` event per task, every task completed)."""
-    from tasks.models import Event, EventType, Status, Task
+    from events.models import Event, EventType
+    from tasks.models import Status, Task
 
     doubles = [tid for tid, n in Counter(tid for tid, _agent in claimed).items() if n > 1]
     if doubles:

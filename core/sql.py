@@ -128,3 +128,14 @@ def _converters_for(
 
 def _converters(model: type[models.Model], names: tuple[str, ...]) -> list[Callable[[Any], Any] | None]:
     return _converters_for(model, names, connection.vendor)
+
+
+def lock_skipping_locked(queryset: models.QuerySet) -> models.QuerySet:
+    """``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL).
+
+    SQLite has no row locks; there the IMMEDIATE transaction already holds the write lock, so
+    the pick and the conditional UPDATE after it cannot interleave with another claimer.
+    """
+    if connection.features.has_select_for_update_skip_locked:
+        return queryset.select_for_update(skip_locked=True, of=("self",))
+    return queryset

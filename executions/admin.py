@@ -12,22 +12,15 @@ from django.views.decorators.http import require_POST
 
 from accounts.admin_access import ProjectRoleAdmin, require_project_role, superuser_only
 from accounts.models import Role
+from core.admin_badges import EXECUTION_COLOURS, status_badge
 from executions import services
-from executions.models import Execution, ExecutionStatus, Worker
+from executions.models import Execution, Worker
 
 OUTPUT_BLOCK = (
     '<h4>{}{}</h4><pre id="output-{}" data-offset="{}" class="tf-output" '
     'style="max-height:30em;min-height:2em;width:100%;overflow:auto;background:#111;color:#eee;'
     'padding:8px;white-space:pre-wrap">{}</pre>'
 )
-EXECUTION_COLOURS = {
-    ExecutionStatus.QUEUED: "#2563eb",
-    ExecutionStatus.RUNNING: "#d97706",
-    ExecutionStatus.SUCCEEDED: "#16a34a",
-    ExecutionStatus.FAILED: "#dc2626",
-    ExecutionStatus.TIMED_OUT: "#b45309",
-    ExecutionStatus.CANCELLED: "#374151",
-}
 
 
 def masked_secrets(execution: Execution) -> list[str]:
@@ -106,8 +99,6 @@ class ExecutionAdmin(ProjectRoleAdmin):
 
     @admin.display(description="status", ordering="status")
     def badge(self, execution: Execution) -> str:
-        from tasks.admin import status_badge
-
         return status_badge(execution.status, EXECUTION_COLOURS)
 
     @admin.display(description="output")

@@ -18,6 +18,10 @@ class ExecutionsConfig(AppConfig):
             return HEALTHY if Worker.objects.alive().exists() else DEGRADED
 
         COMPONENT_CHECKS["workers"] = workers
+        from executions.hooks import cancel_task_executions
+        from tasks.hooks import register_task_cancel
+
+        register_task_cancel(cancel_task_executions)
         connection_created.connect(protect_sqlite_files, dispatch_uid="taskforge-protect-sqlite")
 
 

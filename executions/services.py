@@ -24,6 +24,9 @@ from django.utils import timezone
 from accounts.models import ApiKey, User
 from core import sql
 from core.errors import Conflict
+from core.sql import lock_skipping_locked
+from events.models import Event, EventType
+from events.services import event_build
 from executions import wakeup
 from executions.models import (
     FINAL_STATUSES,
@@ -36,8 +39,8 @@ from executions.models import (
     Trigger,
     Worker,
 )
-from tasks.models import Event, EventType, Status, Task
-from tasks.services import event_build, lock_skipping_locked, task_blockers
+from tasks.models import Status, Task
+from tasks.services import task_blockers
 
 logger = logging.getLogger("taskforge.executions")
 
@@ -869,8 +872,6 @@ def prune(*, older_than_days: int, dry_run: bool = False) -> dict[str, int]:
     Queued and running executions are never pruned; a task's latest execution is kept so
     its ``last_execution`` and ``result`` stay meaningful.
     """
-    from tasks.models import Event
-
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
     cutoff = timezone.now() - timedelta(days=older_than_days)

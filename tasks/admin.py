@@ -17,27 +17,12 @@ from rest_framework.exceptions import APIException
 from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role
 from accounts.models import Project, Role
 from config.admin import apply_each
+from core.admin_badges import EXECUTION_COLOURS, status_badge
+from events.models import Event
 from executions.models import Execution, Trigger
 from executions.services import execution_enqueue
 from tasks import services
-from tasks.models import Event, Note, Status, Task
-
-STATUS_COLOURS = {
-    Status.PENDING: "#6b7280",
-    Status.QUEUED: "#2563eb",
-    Status.RUNNING: "#d97706",
-    Status.COMPLETED: "#16a34a",
-    Status.FAILED: "#dc2626",
-    Status.CANCELLED: "#374151",
-}
-
-
-def status_badge(status: str, colours: dict[str, str] = STATUS_COLOURS) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
-        colours.get(status, "#6b7280"),
-        status,
-    )
+from tasks.models import Note, Status, Task
 
 
 class ProjectTaskCountFilter(admin.SimpleListFilter):
@@ -119,8 +104,6 @@ class ExecutionInline(ProjectRoleInline, admin.TabularInline):
 
     @admin.display(description="status")
     def badge(self, execution: Execution) -> str:
-        from executions.admin import EXECUTION_COLOURS
-
         return status_badge(execution.status, EXECUTION_COLOURS)
 
 
@@ -198,7 +181,6 @@ class TaskAdmin(ProjectRoleAdmin):
         execution = task.last_execution
         if execution is None:
             return "-"
-        from executions.admin import EXECUTION_COLOURS
 
         took = f" {execution.duration_ms / 1000:.1f} s" if execution.duration_ms is not None else ""
         url = reverse("admin:executions_execution_change", args=[execution.pk])
@@ -325,25 +307,3 @@ class TaskAdmin(ProjectRoleAdmin):
                 task=task, to_status=Status.PENDING, actor=request.user, reason="admin"
             ),
         )
-
-
-@admin.register(Event)
-class EventAdmin(ProjectRoleAdmin):
-    """The outbox, read-only: who changed what, when (viewers of the project)."""
-
-    list_display = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix")
-    list_filter = ("type",)
-    list_select_related = ("project", "actor")
-    date_hierarchy = "created_at"
-    search_fields = ("type",)
-    readonly_fields = ("created_at", "type", "task_id", "project", "actor", "actor_key_prefix", "data")
-    fields = readonly_fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -1,4 +1,4 @@
-"""Tasks, their notes and their history (the events outbox).
+"""Tasks and their notes (their history, the events outbox, is ``events.models.Event``).
 
 The task state machine is data: ``TRANSITIONS`` beside ``Status``; ``tasks.services.task_move``
 is the one function that applies it.
@@ -74,23 +74,6 @@ def allowed_targets(status: str) -> tuple[str, ...]:
 class ScriptType(models.TextChoices):
     PYTHON = "python", "Python"
     BASH = "bash", "Bash"
-
-
-class EventType(models.TextChoices):
-    TASK_CREATED = "task.created"
-    TASK_UPDATED = "task.updated"
-    TASK_DELETED = "task.deleted"
-    TASK_STATUS_CHANGED = "task.status_changed"
-    TASK_CLAIMED = "task.claimed"
-    TASK_RELEASED = "task.released"
-    TASK_LEASE_EXPIRED = "task.lease_expired"
-    TASK_COMPLETED = "task.completed"
-    TASK_FAILED = "task.failed"
-    TASK_NOTE_ADDED = "task.note_added"
-    EXECUTION_QUEUED = "execution.queued"
-    EXECUTION_STARTED = "execution.started"
-    EXECUTION_FINISHED = "execution.finished"
-    EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
 
 
 # --- Validators (shared by the model, hence full_clean(), the admin and the API) ------------
@@ -444,45 +427,3 @@ class Note(models.Model):
 
     def __str__(self) -> str:
         return f"Note on {self.task_id}"
-
-
-class EventQuerySet(ProjectScopedQuerySet):
-    project_field = "project"
-
-
-class Event(models.Model):
-    """One entry of the outbox: a change, written in the same transaction as the change.
-
-    The task link has no database constraint and is never cascaded, so a task's history
-    (``task_id``) outlives the task, for the audit trail and the webhook dispatcher.
-    """
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="events")
-    task = models.ForeignKey(
-        Task,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        db_index=False,  # event_task_idx leads with task_id
-        related_name="events",
-    )
-    type = models.CharField(max_length=64, choices=EventType.choices)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    actor_key_prefix = models.CharField(max_length=16, blank=True)
-    data = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    objects = EventQuerySet.as_manager()
-
-    class Meta:
-        ordering = ("created_at", "id")
-        indexes = [
-            models.Index(fields=["task", "created_at"], name="event_task_idx"),
-            models.Index(fields=["created_at"], name="event_created_idx"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.type} {self.task_id or ''}"

@@ -14,11 +14,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
 from core.errors import Conflict, field_error
+from core.sql import lock_skipping_locked
+from events.models import Event, EventType
+from events.services import event_build, event_record, events_record
+from tasks import hooks
 from tasks.models import (
     ACTIVE,
     LEASE_DEFAULT,
@@ -26,8 +30,6 @@ from tasks.models import (
     LEASE_MIN,
     RESULT_MAX_BYTES,
     TRANSITIONS,
-    Event,
-    EventType,
     Note,
     Status,
     Task,
@@ -60,48 +62,7 @@ CLAIM_CLEARED: dict[str, Any] = {
 }
 
 
-# --- Events (the outbox) ------------------------------------------------------------------------
-def event_record(
-    *,
-    type: str,
-    project: Project | uuid.UUID,
-    task: Task | uuid.UUID | None,
-    actor: User | None,
-    api_key: ApiKey | None = None,
-    data: dict[str, Any] | None = None,
-) -> Event:
-    """Append one event. Call it inside the transaction that makes the change."""
-    event = event_build(type=type, project=project, task=task, actor=actor, api_key=api_key, data=data)
-    event.save(force_insert=True)
-    return event
-
-
-def event_build(
-    *,
-    type: str,
-    project: Project | uuid.UUID,
-    task: Task | uuid.UUID | None,
-    actor: User | None,
-    api_key: ApiKey | None = None,
-    data: dict[str, Any] | None = None,
-) -> Event:
-    """An event not yet stored, for a caller that stores several at once (``bulk_create``:
-    one statement, in the order given, as the outbox reads them)."""
-    return Event(
-        type=type,
-        project_id=project.pk if isinstance(project, Project) else project,
-        task_id=task.pk if isinstance(task, Task) else task,
-        actor=actor if actor is not None and actor.is_authenticated else None,
-        actor_key_prefix=api_key.prefix if api_key is not None else "",
-        data=data or {},
-    )
-
-
-def events_record(*events: Event) -> None:
-    """Append ``events`` in one INSERT, in the order given (the outbox reads them by id)."""
-    Event.objects.bulk_create(events)
-
-
+# --- Events (the outbox: events.services) -------------------------------------------------------
 def _status_event(
     task: Task, old: str, new: str, *, reason: str, actor: User | None, api_key: ApiKey | None
 ) -> Event:
@@ -381,12 +342,9 @@ def task_move(
     if to_status == Status.CANCELLED:
         # Cancelling a task cancels its queued and running executions too (a running script is
         # killed by its worker within 2 s).
-        from executions.services import execution_cancel
-
-        active = list(current.executions.active())
-        for execution in active:
-            execution_cancel(execution=execution, actor=actor, api_key=api_key)
-        if active:
+        # (executions registers the hook that does it: tasks.hooks).
+        acted = [hook(task=current, actor=actor, api_key=api_key) for hook in hooks.on_task_cancel]
+        if any(acted):
             current.refresh_from_db()
             if current.status == to_status:  # the task followed its cancelled execution
                 return current
@@ -401,17 +359,6 @@ def task_move(
 
 
 # --- The agent claim protocol -------------------------------------------------------------------
-def lock_skipping_locked(queryset: models.QuerySet) -> models.QuerySet:
-    """``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL).
-
-    SQLite has no row locks; there the IMMEDIATE transaction already holds the write lock, so
-    the pick and the conditional UPDATE after it cannot interleave with another claimer.
-    """
-    if connection.features.has_select_for_update_skip_locked:
-        return queryset.select_for_update(skip_locked=True, of=("self",))
-    return queryset
-
-
 def _check_lease(lease_seconds: int) -> timedelta:
     if not LEASE_MIN <= lease_seconds <= LEASE_MAX:
         raise field_error(

@@ -60,7 +60,7 @@ ADMINS: dict[str, Entry] = {
         frozenset({"ExecutionInline", "NoteInline", "EventInline"}),
         write_role=Role.MEMBER,
     ),
-    "tasks.event": Entry("project", write_role=Role.MEMBER),
+    "events.event": Entry("project", write_role=Role.MEMBER),
     "templates_app.template": Entry(
         "project",
         frozenset({"delete_selected"}),
@@ -95,7 +95,7 @@ def _task(project: Project, owner: User) -> Any:
 
 
 def _event(project: Project, owner: User) -> Any:
-    from tasks.models import Event, EventType
+    from events.models import Event, EventType
 
     task = _task(project, owner)
     return Event.objects.create(project=project, task=task, type=EventType.TASK_CREATED)
@@ -147,7 +147,7 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
     "accounts.invitation": _invitation,
     "tasks.task": _task,
-    "tasks.event": _event,
+    "events.event": _event,
     "templates_app.template": _template,
     "executions.execution": _execution,
     "webhooks.subscription": _subscription,

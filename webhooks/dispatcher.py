@@ -3,8 +3,9 @@
 Two plain functions, with no state outside the database, so the ``runwebhooks`` loop and
 the task worker can both call them, from any number of processes:
 
-``fan_out()`` reads new events from the outbox (``tasks.Event``) and makes one ``Delivery``
-per matching active subscription, in the transaction that advances the outbox cursor.
+``fan_out()`` reads new events from the outbox (``events.Event``, through
+``events.selectors.events_after``) and makes one ``Delivery`` per matching active
+subscription, in the transaction that advances the outbox cursor.
 
 ``deliver_due()`` claims due deliveries (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL),
 sends them outside any transaction, and records each attempt.
@@ -41,13 +42,15 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from core.sql import lock_skipping_locked
+from events.models import Event
+from events.selectors import events_after
 from tasks.api.serializers import TaskSerializer
-from tasks.models import Event, Task
-from tasks.services import lock_skipping_locked
+from tasks.models import Task
 from webhooks import ssrf
 from webhooks.models import (
     EVENT_TYPES,
@@ -103,11 +106,8 @@ def fan_out(batch: int = 500, *, now: datetime | None = None) -> int:
             for gap in cursor.gaps
             if now.timestamp() - gap[2] < settings.TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS
         ]
-        wanted = Q(pk__gt=cursor.last_event_id)
-        for low, high, _ in gaps:
-            wanted |= Q(pk__range=(low, high))
         # Read narrow: most events match no subscription; the rest are read whole below.
-        events = list(Event.objects.filter(wanted).only(*EVENT_MATCH_FIELDS).order_by("pk")[:batch])
+        events = events_after(cursor.last_event_id, batch, gaps=gaps, fields=EVENT_MATCH_FIELDS)
         if not events and gaps == cursor.gaps:
             return 0
         seen = [event.pk for event in events]

@@ -1,7 +1,7 @@
 """Webhook subscriptions, their deliveries and every attempt, and the outbox cursor.
 
 A subscription belongs to a project. The dispatcher (``webhooks.dispatcher``) reads the
-events outbox (``tasks.Event``), makes one ``Delivery`` per matching active subscription and
+events outbox (``events.Event``), makes one ``Delivery`` per matching active subscription and
 sends it, logging each try as a ``DeliveryAttempt``. ``webhooks.services`` holds every write
 made on behalf of a person (API, admin).
 """
@@ -23,7 +23,7 @@ from django.utils import timezone
 from accounts.models import Project, ProjectScopedQuerySet
 from core.validators import validate_label_text
 
-# Event types a subscription may ask for. Listed here, not derived from tasks.EventType, so a
+# Event types a subscription may ask for. Listed here, not derived from events.EventType, so a
 # new internal event type never reaches receivers by accident: add it here to publish it.
 EVENT_TYPES: tuple[str, ...] = (
     "task.created",
@@ -162,7 +162,7 @@ class Delivery(models.Model):
         Subscription, on_delete=models.CASCADE, related_name="deliveries", db_index=False
     )
     event = models.ForeignKey(
-        "tasks.Event", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "events.Event", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     event_type = models.CharField(max_length=64)
     trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.EVENT)

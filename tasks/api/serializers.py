@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from core.serializers import JSONObjectField, StrictSerializer, UserRefSerializer, user_ref
 from core.validators import validate_name
+from events.models import Event
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -29,7 +30,6 @@ from tasks.models import (
     TAGS_MAX,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
-    Event,
     Note,
     ScriptType,
     Status,

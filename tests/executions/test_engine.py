@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from accounts.models import Role
 from core import sql
+from events.models import Event
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus
-from tasks.models import Event, Status, Task
+from tasks.models import Status, Task
 
 pytestmark = pytest.mark.django_db
 

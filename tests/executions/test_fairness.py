@@ -13,9 +13,10 @@ import pytest
 from django.test import override_settings
 
 from accounts.models import Project
+from events.models import Event
 from executions import services
 from executions.models import Execution, ExecutionStatus, Worker
-from tasks.models import Event, Task
+from tasks.models import Task
 from tests.factories import UserFactory
 from tests.tasks.test_claims import run_concurrently
 

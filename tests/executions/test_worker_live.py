@@ -10,9 +10,9 @@ import time
 import pytest
 from django.db.models import Count
 
+from events.models import Event
 from executions import services
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
-from tasks.models import Event
 from tests.live import wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,8 +10,9 @@ from typing import Any
 
 from django.db.models import Count
 
+from events.models import Event
 from executions.models import ErrorCode, Execution, ExecutionStatus
-from tasks.models import Event, Status, Task
+from tasks.models import Status, Task
 
 FOLLOWS = {
     ExecutionStatus.QUEUED: Status.QUEUED,

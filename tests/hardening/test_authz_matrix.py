@@ -29,7 +29,8 @@ from rest_framework.test import APIClient
 from accounts.api.base import TaskforgeViewSet
 from accounts.models import ApiKey, Membership, Project, Role, role_at_least
 from accounts.scopes import required_scope
-from tasks.models import Event, Task
+from events.models import Event
+from tasks.models import Task
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, make_key
 from tests.test_api_coverage import FOREIGN_OBJECTS, api_routes
 

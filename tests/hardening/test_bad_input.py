@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 WRITE_METHODS = ("post", "put", "patch")
 MODELS = [
     "tasks.Task",
-    "tasks.Event",
+    "events.Event",
     "tasks.Note",
     "executions.Execution",
     "accounts.Project",

@@ -7,7 +7,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import Role, User
-from tasks.models import Event, EventType, Status, Task
+from events.models import Event, EventType
+from tasks.models import Status, Task
 from tests.factories import MembershipFactory, TaskFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +36,7 @@ def test_pages_render(admin_client, user):
     assert admin_client.get(f"/admin/tasks/task/{task.pk}/change/").status_code == 200
     assert admin_client.get("/admin/tasks/task/add/").status_code == 200
     assert admin_client.get("/admin/tasks/task/?status__exact=failed&archived__exact=0").status_code == 200
-    assert admin_client.get("/admin/tasks/event/").status_code == 200
+    assert admin_client.get("/admin/events/event/").status_code == 200
 
 
 def test_add_and_change_go_through_the_services(admin_client, operator):

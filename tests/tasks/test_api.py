@@ -9,7 +9,8 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import Role
-from tasks.models import Event, EventType, Status, Task
+from events.models import Event, EventType
+from tasks.models import Status, Task
 from tests.factories import TaskFactory
 from tests.tasks.conftest import error_fields, problem_of
 

@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from accounts.models import Role
 from core.errors import Conflict
+from events.models import Event, EventType
 from tasks import services
-from tasks.models import Event, EventType, Status, Task
+from tasks.models import Status, Task
 from tests.factories import TaskFactory, UserFactory
 from tests.tasks.conftest import error_fields, problem_of
 

@@ -13,8 +13,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from core.errors import Conflict
+from events.models import Event, EventType
 from tasks import services
-from tasks.models import TRANSITIONS, Event, EventType, Status, Task
+from tasks.models import TRANSITIONS, Status, Task
 from tests.factories import TaskFactory
 
 pytestmark = pytest.mark.django_db

@@ -6,8 +6,9 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import Role
+from events.models import Event
 from executions.models import Execution, Trigger
-from tasks.models import Event, Task
+from tasks.models import Task
 from templates_app.models import Template
 from tests.factories import MembershipFactory, UserFactory
 from tests.tasks.conftest import error_fields, problem_of

@@ -9,9 +9,10 @@ import uuid
 import pytest
 
 from accounts.models import Role
+from events.models import Event, EventType
 from executions.models import Execution, ExecutionStatus
 from tasks import services as task_services
-from tasks.models import Event, EventType, Task
+from tasks.models import Task
 from templates_app import parameters as params
 from templates_app import services
 from tests.tasks.conftest import problem_of

@@ -17,8 +17,8 @@ from django.db import connection
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from events.models import Event, EventType
 from tasks import services as task_services
-from tasks.models import Event, EventType
 from webhooks import dispatcher, services
 from webhooks.dispatcher import RETRY_SCHEDULE, deliver_due, fan_out, missing_ranges, remove_ids
 from webhooks.models import (
