@@ -572,7 +572,7 @@ def _bwrap_argv() -> list[str] | None:
     import shutil
 
     # the product's own command line (its seccomp filter aside: Celery passes no descriptor)
-    from executions.sandbox import SandboxConfig, _bwrap_base_args, _bwrap_seal_args
+    from executions.engine.sandbox import SandboxConfig, _bwrap_base_args, _bwrap_seal_args
 
     bwrap = shutil.which("bwrap")
     if bwrap is None:

@@ -291,7 +291,7 @@ TASKFORGE_PROJECT_MAX_RUNNING = env_int("TASKFORGE_PROJECT_MAX_RUNNING", 0)
 if TASKFORGE_PROJECT_MAX_RUNNING < 0:
     raise ImproperlyConfigured("TASKFORGE_PROJECT_MAX_RUNNING must be 0 (no cap) or more")
 # Where the processes sharing a SQLite database poke each other awake (Unix sockets:
-# executions.wakeup); empty: beside the database file (<file>.wakeup/). PostgreSQL uses
+# executions.engine.wakeup); empty: beside the database file (<file>.wakeup/). PostgreSQL uses
 # LISTEN/NOTIFY instead.
 TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR", "")
 # How long ?wait=N may hold a request (seconds).
@@ -303,7 +303,7 @@ TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
 # counted across processes in the shared cache), at most TASKFORGE_MAX_STREAMS_PER_PROCESS per
 # web process (0, the default: derived from the web server's threads, keeping a quarter of them,
 # at least 8 and at most half, for ordinary requests; config/gunicorn.conf.py tells each process
-# its thread count; executions.waiting.process_cap); beyond either, 429 + Retry-After.
+# its thread count; executions.api.streams.process_cap); beyond either, 429 + Retry-After.
 # A stream ends after TASKFORGE_STREAM_MAX_SECONDS with an event asking the client to reconnect
 # (Last-Event-ID resumes it).
 TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = env_int("TASKFORGE_MAX_STREAMS_PER_PRINCIPAL", 8)
@@ -414,7 +414,7 @@ LOGGING = {
     },
 }
 
-# --- Sandbox for task scripts (executions/sandbox.py, SandboxConfig.from_settings) -----------
+# --- Sandbox for task scripts (executions/engine/sandbox.py, SandboxConfig.from_settings) -----------
 # "auto" uses bubblewrap when it is installed and works; "always" refuses to run scripts without
 # it (outcome spawn_failed); "never" skips it (resource limits and the user drop still apply).
 TASKFORGE_SANDBOX_BWRAP = os.environ.get("TASKFORGE_SANDBOX_BWRAP", "auto").strip().lower() or "auto"
@@ -427,7 +427,7 @@ TASKFORGE_SANDBOX_FILE_SIZE_BYTES = env_int("TASKFORGE_SANDBOX_FILE_SIZE_BYTES",
 # Each writable tmpfs under bwrap (/tmp, /dev/shm, the work directory) holds at most this.
 TASKFORGE_SANDBOX_TMPFS_BYTES = env_int("TASKFORGE_SANDBOX_TMPFS_BYTES", 64 * 1024**2)
 # A run's whole memory (every process's RAM plus what it keeps in tmpfs), bounded by a memory
-# cgroup per run where the host allows one (executions/cgroups.py); 0 = no memory limit.
+# cgroup per run where the host allows one (executions/engine/cgroups.py); 0 = no memory limit.
 TASKFORGE_SANDBOX_MEMORY_BYTES = env_int("TASKFORGE_SANDBOX_MEMORY_BYTES", 512 * 1024**2)
 # "auto" makes a cgroup per run (memory, pids) when cgroup v2 is delegated or v1 is writable;
 # "always" refuses to run scripts without one (spawn_failed); "never" does not try.

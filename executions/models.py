@@ -96,7 +96,7 @@ class ExecutionQuerySet(ProjectScopedQuerySet):
 
     def claim_order(self) -> ExecutionQuerySet:
         """Queued executions, highest priority first, then oldest: the order of one project's
-        queue (projects take turns: ``executions.services.execution_claim_batch``)."""
+        queue (projects take turns: ``executions.engine.queue.execution_claim_batch``)."""
         return self.filter(status=ExecutionStatus.QUEUED).order_by("-priority", "queued_at", "id")
 
     def lease_expired(self, now: datetime | None = None) -> ExecutionQuerySet:

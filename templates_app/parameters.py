@@ -847,7 +847,7 @@ def script_python() -> tuple[str | None, str]:
     the path is None when it is not there (``TASKFORGE_SCRIPT_PYTHON`` on the sandbox PATH)."""
     import shutil
 
-    from executions.sandbox import SandboxConfig
+    from executions.engine.sandbox import SandboxConfig
 
     config = SandboxConfig.from_settings()
     return shutil.which(config.python, path=config.path), config.python

@@ -21,7 +21,7 @@ def _clean_cache() -> None:
 def _stop_listeners(django_db_setup: Any, django_db_blocker: Any) -> Any:
     # Torn down before the test database is dropped: the ?wait listener holds a connection.
     yield
-    from executions.waiting import dispatcher
+    from executions.engine.waiting import dispatcher
 
     dispatcher.stop()
 

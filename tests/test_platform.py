@@ -138,7 +138,7 @@ def test_health_is_public_and_healthy(client):
     no_worker = client.get("/health").json()
     assert no_worker["status"] == "degraded"
     assert no_worker["components"]["workers"] == "degraded"
-    from executions.services import worker_register
+    from executions.engine.queue import worker_register
 
     worker_register(concurrency=1, sandbox="test")
     response = client.get("/health")

@@ -94,7 +94,7 @@ class TaskforgeAPIMixin:
             raise
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        # Slots of long-lived requests (?wait) the view took: the wait is over (executions.waiting).
+        # Slots of long-lived requests (?wait) the view took: the wait is over (executions.api.streams).
         for slot in getattr(request, "_taskforge_slots", ()):
             slot.release()
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]

@@ -26,9 +26,10 @@ from executions.api.serializers import (
     LogSerializer,
     log_payload,
 )
+from executions.api.streams import Slot, take_slot
+from executions.engine.waiting import OutputFollower, wait_until_final
 from executions.filters import ExecutionFilter
 from executions.models import FINAL_STATUSES, Execution
-from executions.waiting import OutputFollower, Slot, take_slot, wait_until_final
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(

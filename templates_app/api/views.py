@@ -33,8 +33,8 @@ from core.errors import Conflict
 from core.openapi import ProblemSerializer
 from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from executions.api.views import WAIT_PARAM, wait_seconds
+from executions.engine.waiting import wait_until_final
 from executions.models import Execution
-from executions.waiting import wait_until_final
 from tasks.api.serializers import TaskSerializer
 from tasks.models import Task
 from tasks.selectors import project_for_new_task

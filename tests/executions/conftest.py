@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from accounts.models import Project
-from executions.sandbox import SandboxConfig
-from executions.worker import WorkerProcess
+from executions.engine.sandbox import SandboxConfig
+from executions.engine.worker import WorkerProcess
 from tasks.models import Task
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from executions import cgroups
-from executions.cgroups import Backend, Detection, detect
+from executions.engine import cgroups
+from executions.engine.cgroups import Backend, Detection, detect
+from executions.engine.sandbox import MIB, SandboxConfig, describe_isolation, finish_cleanup
+from executions.engine.worker import WorkerProcess
 from executions.models import ErrorCode, Execution, ExecutionStatus
-from executions.sandbox import MIB, SandboxConfig, describe_isolation, finish_cleanup
-from executions.worker import WorkerProcess
 from tests.executions.test_sandbox import bwrap_problem, run
 
 # Allocates 200 MiB in 1 MiB pieces that are really written (bytes, not lazily mapped zeros).

@@ -14,6 +14,7 @@ from accounts.models import Role
 from core import sql
 from events.models import Event
 from executions import services
+from executions.engine import queue
 from executions.models import ErrorCode, Execution, ExecutionStatus
 from tasks.models import Status, Task
 
@@ -177,43 +178,41 @@ def test_claim_order_priority_then_age(make_task, inline_worker):
     high = make_task(name="high", priority=9)
     services.execution_enqueue(task=low, actor=None)
     services.execution_enqueue(task=high, actor=None)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    assert services.execution_claim_next(worker=worker).task_id == high.pk
-    assert services.execution_claim_next(worker=worker).task_id == low.pk
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    assert queue.execution_claim_next(worker=worker).task_id == high.pk
+    assert queue.execution_claim_next(worker=worker).task_id == low.pk
 
 
 def test_max_concurrency_keeps_the_rest_waiting_in_order(make_task):
     task = make_task(max_concurrency=1)
     first = services.execution_enqueue(task=task, actor=None)
     second = services.execution_enqueue(task=task, actor=None)
-    worker = services.worker_register(concurrency=4, sandbox="test")
-    assert services.execution_claim_next(worker=worker).pk == first.pk
-    assert services.execution_claim_next(worker=worker) is None
+    worker = queue.worker_register(concurrency=4, sandbox="test")
+    assert queue.execution_claim_next(worker=worker).pk == first.pk
+    assert queue.execution_claim_next(worker=worker) is None
     first.refresh_from_db()
-    services.execution_finish(execution=first, claim_token=first.claim_token, status="succeeded", exit_code=0)
-    assert services.execution_claim_next(worker=worker).pk == second.pk
+    queue.execution_finish(execution=first, claim_token=first.claim_token, status="succeeded", exit_code=0)
+    assert queue.execution_claim_next(worker=worker).pk == second.pk
 
 
 def test_writes_are_fenced_by_the_claim_token(make_task):
     task = make_task()
     execution = services.execution_enqueue(task=task, actor=None)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    claimed = services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    claimed = queue.execution_claim_next(worker=worker)
     stranger = uuid.uuid4()
-    assert not services.execution_append_output(
+    assert not queue.execution_append_output(
         execution_id=execution.pk, claim_token=stranger, chunks=[(1, "stdout", "x")]
     )
-    assert services.execution_finish(execution=claimed, claim_token=stranger, status="succeeded") is None
+    assert queue.execution_finish(execution=claimed, claim_token=stranger, status="succeeded") is None
     assert (
-        services.execution_finish(
+        queue.execution_finish(
             execution=claimed, claim_token=claimed.claim_token, status="succeeded", exit_code=0
         )
         is not None
     )
     # A late write from the token holder after the end changes nothing either.
-    assert (
-        services.execution_finish(execution=claimed, claim_token=claimed.claim_token, status="failed") is None
-    )
+    assert queue.execution_finish(execution=claimed, claim_token=claimed.claim_token, status="failed") is None
     execution.refresh_from_db()
     assert execution.status == "succeeded"
     assert not execution.chunks.exists()
@@ -222,10 +221,10 @@ def test_writes_are_fenced_by_the_claim_token(make_task):
 def test_reaper_fails_lost_executions_and_retries(make_task):
     task = make_task(max_retries=1)
     services.execution_enqueue(task=task, actor=None)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    claimed = services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    claimed = queue.execution_claim_next(worker=worker)
     Execution.objects.filter(pk=claimed.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.reap_lost_executions() == 1
+    assert queue.reap_lost_executions() == 1
     claimed.refresh_from_db()
     assert claimed.status == ExecutionStatus.FAILED
     assert claimed.error == ErrorCode.WORKER_LOST
@@ -234,7 +233,7 @@ def test_reaper_fails_lost_executions_and_retries(make_task):
     assert retry.attempt == 2
     task.refresh_from_db()
     assert task.status == Status.QUEUED
-    assert services.reap_lost_executions() == 0
+    assert queue.reap_lost_executions() == 0
 
 
 def test_history_lists_newest_first_and_filters(api, make_task, inline_worker):
@@ -277,8 +276,8 @@ def test_status_shows_queue_running_and_workers(api, other_api, make_task):
     task = make_task()
     services.execution_enqueue(task=task, actor=None)
     services.execution_enqueue(task=make_task(name="second"), actor=None)
-    worker = services.worker_register(concurrency=2, sandbox="rlimits")
-    running = services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=2, sandbox="rlimits")
+    running = queue.execution_claim_next(worker=worker)
     body = api.get("/api/v1/status").json()
     assert body["executions"] == {"queued": 1, "running": 1}
     assert [r["id"] for r in body["running"]] == [str(running.pk)]
@@ -287,8 +286,8 @@ def test_status_shows_queue_running_and_workers(api, other_api, make_task):
 
 
 def test_output_over_the_cap_is_truncated_and_flagged(api, make_task):
-    from executions.sandbox import SandboxConfig
-    from executions.worker import WorkerProcess
+    from executions.engine.sandbox import SandboxConfig
+    from executions.engine.worker import WorkerProcess
 
     task = make_task("head -c 3000000 /dev/zero | tr '\\0' 'x'; echo done >&2")
     execution_id = execute(api, task).json()["id"]
@@ -323,8 +322,8 @@ def test_script_cannot_read_the_workers_environment(api, make_task, inline_worke
 def test_fork_bomb_is_contained_and_the_worker_survives(api, make_task):
     import os as _os
 
-    from executions.sandbox import SandboxConfig
-    from executions.worker import WorkerProcess
+    from executions.engine.sandbox import SandboxConfig
+    from executions.engine.worker import WorkerProcess
 
     if _os.geteuid() != 0:
         pytest.skip("RLIMIT_NPROC applies only when the worker drops to the unprivileged user (root)")
@@ -416,12 +415,12 @@ def test_a_flush_in_progress_finishes_before_the_final_one(make_task):
     taken by one is stored before the other proceeds (no chunk can arrive after the finish)."""
     import threading
 
-    from executions.worker import Run, WorkerProcess
+    from executions.engine.worker import Run, WorkerProcess
 
     task = make_task()
     services.execution_enqueue(task=task, actor=None)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    execution = services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    execution = queue.execution_claim_next(worker=worker)
     run = Run(execution=execution, token=execution.claim_token)
     run.on_output("stdout", b"hello\n")
     process = WorkerProcess()
@@ -448,8 +447,8 @@ def test_admin_execution_page_follows_live_and_has_cancel_and_rerun(client, user
     client.force_login(user)
     task = make_task("echo hi")
     execution = services.execution_enqueue(task=task, actor=user)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    queue.execution_claim_next(worker=worker)
     page = client.get(f"/admin/executions/execution/{execution.pk}/change/").content.decode()
     log_url = f"/api/v1/tasks/{task.pk}/executions/{execution.pk}/log"
     assert log_url.replace("-", "\\u002D") in page  # inside the polling script (escapejs)
@@ -540,10 +539,10 @@ def test_claim_batch_respects_order_and_max_concurrency(make_task):
     first_one = services.execution_enqueue(task=one, actor=None)
     services.execution_enqueue(task=one, actor=None)
     runs_two = [services.execution_enqueue(task=two, actor=None) for _ in range(3)]
-    worker = services.worker_register(concurrency=8, sandbox="test")
-    claimed = services.execution_claim_batch(worker=worker, limit=8)
+    worker = queue.worker_register(concurrency=8, sandbox="test")
+    claimed = queue.execution_claim_batch(worker=worker, limit=8)
     assert [e.pk for e in claimed] == [first_one.pk, runs_two[0].pk, runs_two[1].pk]
-    assert services.execution_claim_batch(worker=worker, limit=8) == []
+    assert queue.execution_claim_batch(worker=worker, limit=8) == []
 
 
 # --- races: real concurrent connections -----------------------------------------------------------------
@@ -558,11 +557,11 @@ def test_racing_claimers_respect_max_concurrency(make_task):
     queued = {
         t.pk: [services.execution_enqueue(task=t, actor=None).pk for _ in range(6)] for t in (wide, narrow)
     }
-    workers = [services.worker_register(concurrency=1, sandbox="test") for _ in range(12)]
+    workers = [queue.worker_register(concurrency=1, sandbox="test") for _ in range(12)]
 
     def claim(index: int) -> list[uuid.UUID]:
         claimed = []
-        while (execution := services.execution_claim_next(worker=workers[index])) is not None:
+        while (execution := queue.execution_claim_next(worker=workers[index])) is not None:
             claimed.append(execution.pk)
         return claimed
 
@@ -606,14 +605,14 @@ def test_the_queue_is_read_in_index_order_even_with_stale_statistics(make_task, 
     Execution.objects.bulk_create(run(n) for n in range(3001, 6001))
     queued, running = ExecutionStatus.QUEUED, ExecutionStatus.RUNNING
     with transaction.atomic():
-        services._read_in_index_order()
-        projects = services._queued_projects()
-        head = services._project_head(team.pk, 5)
+        queue._read_in_index_order()
+        projects = queue._queued_projects()
+        head = queue._project_head(team.pk, 5)
         plans = [
             "\n".join(row[0] for row in sql.rows(f"EXPLAIN {statement}", params))
             for statement, params in (
-                (services.QUEUED_PROJECTS, [queued, queued, running, queued]),
-                (f"{services.PROJECT_HEAD} FOR UPDATE SKIP LOCKED", [team.pk, running, team.pk, queued, 5]),
+                (queue.QUEUED_PROJECTS, [queued, queued, running, queued]),
+                (f"{queue.PROJECT_HEAD} FOR UPDATE SKIP LOCKED", [team.pk, running, team.pk, queued, 5]),
             )
         ]
     assert {project_id for project_id, _, _ in projects} == {tasks[0].project_id, team.pk}
@@ -642,6 +641,6 @@ def test_the_result_keeps_the_end_of_long_output_as_the_log_has_it(api, make_tas
     assert detail["status"] == "succeeded"
     assert len(detail["stdout"]) == 40 * 160
     task.refresh_from_db()
-    assert task.result["stdout_tail"] == detail["stdout"][-services.RESULT_TAIL_CHARS :]
+    assert task.result["stdout_tail"] == detail["stdout"][-queue.RESULT_TAIL_CHARS :]
     assert task.result["stderr_tail"] == detail["stderr"]
-    assert len(task.result["stdout_tail"]) == services.RESULT_TAIL_CHARS
+    assert len(task.result["stdout_tail"]) == queue.RESULT_TAIL_CHARS

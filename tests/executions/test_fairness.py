@@ -15,6 +15,7 @@ from django.test import override_settings
 from accounts.models import Project
 from events.models import Event
 from executions import services
+from executions.engine import queue
 from executions.models import Execution, ExecutionStatus, Worker
 from tasks.models import Task
 from tests.factories import UserFactory
@@ -39,7 +40,7 @@ def _queue(project: Project, count: int, *, priority: int = 5, name: str = "job"
 
 
 def _worker() -> Worker:
-    return services.worker_register(concurrency=1, sandbox="test")
+    return queue.worker_register(concurrency=1, sandbox="test")
 
 
 def _running(project: Project) -> int:
@@ -48,7 +49,7 @@ def _running(project: Project) -> int:
 
 def _finish(pk: uuid.UUID) -> None:
     execution = Execution.objects.get(pk=pk)
-    services.execution_finish(
+    queue.execution_finish(
         execution=execution, claim_token=execution.claim_token, status="succeeded", exit_code=0
     )
 
@@ -60,14 +61,14 @@ def test_the_reported_case_the_other_projects_run_gets_the_next_free_slot():
     not to the third high-priority run."""
     busy, other = _tenant("busy"), _tenant("other")
     long_runs = _queue(busy, 3, priority=10, name="sleep 12")
-    worker = services.worker_register(concurrency=2, sandbox="test")
-    started = services.execution_claim_batch(worker=worker, limit=2)
+    worker = queue.worker_register(concurrency=2, sandbox="test")
+    started = queue.execution_claim_batch(worker=worker, limit=2)
     assert [e.pk for e in started] == long_runs[:2]
     echo = _queue(other, 1, priority=5, name="echo")[0]
     _finish(long_runs[0])
-    assert services.execution_claim_next(worker=worker).pk == echo
+    assert queue.execution_claim_next(worker=worker).pk == echo
     _finish(long_runs[1])
-    assert services.execution_claim_next(worker=worker).pk == long_runs[2]
+    assert queue.execution_claim_next(worker=worker).pk == long_runs[2]
 
 
 @pytest.mark.django_db
@@ -76,12 +77,12 @@ def test_a_free_slot_goes_to_the_project_with_fewer_running_whatever_the_priorit
     high = _queue(busy, 5, priority=10)
     low = _queue(other, 2, priority=0)
     worker = _worker()
-    assert services.execution_claim_next(worker=worker).pk == high[0]
-    assert services.execution_claim_next(worker=worker).pk == low[0]
+    assert queue.execution_claim_next(worker=worker).pk == high[0]
+    assert queue.execution_claim_next(worker=worker).pk == low[0]
     # One each running: the tie goes to the project whose next run has waited longest.
-    assert services.execution_claim_next(worker=worker).pk == high[1]
-    assert services.execution_claim_next(worker=worker).pk == low[1]
-    assert [e.pk for e in services.execution_claim_batch(worker=worker, limit=5)] == high[2:]
+    assert queue.execution_claim_next(worker=worker).pk == high[1]
+    assert queue.execution_claim_next(worker=worker).pk == low[1]
+    assert [e.pk for e in queue.execution_claim_batch(worker=worker, limit=5)] == high[2:]
 
 
 @pytest.mark.django_db
@@ -91,7 +92,7 @@ def test_a_batch_takes_turns_and_priority_orders_within_a_project():
     high_one = _queue(one, 2, priority=9, name="high")
     runs_two = _queue(two, 3)
     runs_three = _queue(three, 1)
-    claimed = services.execution_claim_batch(worker=_worker(), limit=7)
+    claimed = queue.execution_claim_batch(worker=_worker(), limit=7)
     by_project = {p.pk: [e.pk for e in claimed if e.project_id == p.pk] for p in (one, two, three)}
     assert by_project[one.pk] == [*high_one, low_one[0]]  # priority first, then age
     assert by_project[two.pk] == runs_two
@@ -106,16 +107,16 @@ def test_a_project_at_its_cap_waits_and_the_others_go_on():
     busy, other = _tenant("busy"), _tenant("other")
     busy_runs = _queue(busy, 6)
     other_runs = _queue(other, 1)
-    worker = services.worker_register(concurrency=8, sandbox="test")
+    worker = queue.worker_register(concurrency=8, sandbox="test")
     with override_settings(TASKFORGE_PROJECT_MAX_RUNNING=2):
-        claimed = services.execution_claim_batch(worker=worker, limit=8)
+        claimed = queue.execution_claim_batch(worker=worker, limit=8)
         assert sorted(e.pk for e in claimed) == sorted([*busy_runs[:2], *other_runs])
-        assert services.execution_claim_batch(worker=worker, limit=8) == []
+        assert queue.execution_claim_batch(worker=worker, limit=8) == []
         _finish(busy_runs[0])
-        assert [e.pk for e in services.execution_claim_batch(worker=worker, limit=8)] == [busy_runs[2]]
+        assert [e.pk for e in queue.execution_claim_batch(worker=worker, limit=8)] == [busy_runs[2]]
     assert _running(busy) == 2
     # Without the cap (0, the default) the rest start.
-    assert len(services.execution_claim_batch(worker=worker, limit=8)) == 3
+    assert len(queue.execution_claim_batch(worker=worker, limit=8)) == 3
 
 
 # --- races: real concurrent connections ---------------------------------------------------------
@@ -134,7 +135,7 @@ def test_concurrent_claimers_do_not_let_a_busy_project_starve_another():
     workers = [_worker() for _ in range(4)]
 
     def claim(index: int) -> Any:
-        execution = services.execution_claim_next(worker=workers[index])
+        execution = queue.execution_claim_next(worker=workers[index])
         return execution.pk if execution is not None else None
 
     results = run_concurrently(4, claim)
@@ -151,12 +152,12 @@ def test_the_cap_holds_under_concurrent_claimers_and_each_run_is_claimed_once():
     a cap of three: no project ever runs more than three, each execution is claimed once."""
     projects = [_tenant(f"t{i}") for i in range(3)]
     queued = {p.pk: _queue(p, n) for p, n in zip(projects, (30, 20, 2), strict=True)}
-    workers = [services.worker_register(concurrency=4, sandbox="test") for _ in range(8)]
+    workers = [queue.worker_register(concurrency=4, sandbox="test") for _ in range(8)]
 
     def claim(index: int) -> list[uuid.UUID]:
         claimed: list[uuid.UUID] = []
         for _ in range(3):
-            claimed += [e.pk for e in services.execution_claim_batch(worker=workers[index], limit=2)]
+            claimed += [e.pk for e in queue.execution_claim_batch(worker=workers[index], limit=2)]
         return claimed
 
     results = run_concurrently(8, claim)
@@ -177,11 +178,11 @@ def test_the_cap_holds_under_concurrent_claimers_and_each_run_is_claimed_once():
 def test_racing_workers_drain_several_projects_exactly_once():
     projects = [_tenant(f"t{i}") for i in range(3)]
     queued = [pk for p in projects for pk in _queue(p, 15)]
-    workers = [services.worker_register(concurrency=3, sandbox="test") for _ in range(6)]
+    workers = [queue.worker_register(concurrency=3, sandbox="test") for _ in range(6)]
 
     def drain(index: int) -> list[uuid.UUID]:
         claimed: list[uuid.UUID] = []
-        while batch := services.execution_claim_batch(worker=workers[index], limit=3):
+        while batch := queue.execution_claim_batch(worker=workers[index], limit=3):
             claimed += [e.pk for e in batch]
             for execution in batch:
                 _finish(execution.pk)

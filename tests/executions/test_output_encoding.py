@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from executions.engine.sandbox import output_text
 from executions.models import ErrorCode, Execution, ExecutionStatus
-from executions.sandbox import output_text
 from tasks.models import Status
 
 R = "\ufffd"

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from executions.sandbox import (
+from executions.engine.sandbox import (
     MIB,
     SAFE_PATH,
     RunResult,
@@ -1100,7 +1100,7 @@ def test_no_file_descriptors_leak() -> None:
 def test_a_worker_that_is_pid_1_is_told_to_run_under_an_init() -> None:
     """As PID 1 (a container without an init) nothing would collect the sandboxes' exited
     processes: the worker says so at start. Checked in a real PID namespace."""
-    code = "from executions.sandbox import reaping_problem; print(reaping_problem())"
+    code = "from executions.engine.sandbox import reaping_problem; print(reaping_problem())"
     root = Path(__file__).resolve().parents[2]
     inside = subprocess.run(
         ["unshare", "--pid", "--fork", sys.executable, "-c", code],
@@ -1182,7 +1182,7 @@ def test_seccomp_denies_dangerous_system_calls(needs_bwrap: None, call: str, exp
 
 
 def test_seccomp_program_is_well_formed() -> None:
-    from executions.sandbox import seccomp_program
+    from executions.engine.sandbox import seccomp_program
 
     for machine in ("x86_64", "aarch64"):
         program = seccomp_program(machine)

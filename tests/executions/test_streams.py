@@ -11,7 +11,10 @@ import pytest
 from django.db import connection
 from rest_framework.exceptions import Throttled
 
-from executions import services, waiting
+from executions import services
+from executions.api import streams
+from executions.engine import queue
+from executions.engine import waiting as engine_waiting
 from executions.models import Execution, ExecutionStatus
 
 SSE = "text/event-stream"
@@ -70,8 +73,8 @@ def running(make_task, user):
     """An execution claimed by a (fake) worker and never finished: (task, execution)."""
     task = make_task("echo hi")
     services.execution_enqueue(task=task, actor=user)
-    worker = services.worker_register(concurrency=1, sandbox="test")
-    return task, services.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    return task, queue.execution_claim_next(worker=worker)
 
 
 # --- Formats -----------------------------------------------------------------------------------
@@ -193,14 +196,14 @@ def test_a_bad_or_past_the_end_offset_is_a_400_naming_it(api, finished, query, h
 def test_a_stream_ends_after_its_lifetime_asking_to_reconnect(api, running, settings):
     settings.TASKFORGE_STREAM_MAX_SECONDS = 1
     task, execution = running
-    services.execution_append_output(
+    queue.execution_append_output(
         execution_id=execution.pk, claim_token=execution.claim_token, chunks=[(1, "stdout", "hi\n")]
     )
     got = events(streamed(api.get(log_url(task, execution.pk), HTTP_ACCEPT=SSE)))
     assert [e["event"] for e in got] == ["chunk", "reconnect"]
     assert got[-1]["id"] == "1"
     assert got[-1]["data"]["last_event_id"] == 1
-    assert waiting.slots_held_here() == 0
+    assert streams.slots_held_here() == 0
 
 
 # --- Caps on long-lived requests -----------------------------------------------------------------
@@ -231,7 +234,7 @@ def test_streams_per_user_are_capped_with_retry_after(api, key_client, user, run
     assert again.status_code == 200
     for response in (held[1], again):
         close(response)
-    assert waiting.slots_held_here() == 0
+    assert streams.slots_held_here() == 0
 
 
 def test_another_users_streams_do_not_count(api, team, key_client, make_task, settings):
@@ -260,7 +263,7 @@ def test_the_process_cap_keeps_threads_for_ordinary_requests(api, team, key_clie
     assert theirs.json()["concurrency_limit"] == "process"
     assert api.get(f"/api/v1/tasks/{task.pk}").status_code == 200
     close(mine)
-    assert waiting.slots_held_here() == 0
+    assert streams.slots_held_here() == 0
 
 
 def test_a_finished_wait_gives_its_slot_back(api, make_task, settings):
@@ -269,24 +272,24 @@ def test_a_finished_wait_gives_its_slot_back(api, make_task, settings):
     for _ in range(2):  # the first ?wait's slot is free again for the second
         assert api.post(f"/api/v1/tasks/{task.pk}/execute?wait=1", {}, format="json").status_code == 202
     assert api.post(f"/api/v1/tasks/{task.pk}/execute?wait=61", {}, format="json").status_code == 400
-    assert waiting.slots_held_here() == 0
+    assert streams.slots_held_here() == 0
 
 
 def test_a_slot_of_a_dead_process_expires(user, monkeypatch, settings):
     """A process killed while holding slots never gives them back: each slot's cache key
     expires on its own (the request's longest hold plus a grace)."""
     settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = 1
-    monkeypatch.setattr(waiting, "SLOT_GRACE_SECONDS", 0)
-    leaked = waiting.take_slot(user.pk, 1, "?wait")
+    monkeypatch.setattr(streams, "SLOT_GRACE_SECONDS", 0)
+    leaked = streams.take_slot(user.pk, 1, "?wait")
     leaked.released = True  # never given back: that process is gone, with its own counter
-    with waiting._local_lock:
-        waiting._local_held -= 1
+    with streams._local_lock:
+        streams._local_held -= 1
     with pytest.raises(Throttled) as refused:
-        waiting.take_slot(user.pk, 1, "?wait")
+        streams.take_slot(user.pk, 1, "?wait")
     assert refused.value.status_code == 429
     time.sleep(1.5)
-    waiting.take_slot(user.pk, 1, "?wait").release()
-    assert waiting.slots_held_here() == 0
+    streams.take_slot(user.pk, 1, "?wait").release()
+    assert streams.slots_held_here() == 0
 
 
 # --- Push ----------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def test_stored_output_wakes_a_follower_at_once(running):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite has no NOTIFY: followers poll")
     _, execution = running
-    with waiting.OutputFollower(execution.pk) as follower:
+    with engine_waiting.OutputFollower(execution.pk) as follower:
         follower.interval = 30  # no poll could explain a wake-up
         time.sleep(0.5)  # the listener thread is connected
         woke = threading.Event()
@@ -307,7 +310,7 @@ def test_stored_output_wakes_a_follower_at_once(running):
 
         thread = threading.Thread(target=follow)
         thread.start()
-        services.execution_append_output(
+        queue.execution_append_output(
             execution_id=execution.pk, claim_token=execution.claim_token, chunks=[(1, "stdout", "x\n")]
         )
         assert woke.wait(10)
@@ -352,12 +355,12 @@ def test_followers_in_one_process_share_their_reads(running):
     _, execution = running
 
     def store(seq: int) -> None:
-        services.execution_append_output(
+        queue.execution_append_output(
             execution_id=execution.pk, claim_token=execution.claim_token, chunks=[(seq, "stdout", f"{seq}\n")]
         )
 
     store(1)
-    with waiting.OutputFollower(execution.pk) as a, waiting.OutputFollower(execution.pk) as b:
+    with engine_waiting.OutputFollower(execution.pk) as a, engine_waiting.OutputFollower(execution.pk) as b:
         with CaptureQueriesContext(connection) as first:
             got_a = a.read(0)
         with CaptureQueriesContext(connection) as second:
@@ -367,7 +370,7 @@ def test_followers_in_one_process_share_their_reads(running):
         assert got_a.caught_up and got_a.status == ExecutionStatus.RUNNING
 
         store(2)
-        waiting.dispatcher.wake(a.key)  # what the listener does on the worker's NOTIFY
+        engine_waiting.dispatcher.wake(a.key)  # what the listener does on the worker's NOTIFY
         with CaptureQueriesContext(connection) as first:
             got_a = a.read(1)
         with CaptureQueriesContext(connection) as second:
@@ -375,7 +378,7 @@ def test_followers_in_one_process_share_their_reads(running):
         assert (len(first), len(second)) == (2, 0)
         assert got_a.chunks == got_b.chunks == [(2, "stdout", "2\n")]
         # A follower that comes later, from the start, gets everything kept here.
-        with waiting.OutputFollower(execution.pk) as late:
+        with engine_waiting.OutputFollower(execution.pk) as late:
             assert [c[0] for c in late.read(0).chunks] == [1, 2]
 
 
@@ -470,4 +473,4 @@ def test_a_refused_trigger_wait_creates_nothing(api, user, project, running, set
     # Without ?wait it is an ordinary request.
     assert api.post("/api/v1/templates/deploy/trigger", {}, format="json").status_code == 202
     close(stream)
-    assert waiting.slots_held_here() == 0
+    assert streams.slots_held_here() == 0

@@ -1,5 +1,5 @@
 """Waking a worker on enqueue without PostgreSQL (issue 19 item 11): local Unix datagram
-sockets (executions.wakeup), poked after the enqueue commits; and a live worker whose poll
+sockets (executions.engine.wakeup), poked after the enqueue commits; and a live worker whose poll
 timer never fires starts what is queued because the wake-up reached it (NOTIFY on
 PostgreSQL, the socket on SQLite)."""
 
@@ -16,10 +16,11 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
-from executions import services, wakeup
+from executions import services
+from executions.engine import queue, wakeup
+from executions.engine.sandbox import SandboxConfig
+from executions.engine.worker import WorkerProcess
 from executions.models import Execution, ExecutionStatus
-from executions.sandbox import SandboxConfig
-from executions.worker import WorkerProcess
 from tests.live import wait_for
 
 pytestmark = pytest.mark.django_db  # (the rate limits' cache may be the database)
@@ -64,7 +65,7 @@ def test_a_socket_left_by_a_killed_process_is_removed(wakeup_dir):
 @pytest.mark.django_db(transaction=True)
 def test_enqueue_pokes_after_commit_and_never_after_a_rollback(wakeup_dir, make_task):
     task = make_task()
-    with wakeup.Listener(services.QUEUE_CHANNEL) as listener:
+    with wakeup.Listener(queue.QUEUE_CHANNEL) as listener:
         with transaction.atomic():
             execution = services.execution_enqueue(task=task, actor=None)
             assert listener.wait(0) == []  # not before the commit: the worker would not see it
@@ -89,7 +90,7 @@ def test_an_idle_worker_starts_a_queued_run_on_the_wake_up_not_the_poll(wakeup_d
     try:
         assert worker.idle.wait(30), "the worker never went idle"
         if connection.vendor != "postgresql":
-            assert len(list((wakeup_dir / services.QUEUE_CHANNEL).iterdir())) == 1  # its socket
+            assert len(list((wakeup_dir / queue.QUEUE_CHANNEL).iterdir())) == 1  # its socket
         execution = services.execution_enqueue(task=task, actor=None)
         done = wait_for(
             lambda: Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.SUCCEEDED).first(),
@@ -102,7 +103,7 @@ def test_an_idle_worker_starts_a_queued_run_on_the_wake_up_not_the_poll(wakeup_d
         thread.join(timeout=60)
     assert not thread.is_alive()
     if connection.vendor != "postgresql":
-        assert list((wakeup_dir / services.QUEUE_CHANNEL).iterdir()) == []  # closed on the way out
+        assert list((wakeup_dir / queue.QUEUE_CHANNEL).iterdir()) == []  # closed on the way out
 
 
 @sqlite_only
@@ -112,7 +113,7 @@ def test_a_runworker_process_and_this_one_meet_beside_the_database_file(make_tas
     that file, where this process's enqueues poke; with an hour's poll, each run starts."""
     from tests.live import worker
 
-    sockets = wakeup.channel_dir(services.QUEUE_CHANNEL)
+    sockets = wakeup.channel_dir(queue.QUEUE_CHANNEL)
     assert sockets.parent.name == f"{Path(connection.settings_dict['NAME']).name}.wakeup"
     task = make_task("echo $TASKFORGE_EXECUTION_ID", max_concurrency=2)
     with worker("--queue-poll", "3600"):

@@ -24,9 +24,9 @@ from django.conf import settings
 from django.db import connection
 
 from executions import services
+from executions.engine.sandbox import SAFE_PATH, SandboxConfig
+from executions.engine.worker import WorkerProcess
 from executions.models import Execution, ExecutionStatus
-from executions.sandbox import SAFE_PATH, SandboxConfig
-from executions.worker import WorkerProcess
 from tasks.models import Task
 from tests.executions.test_sandbox import bwrap_problem, live_processes_with_arg
 from tests.live import wait_for, worker

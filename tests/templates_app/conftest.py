@@ -39,7 +39,7 @@ def make_template(user: User, project: Project) -> Callable[..., Template]:
 @pytest.fixture
 def inline_worker(db: Any) -> Any:
     """A worker that runs queued executions in the test's own thread (``run_pending()``)."""
-    from executions.sandbox import SandboxConfig
-    from executions.worker import WorkerProcess
+    from executions.engine.sandbox import SandboxConfig
+    from executions.engine.worker import WorkerProcess
 
     return WorkerProcess(concurrency=1, sandbox=SandboxConfig.from_settings())

@@ -273,7 +273,7 @@ def test_a_missing_interpreter_refuses_python_placeholders(settings):
 
 
 def test_the_sandbox_runs_the_interpreter_the_checker_used(settings):
-    from executions.sandbox import SandboxConfig
+    from executions.engine.sandbox import SandboxConfig
 
     settings.TASKFORGE_SCRIPT_PYTHON = "/usr/bin/python3"
     assert SandboxConfig.from_settings().python == "/usr/bin/python3"

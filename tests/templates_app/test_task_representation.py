@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from accounts.models import Project, User
 from executions import services as executions
+from executions.engine import queue
 from tasks import services as tasks
 from tasks.api.serializers import TaskSerializer
 from tasks.models import Task
@@ -54,10 +55,10 @@ def test_the_written_out_representation_is_drfs(user: User, project: Project, ma
         project=project, actor=user, name="done", script_type="bash", script_content="x"
     )
     queued = executions.execution_enqueue(task=finished, actor=user)
-    worker = executions.worker_register(concurrency=1, sandbox="test")
-    started = executions.execution_claim_next(worker=worker)
+    worker = queue.worker_register(concurrency=1, sandbox="test")
+    started = queue.execution_claim_next(worker=worker)
     assert started is not None and started.pk == execution.pk
-    executions.execution_finish(
+    queue.execution_finish(
         execution=started, claim_token=started.claim_token, status="failed", exit_code=3, error="nonzero_exit"
     )
     templated, _ = templates.template_trigger(

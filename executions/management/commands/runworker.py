@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from executions.worker import WorkerProcess
+from executions.engine.jobs import WEBHOOK_DELIVERY
+from executions.engine.worker import WorkerProcess
 
 
 class Command(BaseCommand):
@@ -39,7 +40,7 @@ class Command(BaseCommand):
             poll_interval=options["queue_poll"],
             grace=options["grace"],
             name=options["name"],
-            webhooks=not options["no_webhooks"],
+            skip_jobs=[WEBHOOK_DELIVERY] if options["no_webhooks"] else [],
             on_event=lambda message: self.stdout.write(message),
         )
         worker.install_signal_handlers()

@@ -4,7 +4,7 @@ One process runs ``concurrency`` scripts at once, each in one of ``concurrency``
 threads (each keeps its database connection from one script to the next). Besides those:
 
 - the main loop claims work whenever a slot is free, woken by ``LISTEN/NOTIFY`` on
-  PostgreSQL, by a local Unix socket that enqueues poke on SQLite (``executions.wakeup``; so
+  PostgreSQL, by a local Unix socket that enqueues poke on SQLite (``executions.engine.wakeup``; so
   a queued execution starts within milliseconds either way) and by a poll timer (the
   safety net everywhere: a wake-up is a hint);
 - a housekeeping thread stores buffered output as soon as a script prints (at most one store
@@ -34,16 +34,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
-from executions import services, wakeup
-from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
-from executions.sandbox import (
+from executions.engine import queue as execution_queue
+from executions.engine import wakeup
+from executions.engine.jobs import WEBHOOK_DELIVERY, Job, registered_jobs
+from executions.engine.sandbox import (
     RunResult,
     SandboxConfig,
     describe_isolation,
@@ -52,6 +53,7 @@ from executions.sandbox import (
     reaping_problem,
     run_script,
 )
+from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
 
 logger = logging.getLogger("taskforge.worker")
 
@@ -63,9 +65,6 @@ CANCEL_POLL_INTERVAL = 0.5
 REAP_INTERVAL = 5.0
 PRUNE_INTERVAL = 300.0
 FLUSH_BYTES = 64 * 1024
-WEBHOOK_PAUSE = 0.2
-FANOUT_BATCH = 500
-DELIVERY_BATCH = 50
 # A lost connection (server restarting, failover): what a retry can cure. psycopg's own
 # error too: the LISTEN connections are psycopg connections outside Django.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
@@ -123,7 +122,7 @@ class Run:
         self.seq += 1
         self.pending.append((self.seq, stream, text))
         self.pending_bytes += len(text)
-        self.tails[stream] = (self.tails[stream] + text)[-services.RESULT_TAIL_CHARS :]
+        self.tails[stream] = (self.tails[stream] + text)[-execution_queue.RESULT_TAIL_CHARS :]
 
     def take(self) -> list[tuple[int, str, str]]:
         with self.lock:
@@ -158,6 +157,7 @@ class WorkerProcess:
         sandbox: SandboxConfig | None = None,
         on_event: Callable[[str], None] | None = None,
         webhooks: bool = True,
+        skip_jobs: Collection[str] = (),
     ) -> None:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -177,7 +177,8 @@ class WorkerProcess:
         self.stopping = threading.Event()
         self.killing = threading.Event()
         self.worker: Worker | None = None
-        self.webhooks = webhooks
+        # Registered periodic jobs (executions.engine.jobs) this worker does not run.
+        self.skip_jobs = frozenset(skip_jobs) | (frozenset() if webhooks else {WEBHOOK_DELIVERY})
 
     # --- lifecycle -------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -199,7 +200,7 @@ class WorkerProcess:
         """Run until stopped (signal or ``stopping``); returns after a clean shutdown."""
         # Bound before the first claim: whatever is queued after that claim's read pokes it.
         local = self._local_listener() if connection.vendor != "postgresql" else None
-        self.worker = services.worker_register(
+        self.worker = execution_queue.worker_register(
             concurrency=self.concurrency, sandbox=describe_isolation(self.sandbox), name=self.name
         )
         if problem := reaping_problem():
@@ -228,8 +229,11 @@ class WorkerProcess:
             helpers.append(
                 threading.Thread(target=self._listen_local, args=(local,), name="listen", daemon=True)
             )
-        if self.webhooks:
-            helpers.append(threading.Thread(target=self._deliver_webhooks, name="webhooks", daemon=True))
+        for job in registered_jobs():
+            if job.name not in self.skip_jobs:
+                helpers.append(
+                    threading.Thread(target=self._run_job, args=(job,), name=job.name, daemon=True)
+                )
         for thread in helpers:
             thread.start()
         try:
@@ -239,7 +243,7 @@ class WorkerProcess:
             finish_cleanup()  # the last runs' uid sweeps and work directories
             if local is not None:
                 local.close()
-            services.worker_stop(worker=self.worker)
+            execution_queue.worker_stop(worker=self.worker)
             self.on_event(f"worker {self.worker.name} stopped")
             connections.close_all()
 
@@ -266,7 +270,9 @@ class WorkerProcess:
     def _claim_batch(self) -> bool:
         """Claim as many executions as there are free slots (one transaction); False if none."""
         assert self.worker is not None
-        executions = services.execution_claim_batch(worker=self.worker, limit=max(1, self._free_slots()))
+        executions = execution_queue.execution_claim_batch(
+            worker=self.worker, limit=max(1, self._free_slots())
+        )
         for execution in executions:
             run = Run(execution=execution, token=execution.claim_token)
             with self.runs_lock:
@@ -291,12 +297,12 @@ class WorkerProcess:
         """Claim and run queued executions one by one in this thread until none is left
         (or ``limit``); returns how many ran. For tests and one-shot use, no threads."""
         if self.worker is None:
-            self.worker = services.worker_register(
+            self.worker = execution_queue.worker_register(
                 concurrency=1, sandbox=describe_isolation(self.sandbox), name=self.name
             )
         done = 0
         while done < limit:
-            execution = services.execution_claim_next(worker=self.worker)
+            execution = execution_queue.execution_claim_next(worker=self.worker)
             if execution is None:
                 break
             self._execute(Run(execution=execution, token=execution.claim_token))
@@ -403,7 +409,7 @@ class WorkerProcess:
         with run.flush_lock:
             chunks = run.take()
             try:
-                return services.execution_finish(
+                return execution_queue.execution_finish(
                     execution=run.execution, claim_token=run.token, chunks=chunks, tails=run.tails, **outcome
                 )
             except Exception:
@@ -422,7 +428,7 @@ class WorkerProcess:
         try:
             stored = self._until_stored(
                 f"worker error of {execution.pk}",
-                lambda: services.execution_fail_unstored(
+                lambda: execution_queue.execution_fail_unstored(
                     execution=execution, claim_token=run.token, error_detail=detail[:500]
                 ),
             )
@@ -457,7 +463,7 @@ class WorkerProcess:
             if not chunks:
                 return
             try:
-                stored = services.execution_append_output(
+                stored = execution_queue.execution_append_output(
                     execution_id=run.execution.pk, claim_token=run.token, chunks=chunks
                 )
             except Exception:
@@ -493,14 +499,14 @@ class WorkerProcess:
                         last_store = now
                 if now - last_cancel >= CANCEL_POLL_INTERVAL and runs:
                     last_cancel = now
-                    for execution_id in services.cancel_requested(r.execution.pk for r in runs):
+                    for execution_id in execution_queue.cancel_requested(r.execution.pk for r in runs):
                         run = self.runs.get(execution_id)
                         if run is not None and run.stop_reason is None:
                             run.stop_reason = "cancelled"
                 if now - last_lease >= lease_every:
                     last_lease = now
                     assert self.worker is not None
-                    lost = services.worker_heartbeat(
+                    lost = execution_queue.worker_heartbeat(
                         worker=self.worker, running={r.execution.pk: r.token for r in runs}
                     )
                     for execution_id in lost:
@@ -509,7 +515,7 @@ class WorkerProcess:
                             run.stop_reason = run.stop_reason or "lease_lost"
                 if now - last_reap >= REAP_INTERVAL:
                     last_reap = now
-                    services.reap_lost_executions()
+                    execution_queue.reap_lost_executions()
                     from tasks.services import reap_expired_claims
 
                     reap_expired_claims()
@@ -529,22 +535,17 @@ class WorkerProcess:
                 time.sleep(max(0.0, last_store + OUTPUT_COALESCE - time.monotonic()))
         connections.close_all()
 
-    def _deliver_webhooks(self) -> None:
-        """Fan events out to webhook subscriptions and send what is due (never in a web request)."""
-        from webhooks.dispatcher import deliver_due, fan_out
-
+    def _run_job(self, job: Job) -> None:
+        """Call a registered job until the worker stops, at the pace it asks for."""
         while not self.stopping.is_set():
             try:
-                events, sent = fan_out(FANOUT_BATCH), deliver_due(DELIVERY_BATCH)
+                pause = job.func()
             except Exception:
-                log_retry("webhook delivery failed; retrying")
+                log_retry(f"{job.name} failed; retrying")
                 close_old_connections()
-                events = sent = 0
-            # Idle: look again in a second. Busy but not saturated: pause briefly, so a steady
-            # trickle of events is fanned out in batches rather than by a loop spending a core
-            # on re-reading the outbox for one or two events at a time. Saturated: at once.
-            if events < FANOUT_BATCH and sent < DELIVERY_BATCH:
-                self.stopping.wait(WEBHOOK_PAUSE if events or sent else 1.0)
+                pause = None
+            if pause is None or pause > 0:
+                self.stopping.wait(job.every_seconds if pause is None else pause)
         connections.close_all()
 
     def _listen(self) -> None:
@@ -557,7 +558,7 @@ class WorkerProcess:
                 params.pop("cursor_factory", None)
                 params.pop("context", None)
                 with psycopg.connect(**params, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {services.QUEUE_CHANNEL}")
+                    conn.execute(f"LISTEN {execution_queue.QUEUE_CHANNEL}")
                     self.wake.set()  # anything queued while we were not listening
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
@@ -567,10 +568,10 @@ class WorkerProcess:
                 time.sleep(1)
 
     def _local_listener(self) -> wakeup.Listener | None:
-        """Without PostgreSQL: the socket enqueues poke (``executions.wakeup``), or None
+        """Without PostgreSQL: the socket enqueues poke (``executions.engine.wakeup``), or None
         (then the worker only polls) if it cannot be bound."""
         try:
-            return wakeup.Listener(services.QUEUE_CHANNEL)
+            return wakeup.Listener(execution_queue.QUEUE_CHANNEL)
         except OSError as exc:
             logger.warning("no wake-up socket in %s (%s); polling only", wakeup.base_dir(), exc)
             return None
