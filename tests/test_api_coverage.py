@@ -153,3 +153,92 @@ def test_a_view_overriding_get_queryset_is_refused():
 
             def get_queryset(self):  # pragma: no cover
                 return Project.objects.all()
+
+
+def _views_under_api() -> list[Any]:
+    from pathlib import Path
+
+    from django.conf import settings
+
+    root = Path(settings.BASE_DIR)
+    return sorted(path for path in root.glob("*/api/*.py") if ".venv" not in path.parts)
+
+
+def test_no_api_module_calls_visible_to_itself():
+    # The tenancy rule is applied by the sealed base (get_queryset, visible(), visible_project());
+    # a view reaching for visible_to itself could pass the wrong user or forget the key.
+    modules = _views_under_api()
+    assert len(modules) >= 5, modules
+    offenders = [
+        f"{path.parent.parent.name}/api/{path.name}"
+        for path in modules
+        if ".visible_to(" in path.read_text() and path.as_posix().endswith("accounts/api/base.py") is False
+    ]
+    assert not offenders, f"call visible_to through the base (self.visible(...)), not in {offenders}"
+
+
+class _FakeRequest:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def _write_handlers(pattern: URLPattern) -> Iterator[tuple[str, str | None]]:
+    """(HTTP method, viewset action or None) for every writing method the route answers."""
+    actions = getattr(pattern.callback, "actions", None)
+    if actions is not None:
+        yield from ((m.upper(), a) for m, a in actions.items() if m.upper() not in ("GET", "HEAD", "OPTIONS"))
+        return
+    cls = pattern.callback.cls
+    for method in ("post", "put", "patch", "delete"):
+        if hasattr(cls, method):
+            yield method.upper(), None
+
+
+def test_every_write_declares_or_inherits_its_scopes():
+    from accounts.permissions import declared_scopes
+    from accounts.scopes import SCOPES
+
+    checked = 0
+    for route, pattern in api_routes():
+        cls = pattern.callback.cls
+        for method, action_name in _write_handlers(pattern):
+            view = cls(**getattr(pattern.callback, "initkwargs", {}))
+            view.action = action_name
+            scopes = declared_scopes(_FakeRequest(method), view)
+            assert all(scope in SCOPES for scope in scopes), f"{method} {route}: unknown scope in {scopes}"
+            writes = [scope for scope in scopes if scope == "*" or scope.endswith(":write")]
+            assert writes, f"{method} {route} ({cls.__name__}.{action_name}) needs no write scope: {scopes}"
+            checked += 1
+    assert checked >= 20, checked
+
+
+def test_the_trigger_declares_task_write_and_adds_execution_write_when_it_executes(user, key_client):
+    # The per-action declaration (task:write) and the body-dependent hook (execution:write),
+    # seen from narrow keys; a refused trigger makes nothing.
+    from templates_app.services import template_create
+
+    template = template_create(
+        project=user.personal_project,
+        actor=user,
+        slug="scoped",
+        name="Scoped",
+        name_pattern="scoped",
+        script_type="bash",
+        script="echo hi",
+    )
+    url = reverse("template-trigger", kwargs={"ref": template.pk})
+    only_templates = key_client(user, ["template:read"])
+    response = only_templates.post(url, {"execute": False}, format="json")
+    assert response.status_code == 403 and response.json()["required_scope"] == "task:write"
+    no_exec = key_client(user, ["template:read", "task:write"])
+    for body in ({}, {"execute": True}, {"parameters": {}}):
+        response = no_exec.post(url, body, format="json")
+        assert response.status_code == 403 and response.json()["required_scope"] == "execution:write"
+    assert not Task.objects.filter(project=user.personal_project).exists()
+    # A body the serializer refuses stays its 400 (it executes nothing), strict types included.
+    for value in ("maybe", "true", 1):
+        response = no_exec.post(url, {"execute": value}, format="json")
+        assert response.status_code == 400 and "execute" in response.content.decode()
+    response = no_exec.post(url, {"execute": False}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["execution"] is None

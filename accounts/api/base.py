@@ -2,7 +2,12 @@
 
 Subclasses cannot override ``get_queryset``, ``get_object`` or ``get_permissions``
 (``__init_subclass__`` refuses it); they narrow the queryset through ``scoped_queryset``.
-A test walks the URL conf and fails for any API view that does not inherit from here.
+Anything else they read goes through ``visible(model)`` / ``visible_project(pk)``: this module
+is the only one under an ``api/`` package that calls ``visible_to`` (a test scans for it).
+Scopes: an ``@action(..., scopes=(...))`` adds scopes to its object's, and
+``required_scopes(request)`` is the hook for a scope that depends on the request body.
+Creating goes through ``CreateWithServiceMixin``. A test walks the URL conf and fails for any
+API view that does not inherit from here, or any write that declares no scope.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
-from rest_framework import viewsets
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import NotAcceptable, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.idempotency import idempotent
 from accounts.models import ApiKey, Project, Role
-from accounts.permissions import HasProjectRole, HasScope, require_role
+from accounts.permissions import HasProjectRole, HasScope, declared_scopes, require_role
 from accounts.scopes import SCOPE_OBJECTS, ScopeObject
+from accounts.selectors import project_for_new_object
 from core.filters import list_parameters, refuse_repeated
 from core.ratelimit import enforce_rate_limit, rate_limit_headers
 
@@ -32,6 +41,11 @@ class TaskforgeAPIMixin:
     """Rate limiting and its headers, and the scope declaration, for every API view."""
 
     scope_object: ClassVar[ScopeObject]
+    # An @action may set these (DRF passes @action keyword arguments to the view instance):
+    # ``scope_action`` the kind ("read"/"write") its object scope and role check use, and
+    # ``scopes`` the further scopes it needs (template trigger: scopes=("task:write",)).
+    scope_action: str | None = None
+    scopes: tuple[str, ...] = ()
     permission_classes = (HasScope, HasProjectRole)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -54,6 +68,23 @@ class TaskforgeAPIMixin:
 
     def get_permissions(self) -> list[Any]:
         return [permission() for permission in (HasScope, HasProjectRole)]
+
+    def required_scopes(self, request: Request) -> tuple[str, ...]:
+        """The scopes this request needs, checked in order by ``HasScope`` (before the view).
+
+        Override (calling super) only for a scope that depends on the request itself, e.g. the
+        body: the trigger needs ``execution:write`` only when it executes.
+        """
+        return declared_scopes(request, self)  # type: ignore[arg-type]
+
+    def visible(self, model: type[models.Model] | models.QuerySet) -> models.QuerySet:
+        """What the caller (user, narrowed by the key) may see of ``model``: the tenancy rule."""
+        queryset = model._default_manager.all() if isinstance(model, type) else model.all()
+        return queryset.visible_to(self.request.user, api_key=self.api_key)  # type: ignore[attr-defined]
+
+    def visible_project(self, pk: Any) -> Project:
+        """The caller's project ``pk`` (404 for one the caller cannot see, or that does not exist)."""
+        return get_object_or_404(self.visible(Project), pk=pk)
 
     def perform_authentication(self, request: Request) -> None:
         # Rate limiting runs whether authentication succeeded or not, so a flood of bad
@@ -133,7 +164,7 @@ class TaskforgeViewSet(TaskforgeAPIMixin, viewsets.GenericViewSet):
             queryset = self.queryset
             if queryset is None or not hasattr(queryset, "visible_to"):
                 raise ImproperlyConfigured(f"{type(self).__name__}.queryset needs a visible_to() method")
-            self._visible = queryset.all().visible_to(self.request.user, api_key=self.api_key)
+            self._visible = self.visible(queryset)
         return self.scoped_queryset(self._visible.all())
 
     def scoped_queryset(self, queryset: models.QuerySet) -> models.QuerySet:
@@ -152,3 +183,54 @@ class TaskforgeViewSet(TaskforgeAPIMixin, viewsets.GenericViewSet):
 
     def require_role(self, project: Project | uuid.UUID, needed: str | None = None) -> None:
         require_role(self.request, project, needed or self.write_role)
+
+
+class CreateWithServiceMixin:
+    """``POST`` on a collection, the one way: validate ``create_input``, resolve the target
+    project (the body's ``project``, else the key's, else the caller's own; 400 for a project
+    the caller cannot see), require ``write_role`` there, call ``create_via_service``, then
+    answer 201 with ``Location`` and the object re-read through the view's queryset (tenancy
+    is checked again after the write), rendered with ``create_output``.
+
+    Subclasses declare ``create_input``, ``create_output`` (default ``serializer_class``),
+    ``detail_route`` (the URL name of the new object's page) and ``create_via_service``;
+    ``idempotent_create = True`` honours ``Idempotency-Key``. ``create_via_service`` may return
+    ``(obj, shown_once)``: attributes set on the re-read object before rendering (a webhook's
+    secret, shown this once).
+    """
+
+    create_input: ClassVar[type[serializers.Serializer]]
+    create_output: ClassVar[type[serializers.Serializer] | None] = None
+    detail_route: ClassVar[str]
+    detail_kwarg: ClassVar[str] = "pk"
+    idempotent_create: ClassVar[bool] = False
+
+    def create_via_service(self, project: Project, fields: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # No docstring on purpose: drf-spectacular would publish it as each create's description.
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if self.idempotent_create:
+            return self._idempotent_create(request)
+        return self._create(request)
+
+    def _create(self, request: Request) -> Response:
+        view: Any = self
+        incoming = self.create_input(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        project = project_for_new_object(
+            user=request.user, api_key=view.api_key, project_id=fields.pop("project", None)
+        )
+        view.require_role(project)
+        created = self.create_via_service(project, fields)
+        obj, shown_once = created if isinstance(created, tuple) else (created, {})
+        fresh = view.get_queryset().get(pk=obj.pk)
+        for name, value in shown_once.items():
+            setattr(fresh, name, value)
+        output = self.create_output or view.serializer_class
+        data = output(fresh, context=view.get_serializer_context()).data
+        location = request.build_absolute_uri(reverse(self.detail_route, kwargs={self.detail_kwarg: obj.pk}))
+        return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
+
+    _idempotent_create = idempotent(_create)

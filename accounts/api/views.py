@@ -54,7 +54,7 @@ class MeView(TaskforgeAPIView):
 
     @extend_schema(responses=MeSerializer, operation_id="me_retrieve")
     def get(self, request: Request) -> Response:
-        projects = Project.objects.visible_to(request.user, self.api_key)
+        projects = self.visible(Project)
         personal = getattr(request.user, "personal_project", None)
         if (
             personal is not None
@@ -103,9 +103,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, TaskforgeVi
         data = incoming.validated_data
         project = None
         if data["project"] is not None:
-            project = (
-                Project.objects.visible_to(request.user, self.api_key).filter(pk=data["project"]).first()
-            )
+            project = self.visible(Project).filter(pk=data["project"]).first()
             if project is None:
                 from rest_framework.exceptions import ValidationError
 
@@ -187,9 +185,7 @@ def _invite(view: TaskforgeViewSet, request: Request, project: Project) -> Respo
 
 
 def _visible_project(view: TaskforgeViewSet) -> Project:
-    return get_object_or_404(
-        Project.objects.visible_to(view.request.user, view.api_key), pk=view.kwargs["project_pk"]
-    )
+    return view.visible_project(view.kwargs["project_pk"])
 
 
 @extend_schema(tags=["projects"])

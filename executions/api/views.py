@@ -162,9 +162,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
 
     def task(self) -> Task:
         """The task in the URL (404 unless the caller can see it)."""
-        return get_object_or_404(
-            Task.objects.visible_to(self.request.user, self.api_key), pk=self.kwargs["id"]
-        )
+        return get_object_or_404(self.visible(Task), pk=self.kwargs["id"])
 
     def get_serializer_class(self) -> type:
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer

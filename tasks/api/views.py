@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import TaskforgeViewSet
+from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from accounts.models import Project
+from accounts.selectors import project_for_new_object
 from core.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
@@ -32,7 +33,6 @@ from tasks.api.serializers import (
 )
 from tasks.filters import TaskFilter
 from tasks.models import Task
-from tasks.selectors import project_for_new_task
 
 CONFLICT = OpenApiResponse(
     ProblemSerializer,
@@ -63,13 +63,23 @@ AGENT_EXAMPLE = OpenApiExample(
 @extend_schema_view(
     list=extend_schema(summary="List tasks (filter, sort, paginate by page or cursor)"),
     retrieve=extend_schema(summary="A task"),
+    create=extend_schema(
+        summary="Create a task",
+        request=TaskWriteSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: TaskSerializer, **idempotency_responses()},
+        examples=[CREATE_EXAMPLE, AGENT_EXAMPLE],
+    ),
 )
 @extend_schema(tags=["tasks"])
-class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
     """Tasks of the caller's projects, their history and the agent claim protocol."""
 
     queryset = Task.objects.all()
     serializer_class = TaskSerializer
+    create_input = TaskWriteSerializer
+    detail_route = "task-detail"
+    idempotent_create = True
     filterset_class = TaskFilter
     pagination_class = TaskPagination
     scope_object = "task"
@@ -90,25 +100,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
         task = self.get_queryset().get(pk=task.pk)
         return Response(TaskSerializer(task).data, status=status_code, **kwargs)
 
-    @extend_schema(
-        summary="Create a task",
-        request=TaskWriteSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER],
-        responses={201: TaskSerializer, **idempotency_responses()},
-        examples=[CREATE_EXAMPLE, AGENT_EXAMPLE],
-    )
-    @idempotent
-    def create(self, request: Request) -> Response:
-        incoming = TaskWriteSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        fields = dict(incoming.validated_data)
-        project = project_for_new_task(
-            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
-        )
-        self.require_role(project)
-        task = services.task_create(project=project, actor=request.user, api_key=self.api_key, **fields)
-        location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
-        return self._render(task, status.HTTP_201_CREATED, headers={"Location": location})
+    def create_via_service(self, project: Project, fields: dict[str, Any]) -> Task:
+        return services.task_create(project=project, actor=self.request.user, api_key=self.api_key, **fields)
 
     def _update(self, request: Request, *, partial: bool) -> Response:
         task = self.get_object()
@@ -198,7 +191,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeVie
         incoming.is_valid(raise_exception=True)
         filters = dict(incoming.validated_data)
         if filters.get("project") is not None:
-            project = project_for_new_task(
+            project = project_for_new_object(
                 user=request.user, api_key=self.api_key, project_id=filters["project"]
             )
             self.require_role(project)

@@ -22,22 +22,22 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import TaskforgeViewSet
+from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
-from accounts.permissions import MissingScope
 from core.errors import Conflict
 from core.openapi import ProblemSerializer
+from core.serializers import type_errors
 from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from executions.api.views import WAIT_PARAM, wait_seconds
 from executions.engine.waiting import wait_until_final
 from executions.models import Execution
 from tasks.api.serializers import TaskSerializer
 from tasks.models import Task
-from tasks.selectors import project_for_new_task
 from templates_app import services
 from templates_app.api.serializers import (
     TemplateSerializer,
@@ -85,6 +85,24 @@ TRIGGER_EXAMPLE = OpenApiExample(
 )
 
 
+def _executes(request: Request) -> bool:
+    """Whether a trigger's body asks to execute (``execute`` defaults to true), read the way
+    ``TriggerSerializer`` reads it. A body it would refuse executes nothing (its 400 follows),
+    so it needs no execution scope. A malformed body raises its 400/415 here, as it would in
+    the view (DRF keeps an empty body after a parse error: never swallow it)."""
+    data = request.data
+    if not isinstance(data, dict):
+        return False
+    field = TriggerSerializer().fields["execute"]
+    value = field.get_value(data)
+    if value is not empty and type_errors(field, value):
+        return False  # StrictSerializer refuses it ("execute": "true" is not a boolean)
+    try:
+        return bool(field.run_validation(value))
+    except ValidationError:
+        return False
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -96,9 +114,18 @@ def _is_uuid(value: str) -> bool:
 @extend_schema_view(
     list=extend_schema(summary="List templates"),
     retrieve=extend_schema(summary="A template", parameters=[REF_PARAMETER, PROJECT_PARAMETER]),
+    create=extend_schema(
+        summary="Create a template (project admins)",
+        request=TemplateWriteSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: TemplateSerializer, **idempotency_responses()},
+        examples=[CREATE_EXAMPLE],
+    ),
 )
 @extend_schema(tags=["templates"])
-class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+class TemplateViewSet(
+    CreateWithServiceMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet
+):
     """Templates of the caller's projects. Reading needs template:read; writing needs
     template:write and the admin role in the template's project."""
 
@@ -109,8 +136,10 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
     write_role = Role.ADMIN
     lookup_url_kwarg = "ref"
     lookup_value_regex = r"[^/]+"
-    # An @action may name the scope kind it needs (trigger: "read", plus explicit task scopes).
-    scope_action: str | None = None
+    create_input = TemplateWriteSerializer
+    detail_route = "template-detail"
+    detail_kwarg = "ref"
+    idempotent_create = True
 
     @property
     def lookup_field(self) -> str:  # type: ignore[override]
@@ -142,34 +171,17 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
 
     def _render(self, template: Template, status_code: int = status.HTTP_200_OK, **kwargs: Any) -> Response:
         # Read back through the caller's queryset: tenancy is checked again after the write.
-        template = Template.objects.visible_to(self.request.user, self.api_key).for_api().get(pk=template.pk)
+        template = self.visible(Template).for_api().get(pk=template.pk)
         return Response(TemplateSerializer(template).data, status=status_code, **kwargs)
 
-    @extend_schema(
-        summary="Create a template (project admins)",
-        request=TemplateWriteSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER],
-        responses={201: TemplateSerializer, **idempotency_responses()},
-        examples=[CREATE_EXAMPLE],
-    )
-    @idempotent
-    def create(self, request: Request) -> Response:
-        incoming = TemplateWriteSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        fields = dict(incoming.validated_data)
-        project = project_for_new_task(
-            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
-        )
-        self.require_role(project)
-        template = services.template_create(
+    def create_via_service(self, project: Project, fields: dict[str, Any]) -> Template:
+        return services.template_create(
             project=project,
-            actor=request.user,
+            actor=self.request.user,
             api_key=self.api_key,
             parameters=fields.pop("parameters", []),
             **fields,
         )
-        location = request.build_absolute_uri(reverse("template-detail", kwargs={"ref": template.pk}))
-        return self._render(template, status.HTTP_201_CREATED, headers={"Location": location})
 
     def _update(self, request: Request, *, partial: bool) -> Response:
         template = self.get_object()
@@ -217,11 +229,11 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
         services.template_delete(template=self.get_object(), actor=request.user, api_key=self.api_key)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    def _require_scopes(self, *scopes: str) -> None:
-        api_key = self.api_key
-        for scope in scopes:
-            if api_key is not None and not api_key.grants(scope):
-                raise MissingScope(scope)
+    def required_scopes(self, request: Request) -> tuple[str, ...]:
+        scopes = super().required_scopes(request)
+        if self.action == "trigger" and _executes(request):
+            scopes = (*scopes, "execution:write")
+        return scopes
 
     @extend_schema(
         summary="Trigger a template: make a task and run it",
@@ -244,7 +256,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
         },
         examples=[TRIGGER_EXAMPLE],
     )
-    @action(detail=True, methods=["post"], scope_action="read")
+    @action(detail=True, methods=["post"], scope_action="read", scopes=("task:write",))
     @idempotent
     def trigger(self, request: Request, ref: str | None = None) -> Response:
         template = self.get_object()
@@ -253,7 +265,6 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
         incoming = TriggerSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
-        self._require_scopes("task:write", *(["execution:write"] if data["execute"] else []))
         task, execution = services.template_trigger(
             template=template,
             actor=request.user,
@@ -272,7 +283,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforg
             execution_data = serializer(execution).data
             # One rule with POST /tasks/{id}/execute: 200 finished (within ?wait), 202 not yet.
             code = status.HTTP_200_OK if execution.is_final and wait else status.HTTP_202_ACCEPTED
-        task = Task.objects.visible_to(request.user, self.api_key).for_api().get(pk=task.pk)
+        task = self.visible(Task).for_api().get(pk=task.pk)
         location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
         return Response(
             {"task": TaskSerializer(task).data, "execution": execution_data},

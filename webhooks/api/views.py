@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
-from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -22,10 +21,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import TaskforgeViewSet
-from accounts.models import Membership, Role
+from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
+from accounts.models import Membership, Project, Role
 from core.openapi import ProblemSerializer
-from tasks.selectors import project_for_new_task
 from webhooks import services
 from webhooks.api.serializers import (
     DeliverySerializer,
@@ -82,9 +80,19 @@ class _Everything:
 @extend_schema_view(
     list=extend_schema(summary="List the webhook subscriptions of your projects"),
     retrieve=extend_schema(summary="A webhook subscription (never its secret)"),
+    create=extend_schema(
+        summary="Subscribe a URL to events",
+        description="The answer carries the signing `secret`, the only time it is shown. The URL "
+        "must be https and resolve to public addresses only (400 naming `url` otherwise).",
+        request=WebhookWriteSerializer,
+        responses={201: WebhookCreatedSerializer, 409: CONFLICT},
+        examples=[CREATE_EXAMPLE, SECRET_EXAMPLE],
+    ),
 )
 @extend_schema(tags=["webhooks"])
-class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
+class WebhookViewSet(
+    CreateWithServiceMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet
+):
     """Signed outgoing webhooks. Reading needs `webhook:read`; every change needs `webhook:write`
     and the admin role in the subscription's project."""
 
@@ -93,6 +101,9 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
     scope_object = "webhook"
     write_role = Role.ADMIN
     lookup_value_regex = UUID_RE
+    create_input = WebhookWriteSerializer
+    create_output = WebhookCreatedSerializer
+    detail_route = "webhook-detail"
 
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
         return queryset.select_related("created_by")
@@ -143,27 +154,11 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskforge
         attempts = Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("started_at", "id"))
         return Delivery.objects.filter(subscription=subscription).prefetch_related(attempts)
 
-    @extend_schema(
-        summary="Subscribe a URL to events",
-        description="The answer carries the signing `secret`, the only time it is shown. The URL "
-        "must be https and resolve to public addresses only (400 naming `url` otherwise).",
-        request=WebhookWriteSerializer,
-        responses={201: WebhookCreatedSerializer, 409: CONFLICT},
-        examples=[CREATE_EXAMPLE, SECRET_EXAMPLE],
-    )
-    def create(self, request: Request) -> Response:
-        incoming = WebhookWriteSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        fields = dict(incoming.validated_data)
-        project = project_for_new_task(
-            user=request.user, api_key=self.api_key, project_id=fields.pop("project", None)
+    def create_via_service(self, project: Project, fields: dict[str, Any]) -> tuple[Subscription, dict]:
+        subscription, secret = services.subscription_create(
+            project=project, actor=self.request.user, **fields
         )
-        self.require_role(project)
-        subscription, secret = services.subscription_create(project=project, actor=request.user, **fields)
-        location = request.build_absolute_uri(reverse("webhook-detail", kwargs={"pk": subscription.pk}))
-        return self._render_with_secret(
-            subscription, secret, status.HTTP_201_CREATED, headers={"Location": location}
-        )
+        return subscription, {"secret": secret}  # shown this once
 
     @extend_schema(
         summary="Change a subscription",
