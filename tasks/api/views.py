@@ -17,7 +17,10 @@ from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, i
 from core.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
-from tasks.api.serializers import (
+from tasks.filters import TaskFilter
+from tasks.models import Task
+from tasks.selectors import project_for_new_task
+from tasks.serializers import (
     ClaimNextSerializer,
     CompleteSerializer,
     EventSerializer,
@@ -30,9 +33,6 @@ from tasks.api.serializers import (
     TaskUpdateSerializer,
     TaskWriteSerializer,
 )
-from tasks.filters import TaskFilter
-from tasks.models import Task
-from tasks.selectors import project_for_new_task
 
 CONFLICT = OpenApiResponse(
     ProblemSerializer,

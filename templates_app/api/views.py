@@ -31,13 +31,13 @@ from accounts.models import Project, Role
 from accounts.permissions import MissingScope
 from core.errors import Conflict
 from core.openapi import ProblemSerializer
-from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from executions.api.views import WAIT_PARAM, wait_seconds
 from executions.engine.waiting import wait_until_final
 from executions.models import Execution
-from tasks.api.serializers import TaskSerializer
+from executions.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from tasks.models import Task
 from tasks.selectors import project_for_new_task
+from tasks.serializers import TaskSerializer
 from templates_app import services
 from templates_app.api.serializers import (
     TemplateSerializer,
