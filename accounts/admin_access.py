@@ -32,6 +32,7 @@ from django.http import HttpRequest
 
 from accounts.models import Project, Role, role_at_least
 from accounts.permissions import project_role
+from core.admin_actions import apply_each
 
 
 def role_denied_message(role: str | None, needed: str) -> str:
@@ -168,8 +169,6 @@ class ProjectRoleAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         """``delete_selected``: one ``delete_model`` (a service call) per object, never a bulk
         delete that would skip the service; a refusal is reported, not a failed request."""
-        from config.admin import apply_each
-
         reason = self.refuse_selection(request, queryset, self.write_role)
         if reason:
             raise PermissionDenied(reason)

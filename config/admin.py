@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
-from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 DASHBOARD_CACHE_SECONDS = 30
-
-
-def apply_each(
-    model_admin: admin.ModelAdmin,
-    request: HttpRequest,
-    items: QuerySet,
-    verb: str,
-    change: Callable[[Any], Any],
-) -> None:
-    """An admin action's loop: ``change(item)`` (a service call) for each selected item; one
-    success message, and a warning per refusal (the first 10) instead of a failed request."""
-    from rest_framework.exceptions import APIException
-
-    done, refused = 0, []
-    for item in items:
-        try:
-            change(item)
-            done += 1
-        except (APIException, ValidationError) as exc:
-            refused.append(f"{item}: {getattr(exc, 'detail', exc)}")
-    if done:
-        meta = model_admin.model._meta
-        noun = meta.verbose_name if done == 1 else meta.verbose_name_plural
-        model_admin.message_user(request, f"{verb} {done} {noun}.", messages.SUCCESS)
-    for line in refused[:10]:
-        model_admin.message_user(request, line, messages.WARNING)
 
 
 def dashboard(user: Any) -> dict[str, Any]:
@@ -52,6 +24,8 @@ def dashboard(user: Any) -> dict[str, Any]:
     are exact on every load. Task counts by status scan the caller's tasks, so they are cached
     for 30 s per user (on a million tasks that count is the only expensive number).
     """
+    # Imported here, not at the top: INSTALLED_APPS loads this module (TaskforgeAdminConfig)
+    # before any model exists. Not a cycle: config is the top layer.
     from executions.models import Execution, ExecutionStatus, Worker
     from tasks.selectors import task_status_counts
 

@@ -10,9 +10,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from accounts.admin_access import ProjectRoleAdmin, require_project_role, superuser_only
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role, superuser_only
 from accounts.models import Role
 from core.admin_badges import EXECUTION_COLOURS, status_badge
+from core.secrets import MASK
 from executions import services
 from executions.models import Execution, Worker
 
@@ -26,14 +27,34 @@ OUTPUT_BLOCK = (
 def masked_secrets(execution: Execution) -> list[str]:
     """The secret parameters a re-run of ``execution`` would need: the run had them, but only
     their mask (``***``) was kept, and sending the mask would run the script with ``***``."""
-    from templates_app.parameters import MASK
-
     spec = execution.task.parameter_spec or []
     secret = {item.get("name") for item in spec if item.get("secret")}
     plain = {item.get("name") for item in spec} - secret
     given = execution.parameters or {}
     # A masked value whose declaration has since gone is refused too: *** is never a value.
     return sorted(n for n, v in given.items() if n in secret or (v == MASK and n not in plain))
+
+
+class ExecutionInline(ProjectRoleInline, admin.TabularInline):
+    """The task's latest executions, newest first, each linking to its page with the output."""
+
+    model = Execution
+    fk_name = "task"
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-number",)
+    fields = ("link", "badge", "trigger", "attempt", "queued_at", "duration_ms", "exit_code", "error")
+    readonly_fields = fields
+
+    @admin.display(description="execution")
+    def link(self, execution: Execution) -> str:
+        url = reverse("admin:executions_execution_change", args=[execution.pk])
+        return format_html('<a href="{}">#{}</a>', url, execution.number)
+
+    @admin.display(description="status")
+    def badge(self, execution: Execution) -> str:
+        return status_badge(execution.status, EXECUTION_COLOURS)
 
 
 @admin.register(Execution)

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from core.errors import Conflict
+from core.errors import Conflict, field_error
 from events.models import Event, EventType
 from executions.engine.queue import QUEUE_CHANNEL, _execution_event, _finish, _next_number, _sync_task, notify
 from executions.models import (
@@ -25,6 +25,7 @@ from executions.models import (
     ExecutionStatus,
     Trigger,
 )
+from executions.preparers import prepare_run
 from tasks.models import Task
 from tasks.services import task_blockers
 
@@ -47,6 +48,7 @@ def execution_enqueue(
     timeout_seconds: int | None = None,
     parameters: Mapping[str, Any] | None = None,
     secret_parameters: Mapping[str, Any] | None = None,
+    script: str | None = None,
     attempt: int = 1,
     retry_of: Execution | None = None,
 ) -> Execution:
@@ -56,7 +58,10 @@ def execution_enqueue(
     ``parameters`` (with ``secret_parameters``, all given values) are validated against the
     declarations a templated task keeps (its stored values are the base) and rendered into
     the script; secrets are masked in ``Execution.parameters``. A task not made from a
-    template takes no parameters (400).
+    template takes no parameters (400). The validating and rendering are the preparer's that
+    templates_app registers (``executions.preparers``); a caller that has prepared the run
+    already passes the rendered ``script`` with the validated ``parameters`` and
+    ``secret_parameters``, which are then taken as they are.
     """
     task = Task.objects.select_for_update().get(pk=task.pk)  # serialises numbering per task
     if not task.script_content:
@@ -73,13 +78,11 @@ def execution_enqueue(
             blockers=[str(b) for b in blockers],
         )
     if timeout_seconds is not None and not 1 <= timeout_seconds <= 3600:
-        from core.errors import field_error
-
         raise field_error("timeout_seconds", "Must be between 1 and 3600.", "out_of_range")
     given = {**(parameters or {}), **(secret_parameters or {})}
-    if task.parameter_spec:
-        from templates_app.parameters import prepare_run
-
+    if script is not None:
+        pass  # prepared by the caller: rendered, validated, secrets split out
+    elif task.parameter_spec:
         script, parameters, secret_parameters = prepare_run(
             spec=task.parameter_spec,
             script=task.script_content,
@@ -89,8 +92,6 @@ def execution_enqueue(
             digest=task.script_digest,
         )
     elif given:
-        from core.errors import field_error
-
         raise field_error(
             "parameters", "This task was not made from a template: it takes no parameters.", "no_parameters"
         )

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from rest_framework.exceptions import APIException
 
-from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline
 from accounts.models import Project, Role
-from config.admin import apply_each
+from core.admin_actions import apply_each
 from core.admin_badges import EXECUTION_COLOURS, status_badge
 from events.models import Event
-from executions.models import Execution, Trigger
-from executions.services import execution_enqueue
 from tasks import services
 from tasks.models import Note, Status, Task
 
@@ -85,29 +81,6 @@ class EventInline(ProjectRoleInline, admin.TabularInline):
         return False
 
 
-class ExecutionInline(ProjectRoleInline, admin.TabularInline):
-    """The task's latest executions, newest first, each linking to its page with the output."""
-
-    model = Execution
-    fk_name = "task"
-    extra = 0
-    max_num = 0
-    can_delete = False
-    ordering = ("-number",)
-    fields = ("link", "badge", "trigger", "attempt", "queued_at", "duration_ms", "exit_code", "error")
-    readonly_fields = fields
-
-    @admin.display(description="execution")
-    def link(self, execution: Execution) -> str:
-        url = reverse("admin:executions_execution_change", args=[execution.pk])
-        return format_html('<a href="{}">#{}</a>', url, execution.number)
-
-    @admin.display(description="status")
-    def badge(self, execution: Execution) -> str:
-        return status_badge(execution.status, EXECUTION_COLOURS)
-
-
-@admin.register(Task)
 class TaskAdmin(ProjectRoleAdmin):
     """Viewers read; members create, change, run, move, archive and delete (as the API)."""
 
@@ -165,12 +138,10 @@ class TaskAdmin(ProjectRoleAdmin):
         "parameters",
         ("created_by", "created_at", "updated_at"),
     )
-    inlines = (ExecutionInline, NoteInline, EventInline)
-    actions = ("execute", "archive", "cancel", "back_to_pending")
-
-    def get_inlines(self, request: HttpRequest, obj: Task | None) -> tuple[type, ...]:
-        # A task being added has no executions yet.
-        return self.inlines if obj is not None else tuple(i for i in self.inlines if i is not ExecutionInline)
+    # templates_app.admin registers the full TaskAdmin (this one with the executions inline,
+    # Run now / Run with parameters and the execute action): those need the layers above tasks.
+    inlines = (NoteInline, EventInline)
+    actions = ("archive", "cancel", "back_to_pending")
 
     @admin.display(description="status", ordering="status")
     def badge(self, task: Task) -> str:
@@ -191,56 +162,6 @@ class TaskAdmin(ProjectRoleAdmin):
             status_badge(execution.status, EXECUTION_COLOURS),
             took,
         )
-
-    # --- Run now / Run with parameters -----------------------------------------------------
-    def get_urls(self) -> list[Any]:
-        from django.urls import path
-
-        return [
-            path("<uuid:pk>/run/", self.admin_site.admin_view(self.run_view), name="tasks_task_run"),
-            *super().get_urls(),
-        ]
-
-    def run_view(self, request: HttpRequest, pk: Any) -> Any:
-        """POST without a form: run now. GET: a typed form for the task's parameters."""
-        from django.http import HttpResponseRedirect
-        from django.shortcuts import get_object_or_404
-        from django.template.response import TemplateResponse
-
-        from templates_app.admin import TriggerForm
-        from templates_app.parameters import normalize_spec
-
-        task = get_object_or_404(self.get_queryset(request), pk=pk)
-        require_project_role(request, task.project_id, self.action_role("run"))
-        spec = normalize_spec(task.parameter_spec or [])
-        with_form = "_run_form" in request.POST or request.method == "GET"
-        form = TriggerForm(spec, request.POST if "_run_form" in request.POST else None)
-        if request.method == "POST" and (not with_form or form.is_valid()):
-            try:
-                execution = execution_enqueue(
-                    task=task,
-                    actor=request.user,
-                    trigger=Trigger.ADMIN,
-                    parameters=form.values() if with_form else None,
-                )
-            except ValidationError as exc:
-                if not with_form:
-                    self.message_user(request, "; ".join(exc.messages), messages.ERROR)
-                    return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
-                form.add_service_errors(exc)
-            except APIException as exc:
-                self.message_user(request, str(exc.detail), messages.ERROR)
-                return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
-            else:
-                self.message_user(request, f"Queued execution #{execution.number}.", messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Run {task.name}",
-            "task": task,
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/tasks/task/run.html", context)
 
     @admin.display(description="depends on")
     def dependencies(self, task: Task) -> str:
@@ -263,16 +184,6 @@ class TaskAdmin(ProjectRoleAdmin):
 
     def delete_model(self, request: HttpRequest, obj: Task) -> None:
         services.task_delete(task=obj, actor=request.user)
-
-    @admin.action(description="Execute selected tasks now", permissions=["change"])
-    def execute(self, request: HttpRequest, queryset: QuerySet) -> None:
-        apply_each(
-            self,
-            request,
-            queryset,
-            "Queued an execution of",
-            lambda task: execution_enqueue(task=task, actor=request.user, trigger=Trigger.ADMIN),
-        )
 
     @admin.action(description="Archive selected tasks", permissions=["change"])
     def archive(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -191,7 +191,7 @@ def _unfinished_dependencies() -> models.QuerySet:
     )
 
 
-# What a task's API shape shows of its latest execution (tasks.api.serializers).
+# What a task's API shape shows of its latest execution (tasks.serializers).
 LAST_EXECUTION_FIELDS = ("id", "number", "status", "exit_code", "duration_ms", "queued_at", "finished_at")
 
 

@@ -19,7 +19,13 @@ from rest_framework.exceptions import APIException
 
 from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, require_project_role
 from accounts.models import Role
+from core.admin_actions import apply_each
+from executions.admin import ExecutionInline
 from executions.models import Trigger
+from executions.services import execution_enqueue
+from tasks.admin import EventInline, NoteInline
+from tasks.admin import TaskAdmin as BaseTaskAdmin
+from tasks.models import Task
 from templates_app import parameters as params
 from templates_app import services
 from templates_app.models import ParameterType, Template, TemplateParameter
@@ -298,3 +304,70 @@ class TriggerForm(forms.Form):
             name = field.removeprefix("parameters.")
             for message in errors:
                 self.add_error(name if name in self.fields else None, message)
+
+
+# --- The task admin, completed here -------------------------------------------------------------
+# tasks.admin defines TaskAdmin with what tasks owns; running a task (its executions inline, Run
+# now, Run with parameters and its typed form, the execute action) needs executions and this
+# app's parameters, so the full admin is registered from the top of the layers that it uses.
+@admin.register(Task)
+class TaskAdmin(BaseTaskAdmin):
+    """Viewers read; members create, change, run, move, archive and delete (as the API)."""
+
+    inlines = (ExecutionInline, NoteInline, EventInline)
+    actions = ("execute", *BaseTaskAdmin.actions)
+
+    def get_inlines(self, request: HttpRequest, obj: Task | None) -> tuple[type, ...]:
+        # A task being added has no executions yet.
+        return self.inlines if obj is not None else tuple(i for i in self.inlines if i is not ExecutionInline)
+
+    # --- Run now / Run with parameters -----------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        return [
+            path("<uuid:pk>/run/", self.admin_site.admin_view(self.run_view), name="tasks_task_run"),
+            *super().get_urls(),
+        ]
+
+    def run_view(self, request: HttpRequest, pk: Any) -> Any:
+        """POST without a form: run now. GET: a typed form for the task's parameters."""
+        task = get_object_or_404(self.get_queryset(request), pk=pk)
+        require_project_role(request, task.project_id, self.action_role("run"))
+        spec = params.normalize_spec(task.parameter_spec or [])
+        with_form = "_run_form" in request.POST or request.method == "GET"
+        form = TriggerForm(spec, request.POST if "_run_form" in request.POST else None)
+        if request.method == "POST" and (not with_form or form.is_valid()):
+            try:
+                execution = execution_enqueue(
+                    task=task,
+                    actor=request.user,
+                    trigger=Trigger.ADMIN,
+                    parameters=form.values() if with_form else None,
+                )
+            except ValidationError as exc:
+                if not with_form:
+                    self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+                    return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+                form.add_service_errors(exc)
+            except APIException as exc:
+                self.message_user(request, str(exc.detail), messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+            else:
+                self.message_user(request, f"Queued execution #{execution.number}.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Run {task.name}",
+            "task": task,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/tasks/task/run.html", context)
+
+    @admin.action(description="Execute selected tasks now", permissions=["change"])
+    def execute(self, request: HttpRequest, queryset: QuerySet) -> None:
+        apply_each(
+            self,
+            request,
+            queryset,
+            "Queued an execution of",
+            lambda task: execution_enqueue(task=task, actor=request.user, trigger=Trigger.ADMIN),
+        )

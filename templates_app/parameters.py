@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.secrets import MASK
+
 # --- Limits and vocabulary ------------------------------------------------------------------------
 PARAMETERS_MAX = 50
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -34,7 +36,6 @@ VALUE_MAX_CHARS = 65_536
 CHOICES_MAX = 200
 DESCRIPTION_MAX = 1000
 PATTERN_MAX = 500
-MASK = "***"
 TYPES = ("string", "integer", "number", "boolean", "choice")
 TEXT_TYPES = frozenset({"string", "choice"})
 # Strings the CLI accepts for booleans and numbers (it has only strings).
@@ -1005,6 +1006,14 @@ def prepare_run(
     clean, errors = validate(spec, values)
     if errors:
         raise as_validation_error(errors)
+    return render_run(spec=spec, script=script, script_type=script_type, clean=clean)
+
+
+def render_run(
+    *, spec: list[Mapping[str, Any]], script: str, script_type: str, clean: Mapping[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(script, shown values, secret values)`` for values ``validate`` has accepted already:
+    the script checked for unsafe placeholders, rendered, and the secrets split out."""
     problems = script_errors(script, script_type, spec, "script_content")
     if problems:
         raise as_validation_error(problems)

@@ -274,13 +274,19 @@ def template_trigger(
         )
         execution = None
         if execute:
+            # The values were validated above, once: the run gets the rendered script.
+            script, shown_run, secrets = params.render_run(
+                spec=spec, script=task.script_content, script_type=task.script_type, clean=clean
+            )
             execution = execution_enqueue(
                 task=task,
                 actor=actor,
                 api_key=api_key,
                 trigger=trigger,
                 timeout_seconds=timeout_seconds,
-                parameters=clean,
+                parameters=shown_run,
+                secret_parameters=secrets,
+                script=script,
             )
     return task, execution
 

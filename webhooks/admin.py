@@ -14,7 +14,7 @@ from django.utils.html import format_html
 
 from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline
 from accounts.models import Role
-from config.admin import apply_each
+from core.admin_actions import apply_each
 from webhooks import services, ssrf
 from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 

@@ -49,8 +49,8 @@ from standardwebhooks.webhooks import Webhook
 from core.sql import lock_skipping_locked
 from events.models import Event
 from events.selectors import events_after
-from tasks.api.serializers import TaskSerializer
 from tasks.models import Task
+from tasks.serializers import TaskSerializer
 from webhooks import ssrf
 from webhooks.models import (
     EVENT_TYPES,

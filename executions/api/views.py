@@ -19,17 +19,17 @@ from accounts.api.base import TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from core.openapi import ProblemSerializer
 from executions import services
-from executions.api.serializers import (
+from executions.api.streams import Slot, take_slot
+from executions.engine.waiting import OutputFollower, wait_until_final
+from executions.filters import ExecutionFilter
+from executions.models import FINAL_STATUSES, Execution
+from executions.serializers import (
     ExecuteSerializer,
     ExecutionDetailSerializer,
     ExecutionSerializer,
     LogSerializer,
     log_payload,
 )
-from executions.api.streams import Slot, take_slot
-from executions.engine.waiting import OutputFollower, wait_until_final
-from executions.filters import ExecutionFilter
-from executions.models import FINAL_STATUSES, Execution
 from tasks.models import Task
 
 WAIT_PARAM = OpenApiParameter(

@@ -18,7 +18,9 @@ from accounts.selectors import project_for_new_object
 from core.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
 from tasks import services
 from tasks.api.pagination import TaskPagination
-from tasks.api.serializers import (
+from tasks.filters import TaskFilter
+from tasks.models import Task
+from tasks.serializers import (
     ClaimNextSerializer,
     CompleteSerializer,
     EventSerializer,
@@ -31,8 +33,6 @@ from tasks.api.serializers import (
     TaskUpdateSerializer,
     TaskWriteSerializer,
 )
-from tasks.filters import TaskFilter
-from tasks.models import Task
 
 CONFLICT = OpenApiResponse(
     ProblemSerializer,

@@ -9,8 +9,7 @@ from rest_framework import serializers
 
 from core.serializers import StrictSerializer, user_ref
 from core.validators import validate_name
-from executions.api.serializers import ExecutionSerializer
-from tasks.api.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
+from executions.serializers import ExecutionSerializer
 from tasks.models import (
     AGENT_MAX,
     CONCURRENCY_MAX,
@@ -27,6 +26,7 @@ from tasks.models import (
     validate_metadata,
     validate_script_size,
 )
+from tasks.serializers import TaskSerializer, TaskWriteSerializer, UserRefSerializer, tag_field
 from templates_app import parameters as params
 from templates_app.models import ParameterType, Template
 

@@ -32,12 +32,12 @@ from accounts.models import Project, Role
 from core.errors import Conflict
 from core.openapi import ProblemSerializer
 from core.serializers import type_errors
-from executions.api.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from executions.api.views import WAIT_PARAM, wait_seconds
 from executions.engine.waiting import wait_until_final
 from executions.models import Execution
-from tasks.api.serializers import TaskSerializer
+from executions.serializers import ExecutionDetailSerializer, ExecutionSerializer
 from tasks.models import Task
+from tasks.serializers import TaskSerializer
 from templates_app import services
 from templates_app.api.serializers import (
     TemplateSerializer,

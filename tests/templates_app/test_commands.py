@@ -7,8 +7,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.models import Role
-from executions.management.commands import trigger as trigger_command
 from executions.models import Execution, Trigger
+from templates_app.management.commands import trigger as trigger_command
 from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db

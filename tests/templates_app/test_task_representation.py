@@ -15,8 +15,8 @@ from accounts.models import Project, User
 from executions import services as executions
 from executions.engine import queue
 from tasks import services as tasks
-from tasks.api.serializers import TaskSerializer
 from tasks.models import Task
+from tasks.serializers import TaskSerializer
 from templates_app import services as templates
 from tests.factories import make_key
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from core.validators import first_refused_character
-from executions.api.serializers import ExecutionDetailSerializer
 from executions.models import Execution, ExecutionStatus
+from executions.serializers import ExecutionDetailSerializer
 from templates_app import services
 
 pytestmark = pytest.mark.django_db
