@@ -1212,3 +1212,109 @@ def test_tmpfs_setting_is_read(settings: Any) -> None:
     assert SandboxConfig.from_settings().tmpfs_bytes == 3 * MIB
     with pytest.raises(ValueError, match="tmpfs_bytes"):
         SandboxConfig(tmpfs_bytes=0)
+
+
+# --- Paths of a run that the tests above do not reach ------------------------------------------
+
+
+@pytest.fixture
+def unrunnable_prlimit() -> Iterator[str]:
+    """A ``prlimit`` the kernel cannot execute (no ELF header, no ``#!``): Popen itself fails."""
+    directory = Path(tempfile.mkdtemp(prefix="taskforge-bad-prlimit-"))
+    fake = directory / "prlimit"
+    fake.write_bytes(b"\x00\x01 not a program\n")
+    fake.chmod(0o755)
+    try:
+        yield str(fake)
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_a_spawn_that_fails_in_popen_is_a_spawn_failure_and_leaks_nothing(
+    mode: str, unrunnable_prlimit: str
+) -> None:
+    run("print(1)", mode=mode)  # warm-up: imports, probes
+    finish_cleanup()
+    before = sorted(os.listdir("/proc/self/fd"))
+
+    # No cgroup: its /bin/sh launcher would run first and turn this into a tool failure.
+    result, _ = run("print(1)", mode=mode, prlimit=unrunnable_prlimit, use_cgroup="never")
+
+    assert result.outcome == "spawn_failed"
+    assert result.error == "spawn_failed"
+    assert (result.error_detail or "").startswith("OSError: [Errno 8] Exec format error")
+    assert result.pid is None
+    assert result.sandboxed_with_bwrap is (mode == "always")
+    finish_cleanup()
+    assert result.work_dir is not None
+    assert not os.path.exists(result.work_dir)
+    # bwrap's status pipe and the seccomp filter's pipe are closed too.
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_work_root_that_does_not_exist_is_a_spawn_failure(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    result, _ = run("print(1)", work_root=str(missing))
+
+    assert result.outcome == "spawn_failed"
+    assert result.error_detail is not None
+    assert result.error_detail.startswith("FileNotFoundError: ")
+    assert str(missing) in result.error_detail
+    assert result.work_dir is None
+    assert result.pid is None
+
+
+def test_should_cancel_returning_an_unknown_reason_raises_after_cleaning_up() -> None:
+    sleep = unique_sleep()
+    pids: list[int] = []
+    with pytest.raises(ValueError, match="should_cancel returned 'later'"):
+        run_script(
+            script=f"sleep {sleep}",
+            script_type="bash",
+            timeout_seconds=30,
+            on_output=lambda stream, data: None,
+            should_cancel=lambda: "later",  # type: ignore[arg-type,return-value]
+            on_started=pids.append,
+            config=SandboxConfig(use_bwrap="never"),
+        )
+
+    finish_cleanup()
+    assert live_group_members(pids[0]) == []
+    assert live_processes_with_arg(sleep) == []
+
+
+@pytest.mark.skipif(not IS_ROOT or shutil.which("chattr") is None, reason="chattr +i needs root")
+def test_a_work_dir_that_cannot_be_removed_is_logged_and_its_uid_released(
+    mode: str, private_uid: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    uid, lock_dir = private_uid
+    config = {"uid_range": (uid, uid), "uid_lock_dir": lock_dir}
+    pinned: list[Path] = []
+
+    def pin(stream: StreamName, data: bytes) -> None:
+        # The worker (root) leaves an immutable file in the run's work dir (under bwrap the
+        # script's writes go to a tmpfs of its own): nothing can remove it, or the dir.
+        path = Path(data.decode().strip()) / "pinned"
+        path.touch()
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+            pinned.append(path)
+
+    script = "import os\nprint(os.getcwd(), flush=True)"
+    try:
+        with caplog.at_level(logging.ERROR, logger="executions.engine.sandbox.files"):
+            result, _ = run(script, mode=mode, output=pin, **config)  # type: ignore[arg-type]
+            finish_cleanup()
+        if not pinned:
+            pytest.skip("this file system does not support immutable files")
+
+        assert result.outcome == "succeeded"
+        assert result.work_dir is not None
+        assert f"could not remove sandbox work dir {result.work_dir}" in caplog.messages
+        # The run's only uid is free again: the next run gets it.
+        second, output = run("import os; print(os.getuid())", mode=mode, **config)
+        assert second.outcome == "succeeded", second.error_detail
+        assert output.stdout == f"{uid}\n"
+    finally:
+        for path in pinned:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+            shutil.rmtree(path.parent)
