@@ -62,13 +62,16 @@ def shot(driver, name: str) -> None:
 
 
 def wait_text(driver, css: str, text: str, timeout: float = 20) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        elements = driver.find_elements(By.CSS_SELECTOR, css)
-        if any(text in e.text for e in elements):
-            return
+        try:
+            if any(text in e.text for e in driver.find_elements(By.CSS_SELECTOR, css)):
+                return
+        except StaleElementReferenceException:
+            pass  # the page changed between finding an element and reading it: look again
         time.sleep(0.2)
     raise AssertionError(f"{text!r} did not appear in {css} within {timeout}s")
 
