@@ -16,7 +16,7 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", 128))
 # The web processes size their cap on long-lived requests (live-log streams, ?wait) from the
 # thread count: by default a quarter of the threads (at least 8, at most half) stay free for
-# ordinary requests, whatever clients hold open (executions.api.streams.process_cap). post_fork
+# ordinary requests, whatever clients hold open (core.holding.process_cap). post_fork
 # tells each worker the effective count (GUNICORN_CMD_ARGS may have changed it).
 os.environ["TASKFORGE_GUNICORN_THREADS"] = str(threads)
 

@@ -58,7 +58,11 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG o
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "config.admin.TaskforgeAdminConfig",
+    # The operations room (ops/) first: its templates (admin/index.html, base_site.html, the
+    # throttled login page) override django.contrib.admin's, which app templates do in this order.
+    "ops",
+    # Django's admin with the Taskforge site (ops.admin.TaskforgeAdminSite, the dashboard).
+    "ops.admin.TaskforgeAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -303,7 +307,7 @@ TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
 # counted across processes in the shared cache), at most TASKFORGE_MAX_STREAMS_PER_PROCESS per
 # web process (0, the default: derived from the web server's threads, keeping a quarter of them,
 # at least 8 and at most half, for ordinary requests; config/gunicorn.conf.py tells each process
-# its thread count; executions.api.streams.process_cap); beyond either, 429 + Retry-After.
+# its thread count; core.holding.process_cap); beyond either, 429 + Retry-After.
 # A stream ends after TASKFORGE_STREAM_MAX_SECONDS with an event asking the client to reconnect
 # (Last-Event-ID resumes it).
 TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = env_int("TASKFORGE_MAX_STREAMS_PER_PRINCIPAL", 8)

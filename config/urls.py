@@ -8,12 +8,11 @@ from django.utils.csp import CSP
 from django.views.decorators.csp import csp_override, csp_report_only_override
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from config.status import StatusView
 from core import errors
 from core.health import health
 
 api_v1 = [
-    path("status", StatusView.as_view(), name="status"),
+    path("", include("ops.api.urls")),
     path("", include("accounts.api.urls")),
     path("", include("tasks.api.urls")),
     path("", include("executions.api.urls")),

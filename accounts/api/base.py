@@ -125,7 +125,7 @@ class TaskforgeAPIMixin:
             raise
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        # Slots of long-lived requests (?wait) the view took: the wait is over (executions.api.streams).
+        # Slots of long-lived requests (?wait) the view took: the wait is over (core.holding).
         for slot in getattr(request, "_taskforge_slots", ()):
             slot.release()
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]

@@ -17,9 +17,9 @@ from rest_framework.response import Response
 
 from accounts.api.base import TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
+from core.holding import WAIT_PARAM, Slot, take_slot, wait_seconds
 from core.openapi import ProblemSerializer
 from executions import services
-from executions.api.streams import Slot, take_slot
 from executions.engine.waiting import OutputFollower, wait_until_final
 from executions.filters import ExecutionFilter
 from executions.models import FINAL_STATUSES, Execution
@@ -32,13 +32,6 @@ from executions.serializers import (
 )
 from tasks.models import Task
 
-WAIT_PARAM = OpenApiParameter(
-    "wait",
-    {"type": "integer", "minimum": 0, "maximum": settings.TASKFORGE_MAX_WAIT_SECONDS},
-    description=f"Hold the request up to N seconds (max {settings.TASKFORGE_MAX_WAIT_SECONDS}) "
-    "until the execution finishes. A waiting request counts against the caller's cap on "
-    "concurrent long-lived requests (429 beyond it).",
-)
 CONCURRENCY_429 = (
     "Rate limit exceeded, or too many long-lived requests at once (live-log streams and ?wait "
     f"together: {settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL} per user, or this server's own cap; "
@@ -92,28 +85,6 @@ LOG_DESCRIPTION = (
     "EventSource does so by itself) and nothing is sent twice. A stream counts against the "
     "caller's cap on concurrent long-lived requests (429 with `Retry-After` beyond it)."
 )
-
-
-def wait_seconds(request: Request) -> int:
-    raw = request.query_params.get("wait")
-    if raw is None:  # "" is not a number of seconds: 400 like any other non-integer
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError({"wait": [f"Must be an integer number of seconds, got {raw!r}."]}) from None
-    limit = settings.TASKFORGE_MAX_WAIT_SECONDS
-    if not 0 <= value <= limit:
-        raise ValidationError({"wait": [f"Must be between 0 and {limit}."]}, code="out_of_range")
-    if value:
-        # Before anything is written: a refused ?wait (429) must not have queued a run. The
-        # slot is given back when the response is finalized (accounts.api.base).
-        hold_for_request(request, take_slot(request.user.pk, value, "?wait"))
-    return value
-
-
-def hold_for_request(request: Request, slot: Slot) -> None:
-    request._taskforge_slots = [*getattr(request, "_taskforge_slots", []), slot]
 
 
 def execution_url(request: Request, execution: Execution) -> str:

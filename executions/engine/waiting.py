@@ -6,7 +6,7 @@ finished) or following a live log (new output stored, or finished). Each waiter 
 at least once a second, so a lost notification only delays it, and on SQLite (no NOTIFY) a
 short re-read is the mechanism.
 
-The caps on requests that wait (slots, 429) are the API's: ``executions/api/streams.py``.
+The caps on requests that wait (slots, 429) are the API's: ``core/holding.py``.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
 from core.errors import Conflict
+from core.holding import WAIT_PARAM, wait_seconds
 from core.openapi import ProblemSerializer
 from core.serializers import type_errors
-from executions.api.views import WAIT_PARAM, wait_seconds
 from executions.engine.waiting import wait_until_final
 from executions.models import Execution
 from executions.serializers import ExecutionDetailSerializer, ExecutionSerializer

@@ -11,8 +11,8 @@ import pytest
 from django.db import connection
 from rest_framework.exceptions import Throttled
 
+from core import holding
 from executions import services
-from executions.api import streams
 from executions.engine import queue
 from executions.engine import waiting as engine_waiting
 from executions.models import Execution, ExecutionStatus
@@ -203,7 +203,7 @@ def test_a_stream_ends_after_its_lifetime_asking_to_reconnect(api, running, sett
     assert [e["event"] for e in got] == ["chunk", "reconnect"]
     assert got[-1]["id"] == "1"
     assert got[-1]["data"]["last_event_id"] == 1
-    assert streams.slots_held_here() == 0
+    assert holding.slots_held_here() == 0
 
 
 # --- Caps on long-lived requests -----------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_streams_per_user_are_capped_with_retry_after(api, key_client, user, run
     assert again.status_code == 200
     for response in (held[1], again):
         close(response)
-    assert streams.slots_held_here() == 0
+    assert holding.slots_held_here() == 0
 
 
 def test_another_users_streams_do_not_count(api, team, key_client, make_task, settings):
@@ -263,7 +263,7 @@ def test_the_process_cap_keeps_threads_for_ordinary_requests(api, team, key_clie
     assert theirs.json()["concurrency_limit"] == "process"
     assert api.get(f"/api/v1/tasks/{task.pk}").status_code == 200
     close(mine)
-    assert streams.slots_held_here() == 0
+    assert holding.slots_held_here() == 0
 
 
 def test_a_finished_wait_gives_its_slot_back(api, make_task, settings):
@@ -272,24 +272,24 @@ def test_a_finished_wait_gives_its_slot_back(api, make_task, settings):
     for _ in range(2):  # the first ?wait's slot is free again for the second
         assert api.post(f"/api/v1/tasks/{task.pk}/execute?wait=1", {}, format="json").status_code == 202
     assert api.post(f"/api/v1/tasks/{task.pk}/execute?wait=61", {}, format="json").status_code == 400
-    assert streams.slots_held_here() == 0
+    assert holding.slots_held_here() == 0
 
 
 def test_a_slot_of_a_dead_process_expires(user, monkeypatch, settings):
     """A process killed while holding slots never gives them back: each slot's cache key
     expires on its own (the request's longest hold plus a grace)."""
     settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = 1
-    monkeypatch.setattr(streams, "SLOT_GRACE_SECONDS", 0)
-    leaked = streams.take_slot(user.pk, 1, "?wait")
+    monkeypatch.setattr(holding, "SLOT_GRACE_SECONDS", 0)
+    leaked = holding.take_slot(user.pk, 1, "?wait")
     leaked.released = True  # never given back: that process is gone, with its own counter
-    with streams._local_lock:
-        streams._local_held -= 1
+    with holding._local_lock:
+        holding._local_held -= 1
     with pytest.raises(Throttled) as refused:
-        streams.take_slot(user.pk, 1, "?wait")
+        holding.take_slot(user.pk, 1, "?wait")
     assert refused.value.status_code == 429
     time.sleep(1.5)
-    streams.take_slot(user.pk, 1, "?wait").release()
-    assert streams.slots_held_here() == 0
+    holding.take_slot(user.pk, 1, "?wait").release()
+    assert holding.slots_held_here() == 0
 
 
 # --- Push ----------------------------------------------------------------------------------------
@@ -473,4 +473,4 @@ def test_a_refused_trigger_wait_creates_nothing(api, user, project, running, set
     # Without ?wait it is an ordinary request.
     assert api.post("/api/v1/templates/deploy/trigger", {}, format="json").status_code == 202
     close(stream)
-    assert streams.slots_held_here() == 0
+    assert holding.slots_held_here() == 0

@@ -1,9 +1,12 @@
-"""Slots for long-lived requests (``?wait``, live-log streams): the API layer's caps.
+"""Long-lived requests (``?wait``, live-log streams): the ``wait`` parameter and the caps.
 
 Every such request holds a web thread, so each takes a *slot* first (``take_slot``): at most
 ``TASKFORGE_MAX_STREAMS_PER_PROCESS`` in this process and ``TASKFORGE_MAX_STREAMS_PER_PRINCIPAL``
 per user across every process (the shared cache); otherwise 429 (DRF's ``Throttled``) with
-``Retry-After``. The waiting itself is the engine's: ``executions/engine/waiting.py``.
+``Retry-After``. ``wait_seconds`` reads a request's ``?wait`` (the executions API and the
+template trigger share it) and takes its slot; the sealed base gives the slots of a request back
+when its response is finalized (``accounts.api.base``). No app in here: only the cache and the
+settings. The waiting itself is the engine's: ``executions/engine/waiting.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework.exceptions import Throttled
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.request import Request
 
 logger = logging.getLogger("taskforge.waiting")
 
@@ -139,3 +144,38 @@ def held_slot(user_id: object, seconds: float, what: str) -> Iterator[Slot]:
 def slots_held_here() -> int:
     """Slots held in this process (tests, /status)."""
     return _local_held
+
+
+# --- ?wait ------------------------------------------------------------------------------------
+WAIT_PARAM = OpenApiParameter(
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": settings.TASKFORGE_MAX_WAIT_SECONDS},
+    description=f"Hold the request up to N seconds (max {settings.TASKFORGE_MAX_WAIT_SECONDS}) "
+    "until the execution finishes. A waiting request counts against the caller's cap on "
+    "concurrent long-lived requests (429 beyond it).",
+)
+
+
+def wait_seconds(request: Request) -> int:
+    """The request's ``?wait`` in seconds (0 without it; 400 when it is not an integer in
+    0..``TASKFORGE_MAX_WAIT_SECONDS``); a wait takes its slot (429 beyond the caps)."""
+    raw = request.query_params.get("wait")
+    if raw is None:  # "" is not a number of seconds: 400 like any other non-integer
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({"wait": [f"Must be an integer number of seconds, got {raw!r}."]}) from None
+    limit = settings.TASKFORGE_MAX_WAIT_SECONDS
+    if not 0 <= value <= limit:
+        raise ValidationError({"wait": [f"Must be between 0 and {limit}."]}, code="out_of_range")
+    if value:
+        # Before anything is written: a refused ?wait (429) must not have queued a run. The
+        # slot is given back when the response is finalized (accounts.api.base).
+        hold_for_request(request, take_slot(request.user.pk, value, "?wait"))
+    return value
+
+
+def hold_for_request(request: Request, slot: Slot) -> None:
+    """Give ``slot`` back when ``request``'s response is finalized (the sealed base does)."""
+    request._taskforge_slots = [*getattr(request, "_taskforge_slots", []), slot]

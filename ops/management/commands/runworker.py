@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from executions.engine.jobs import WEBHOOK_DELIVERY
 from executions.engine.worker import WorkerProcess
@@ -32,8 +32,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1:
-            from django.core.management.base import CommandError
-
             raise CommandError("--concurrency must be at least 1")
         worker = WorkerProcess(
             concurrency=options["concurrency"],

@@ -62,7 +62,7 @@ class StatusView(TaskforgeAPIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        projects = Project.objects.visible_to(request.user, self.api_key)
+        projects = self.visible(Project)
         return Response(
             {
                 "version": settings.TASKFORGE_VERSION,

@@ -25,7 +25,7 @@ def dashboard(user: Any) -> dict[str, Any]:
     for 30 s per user (on a million tasks that count is the only expensive number).
     """
     # Imported here, not at the top: INSTALLED_APPS loads this module (TaskforgeAdminConfig)
-    # before any model exists. Not a cycle: config is the top layer.
+    # before any model exists. Not a cycle: ops sits above every app.
     from executions.models import Execution, ExecutionStatus, Worker
     from tasks.selectors import task_status_counts
 
@@ -137,4 +137,4 @@ class TaskforgeAdminSite(admin.AdminSite):
 
 
 class TaskforgeAdminConfig(AdminConfig):
-    default_site = "config.admin.TaskforgeAdminSite"
+    default_site = "ops.admin.TaskforgeAdminSite"
