@@ -1,7 +1,8 @@
 """Tasks and their notes (their history, the events outbox, is ``events.models.Event``).
 
-The task state machine is data: ``TRANSITIONS`` beside ``Status``; ``tasks.services.task_move``
-is the one function that applies it.
+The task state machine is data: one table of moves per ``Mover`` beside ``Status`` (``MOVES``);
+``tasks.status.status_check`` is the one function that reads them, and every write of a task's
+status (``tasks.services``, ``tasks.status.task_follow_execution``) passes it first.
 """
 
 from __future__ import annotations
@@ -52,8 +53,17 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-# The state machine: status -> statuses it may move to. pending -> running is how a claim
-# starts; the finished states may be sent round again (pending to claim, queued to execute).
+# Who moves a task: a person (``task_move``: the API, the admin), the agent claim protocol
+# (claim, complete, fail, release, a lapsed lease), or the execution engine (the task follows
+# its latest execution). Each has its table of moves: status -> statuses it may move to.
+class Mover(models.TextChoices):
+    PERSON = "person", "Person"
+    CLAIM = "claim", "Agent claim"
+    EXECUTION = "execution", "Execution"
+
+
+# A person's moves. pending -> running is how a claim starts; the finished states may be sent
+# round again (pending to claim, queued to execute).
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     Status.PENDING: (Status.QUEUED, Status.RUNNING, Status.CANCELLED),
     Status.QUEUED: (Status.RUNNING, Status.CANCELLED),
@@ -62,13 +72,33 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     Status.FAILED: (Status.PENDING, Status.QUEUED),
     Status.CANCELLED: (Status.PENDING, Status.QUEUED),
 }
+# The claim protocol's moves: a claim starts (pending -> running) and ends completed, failed,
+# or back to pending (released, or its lease lapsed: an edge no person takes).
+CLAIM_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    Status.PENDING: (Status.RUNNING,),
+    Status.RUNNING: (Status.COMPLETED, Status.FAILED, Status.PENDING),
+}
+# How an execution's status shows on its task (SPEC §5): never pending.
+FOLLOWS_EXECUTION: tuple[str, ...] = (
+    Status.QUEUED,
+    Status.RUNNING,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+)
+# The engine's moves: the task takes its latest execution's status from whichever status it
+# has (a person's moves can leave it anywhere meanwhile: queued -> running -> completed by hand
+# while its run still waits, then the run starts), including the one it has (a second run
+# queued while one is queued).
+EXECUTION_TRANSITIONS: dict[str, tuple[str, ...]] = dict.fromkeys(Status, FOLLOWS_EXECUTION)
+MOVES: dict[str, dict[str, tuple[str, ...]]] = {
+    Mover.PERSON: TRANSITIONS,
+    Mover.CLAIM: CLAIM_TRANSITIONS,
+    Mover.EXECUTION: EXECUTION_TRANSITIONS,
+}
 TERMINAL: frozenset[str] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 # A task in these states is being worked on: it cannot be deleted.
 ACTIVE: frozenset[str] = frozenset({Status.QUEUED, Status.RUNNING})
-
-
-def allowed_targets(status: str) -> tuple[str, ...]:
-    return TRANSITIONS[Status(status)]
 
 
 class ScriptType(models.TextChoices):

@@ -29,13 +29,14 @@ from tasks.models import (
     LEASE_MAX,
     LEASE_MIN,
     RESULT_MAX_BYTES,
-    TRANSITIONS,
+    Mover,
     Note,
     Status,
     Task,
     json_size,
     validate_tags,
 )
+from tasks.status import status_check
 
 # Fields a client may set; everything else on a task is read-only.
 WRITABLE_FIELDS: tuple[str, ...] = (
@@ -324,20 +325,14 @@ def task_move(
     api_key: ApiKey | None = None,
     reason: str = "move",
 ) -> Task:
-    """Move ``task`` to ``to_status`` if ``TRANSITIONS`` allows it; 409 listing the allowed ones."""
+    """Move ``task`` to ``to_status`` if a person's table (``TRANSITIONS``) allows it; 409
+    listing the allowed ones."""
     if to_status not in Status.values:
         raise field_error(
             "status", f"Unknown status {to_status!r}; one of {', '.join(Status.values)}.", "invalid_choice"
         )
     current = Task.objects.select_for_update().get(pk=task.pk)
-    allowed = TRANSITIONS[Status(current.status)]
-    if to_status not in allowed:
-        raise Conflict(
-            f"A {current.status} task cannot move to {to_status}; allowed: {', '.join(allowed) or 'none'}.",
-            code="invalid_transition",
-            current_status=current.status,
-            allowed=list(allowed),
-        )
+    status_check(from_status=current.status, to_status=to_status, mover=Mover.PERSON)
     old = current.status
     if to_status == Status.CANCELLED:
         # Cancelling a task cancels its queued and running executions too (a running script is
@@ -377,6 +372,8 @@ def task_blockers(task: Task) -> list[uuid.UUID]:
 
 
 def _claim_values(actor: User, api_key: ApiKey | None, lease: timedelta) -> dict[str, Any]:
+    """What a claim writes: the UPDATE it goes into takes claimable (pending) tasks only."""
+    status_check(from_status=Status.PENDING, to_status=Status.RUNNING, mover=Mover.CLAIM)
     now = timezone.now()
     return {
         "status": Status.RUNNING,
@@ -540,6 +537,7 @@ def _finish_claim(
     values: dict[str, Any],
     data: dict[str, Any],
 ) -> Task:
+    status_check(from_status=Status.RUNNING, to_status=to_status, mover=Mover.CLAIM)  # _claimer_guard's
     changes = {"status": to_status, "updated_at": timezone.now(), **values}
     reason = event.removeprefix("task.")
     with transaction.atomic():
@@ -590,8 +588,8 @@ def task_fail(*, task: Task, actor: User, api_key: ApiKey | None = None, error: 
 def task_release(*, task: Task, actor: User, api_key: ApiKey | None = None) -> Task:
     """The claimer hands the task back: pending again, claim cleared.
 
-    running -> pending is an edge only the claim protocol takes (release, lapsed lease); it is
-    not in ``TRANSITIONS``, which is what ``move`` allows.
+    running -> pending is an edge only the claim protocol takes (release, lapsed lease): it is
+    in ``CLAIM_TRANSITIONS``, not in ``TRANSITIONS``, which is what ``move`` allows.
     """
     return _finish_claim(
         task=task,
@@ -612,6 +610,7 @@ def reap_expired_claims(
     Safe to run from any number of processes at once: each task is taken back by a
     conditional UPDATE that only one of them can win.
     """
+    status_check(from_status=Status.RUNNING, to_status=Status.PENDING, mover=Mover.CLAIM)
     now = now or timezone.now()
     expired = Task.objects.lease_expired(now)
     if task_ids is not None:

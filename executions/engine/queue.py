@@ -40,6 +40,7 @@ from executions.models import (
     Worker,
 )
 from tasks.models import Status, Task
+from tasks.status import task_follow_execution
 
 logger = logging.getLogger("taskforge.executions")
 
@@ -191,12 +192,11 @@ def _sync_task(
     if latest is None:
         _store_events(events)
         return
-    new_status = TASK_STATUS_FOR[ExecutionStatus(latest.status)]
-    fields: dict[str, Any] = {"status": new_status, "updated_at": timezone.now(), "last_execution": latest}
+    result = None
     if latest.is_final:
         if tails is None or latest.pk != changed.pk:
             tails = _tails(latest)
-        fields["result"] = {
+        result = {
             "execution_id": str(latest.pk),
             "number": latest.number,
             "status": latest.status,
@@ -205,38 +205,14 @@ def _sync_task(
             "stdout_tail": tails[Stream.STDOUT],
             "stderr_tail": tails[Stream.STDERR],
         }
-    old_status = task.status
-    assigned, params = sql.assignments(Task, **fields)
-    sql.execute(
-        f'UPDATE "tasks_task" SET {assigned} WHERE "id" = %s', [*params, *sql.values(Task, id=task.pk)]
+    events += task_follow_execution(
+        task=task,
+        to_status=TASK_STATUS_FOR[ExecutionStatus(latest.status)],
+        last_execution=latest,
+        result=result,
+        actor=actor,
+        api_key=api_key,
     )
-    task.status, task.last_execution = new_status, latest
-    if old_status != new_status:
-        events.append(
-            event_build(
-                type=EventType.TASK_STATUS_CHANGED,
-                project=task.project_id,
-                task=task.pk,
-                actor=actor,
-                api_key=api_key,
-                data={
-                    "from": old_status,
-                    "to": new_status,
-                    "reason": "execution",
-                    "execution_id": str(latest.pk),
-                },
-            )
-        )
-        ended = {
-            Status.COMPLETED: (EventType.TASK_COMPLETED, {}),
-            Status.FAILED: (EventType.TASK_FAILED, {"error": latest.error or None}),
-        }.get(new_status)
-        if ended is not None:
-            type_, extra = ended
-            data = {"execution_id": str(latest.pk), "exit_code": latest.exit_code, **extra}
-            events.append(
-                event_build(type=type_, project=task.project_id, task=task.pk, actor=None, data=data)
-            )
     _store_events(events)
 
 
