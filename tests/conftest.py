@@ -12,9 +12,13 @@ from tests.factories import MembershipFactory, UserFactory, make_key
 
 
 @pytest.fixture(autouse=True)
-def _clean_cache() -> None:
-    # Rate-limit counters live in the shared cache (Redis in CI): start every test clean.
-    cache.clear()
+def _clean_cache(django_db_setup: Any, django_db_blocker: Any) -> None:
+    # Rate-limit counters and stream slots live in the shared cache (Redis in CI, the test
+    # database's cache table without REDIS_URL): start every test clean. The test database
+    # exists first (django_db_setup), so a test whose own database fixture comes later in its
+    # setup can still clear a database cache.
+    with django_db_blocker.unblock():
+        cache.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)
