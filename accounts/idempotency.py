@@ -45,6 +45,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.models import ApiKey, IdempotencyKey, IdempotencyState
 from core.errors import Conflict
+from core.openapi import ProblemSerializer
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -66,8 +67,6 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
 
 
 def idempotency_responses() -> dict[int, OpenApiResponse]:
-    from core.openapi import ProblemSerializer
-
     return {
         409: OpenApiResponse(
             ProblemSerializer, description="Conflict (or a request with this Idempotency-Key is in flight)"

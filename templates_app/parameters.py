@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.secrets import MASK
+from executions.engine.sandbox import SandboxConfig
+from templates_app import bash_taint
 
 # --- Limits and vocabulary ------------------------------------------------------------------------
 PARAMETERS_MAX = 50
@@ -488,8 +490,6 @@ def check_script(script: str, script_type: str, spec: list[Mapping[str, Any]]) -
 def _bash_evaluation_problems(script: str, spec: list[Mapping[str, Any]]) -> list[PlaceholderProblem]:
     """String, choice and secret values that reach a place where bash evaluates text as an
     arithmetic expression, as code or as a variable name (see ``bash_taint``)."""
-    from templates_app import bash_taint
-
     items = {item["name"]: item for item in spec}
     text_like = {
         name for name, item in items.items() if item.get("secret") or item.get("type", "string") in TEXT_TYPES
@@ -847,8 +847,6 @@ def script_python() -> tuple[str | None, str]:
     """The interpreter that runs python scripts, as the sandbox finds it: ``(path, name)``;
     the path is None when it is not there (``TASKFORGE_SCRIPT_PYTHON`` on the sandbox PATH)."""
     import shutil
-
-    from executions.engine.sandbox import SandboxConfig
 
     config = SandboxConfig.from_settings()
     return shutil.which(config.python, path=config.path), config.python

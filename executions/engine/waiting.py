@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 
+from executions.engine.queue import DONE_CHANNEL, OUTPUT_CHANNEL
 from executions.models import Execution, OutputChunk
 
 logger = logging.getLogger("taskforge.waiting")
@@ -49,8 +50,6 @@ class _Dispatcher:
 
     def _listen(self) -> None:
         import psycopg
-
-        from executions.engine.queue import DONE_CHANNEL, OUTPUT_CHANNEL
 
         params = connection.get_connection_params()
         while not self.stopping.is_set():

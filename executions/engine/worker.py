@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
+from accounts.idempotency import prune as prune_idempotency_keys
 from executions.engine import queue as execution_queue
 from executions.engine import wakeup
 from executions.engine.jobs import WEBHOOK_DELIVERY, Job, registered_jobs
@@ -54,6 +55,7 @@ from executions.engine.sandbox import (
     run_script,
 )
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
+from tasks.services import reap_expired_claims
 
 logger = logging.getLogger("taskforge.worker")
 
@@ -516,13 +518,9 @@ class WorkerProcess:
                 if now - last_reap >= REAP_INTERVAL:
                     last_reap = now
                     execution_queue.reap_lost_executions()
-                    from tasks.services import reap_expired_claims
-
                     reap_expired_claims()
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
-                    from accounts.idempotency import prune as prune_idempotency_keys
-
                     prune_idempotency_keys()
             except Exception:
                 log_retry("housekeeping failed; retrying")
