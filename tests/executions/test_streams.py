@@ -287,7 +287,7 @@ def test_a_slot_of_a_dead_process_expires(user, monkeypatch, settings):
     with pytest.raises(Throttled) as refused:
         holding.take_slot(user.pk, 1, "?wait")
     assert refused.value.status_code == 429
-    time.sleep(1.5)
+    time.sleep(2.1)  # the database cache keeps expiries in whole seconds: up to 2 s for a 1 s slot
     holding.take_slot(user.pk, 1, "?wait").release()
     assert holding.slots_held_here() == 0
 
