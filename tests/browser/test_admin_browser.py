@@ -7,7 +7,6 @@ land in var/screenshots/ (the ones in docs/img/ were taken from this suite).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -17,40 +16,20 @@ from accounts.models import ApiKey, User
 from executions.models import Execution
 from executions.services import execution_enqueue
 from tasks.models import Task
+from tests.browser.chromium import needs_chromium, start_chromium
 from tests.live import ROOT, gunicorn, wait_for, worker
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SHOTS = ROOT / "var" / "screenshots"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="no browser: apt-get install chromium chromium-driver",
-    ),
+    needs_chromium,
 ]
 
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1300,1000",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = start_chromium()
     driver.implicitly_wait(2)
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver

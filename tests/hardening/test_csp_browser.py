@@ -8,7 +8,6 @@ Skips where no browser is installed (apt-get install chromium chromium-driver).
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
@@ -17,39 +16,15 @@ import pytest
 from accounts.models import User
 from executions.services import execution_enqueue
 from tasks.models import Task
+from tests.browser.chromium import needs_chromium, start_chromium
 from tests.live import gunicorn
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER), reason="no browser: apt-get install chromium chromium-driver"
-    ),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
 
 @pytest.fixture
 def browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1300,1000",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = start_chromium(console_log=True)
     yield driver
     driver.quit()
 
