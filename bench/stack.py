@@ -25,6 +25,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, connections
 
+from core import crypto
+
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_MODULE = "bench.settings"
 
@@ -153,6 +155,8 @@ class Stack:
         env.update(self.database.env())
         env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
         env["DJANGO_SECRET_KEY"] = settings.SECRET_KEY
+        # The children run without DEBUG, so they need the keys this process reads (core/crypto.py).
+        env["TASKFORGE_SECRETS_KEYS"] = ",".join(crypto.keys())
         env["ALLOWED_HOSTS"] = "127.0.0.1,localhost"
         env.update(extra)
         return {k: v for k, v in env.items() if v != "" or k == "DATABASE_URL"}

@@ -6,6 +6,7 @@ stops the process at start-up with a message saying what to set.
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -52,6 +53,34 @@ if not SECRET_KEY:
             "DJANGO_SECRET_KEY is not set. Set it to a long random string "
             "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
             "or set DEBUG=1 for local development."
+        )
+
+# Encryption at rest of stored credentials (core/crypto.py): Fernet keys, newest first; the
+# first encrypts, every one decrypts, so a key rotates by putting a new one in front and running
+# ``manage.py rotate_secrets_key``. The embedded default (DEBUG, tests, SQLite without
+# DATABASE_URL) makes one in var/secrets.key on first use and says so; production must set it.
+TASKFORGE_SECRETS_KEYS = env_list("TASKFORGE_SECRETS_KEYS")
+TASKFORGE_SECRETS_KEY_FILE: Path | None = None
+for _position, _key in enumerate(TASKFORGE_SECRETS_KEYS, start=1):
+    try:
+        _valid = len(base64.urlsafe_b64decode(_key.encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        _valid = False
+    if not _valid:
+        raise ImproperlyConfigured(
+            f"TASKFORGE_SECRETS_KEYS entry {_position} is not a Fernet key (32 url-safe base64 bytes). "
+            "Make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'"
+        )
+if not TASKFORGE_SECRETS_KEYS:
+    if DEBUG or TESTING or not os.environ.get("DATABASE_URL"):
+        TASKFORGE_SECRETS_KEY_FILE = BASE_DIR / "var" / "secrets.key"
+    else:
+        raise ImproperlyConfigured(
+            "TASKFORGE_SECRETS_KEYS is not set: stored secrets are encrypted with it. Set it to one "
+            "or more Fernet keys, newest first, comma-separated (make one with: python -c 'from "
+            "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'); keep every "
+            "key until `manage.py rotate_secrets_key` has run, or what it encrypted is lost."
         )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG or TESTING else "")

@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
+from core.crypto import EncryptedTextField
 from core.validators import validate_label_text
 
 # Event types a subscription may ask for. Listed here, not derived from events.EventType, so a
@@ -80,8 +81,8 @@ class SubscriptionQuerySet(ProjectScopedQuerySet):
 class Subscription(models.Model):
     """A receiver URL of a project, the event types it wants and the secret that signs them.
 
-    The secret is stored as is (the dispatcher must sign with it, so it cannot be hashed);
-    it is never rendered after the create and rotate responses. During a rotation the old
+    The secret is stored encrypted (``core.crypto``: the dispatcher must sign with it, so it
+    cannot be hashed); it is never rendered after the create and rotate responses. During a rotation the old
     secret stays in ``previous_secret`` until ``previous_secret_expires_at``.
     """
 
@@ -91,8 +92,8 @@ class Subscription(models.Model):
     event_types = models.JSONField(default=list, validators=[validate_event_types])
     active = models.BooleanField(default=True)
     description = models.TextField(blank=True, max_length=DESCRIPTION_MAX, validators=[validate_label_text])
-    secret = models.CharField(max_length=100, editable=False, default=generate_secret)
-    previous_secret = models.CharField(max_length=100, blank=True, editable=False)
+    secret = EncryptedTextField(editable=False, default=generate_secret)
+    previous_secret = EncryptedTextField(blank=True, editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Why the dispatcher switched it off (410, or days of failures); cleared when re-enabled.
     disabled_reason = models.TextField(blank=True, editable=False)
