@@ -469,8 +469,17 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     commit instead of one each. Candidates are read as ids (a script may be 1 MiB); only
     the claimed rows are read whole.
     """
-    claim = _Claim(worker, limit, scan)
     _read_in_index_order()
+    while True:
+        claimed, refused = _claim_once(worker, limit, scan)
+        # A run failed at its claim (a project secret gone) is over: claim again in its place.
+        if claimed or not refused:
+            return claimed
+
+
+def _claim_once(worker: Worker, limit: int, scan: int) -> tuple[list[Execution], int]:
+    """``(claimed executions ready to run, how many were failed at the claim instead)``."""
+    claim = _Claim(worker, limit, scan)
     busy = claim.take_turns()
     if not claim.claimed and not claim.heads and busy:
         # Every project with work is being served by another claim: wait for the first one's
@@ -478,13 +487,15 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         # what that claim committed (read committed: each statement sees the latest).
         claim.open(busy[0], wait=True)
         claim.take_turns()
-    executions = []
+    executions, refused = [], 0
     for execution, task in claim.claimed:
         started = _execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task, execution, events=[started])
         if _resolve_secrets(execution):
             executions.append(execution)
-    return executions
+        else:
+            refused += 1
+    return executions, refused
 
 
 def _resolve_secrets(execution: Execution) -> bool:

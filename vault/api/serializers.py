@@ -7,6 +7,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
 
 from core.serializers import StrictSerializer, UserRefSerializer, user_ref
 from core.validators import validate_label_text
@@ -30,7 +31,24 @@ def description_field() -> serializers.CharField:
     )
 
 
-class SecretWriteSerializer(StrictSerializer):
+class ClosedSerializer(StrictSerializer):
+    """Refuses fields it does not know (a ``name`` sent to PATCH is a 400, not ignored)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                known = ", ".join(self.fields)
+                raise serializers.ValidationError(
+                    {
+                        name: [ErrorDetail(f"Not a field you can send here ({known}).", code="unknown_field")]
+                        for name in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class SecretWriteSerializer(ClosedSerializer):
     project = serializers.UUIDField(
         required=False, help_text="Defaults to the key's project, else your personal project."
     )
@@ -44,14 +62,14 @@ class SecretWriteSerializer(StrictSerializer):
     description = description_field()
 
 
-class SecretReplaceSerializer(StrictSerializer):
+class SecretReplaceSerializer(ClosedSerializer):
     """PUT: a new value (required), and the description."""
 
     value = value_field()
     description = description_field()
 
 
-class SecretUpdateSerializer(StrictSerializer):
+class SecretUpdateSerializer(ClosedSerializer):
     """PATCH: a new value, a new description, or both."""
 
     value = value_field(required=False)
