@@ -39,7 +39,7 @@ class SecretForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if self.instance.pk is None and not cleaned.get("new_value"):
+        if self.instance._state.adding and not cleaned.get("new_value"):
             self.add_error("new_value", "A new secret needs a value.")
         return cleaned
 
