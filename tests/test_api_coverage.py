@@ -103,7 +103,8 @@ def foreign_template(owner: User) -> dict[str, Any]:
 def foreign_secret(owner: User) -> dict[str, Any]:
     from vault.services import secret_create
 
-    secret = secret_create(project=owner.personal_project, actor=owner, name="FOREIGN", value="value-1234")
+    name = f"FOREIGN_{uuid.uuid4().hex[:8]}"
+    secret = secret_create(project=owner.personal_project, actor=owner, name=name, value="value-1234")
     return {"pk": secret.pk}
 
 

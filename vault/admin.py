@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
@@ -63,7 +63,9 @@ class SecretAdmin(ProjectRoleAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).defer("value")
+        # Whether a value is stored, read without loading (and decrypting) it.
+        has_value = ExpressionWrapper(~Q(value=""), output_field=BooleanField())
+        return super().get_queryset(request).defer("value").annotate(has_value=has_value)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         editable = ("project", "name", "description", "new_value")
@@ -84,9 +86,7 @@ class SecretAdmin(ProjectRoleAdmin):
 
     @admin.display(description="value")
     def value_state(self, secret: Secret) -> str:
-        # Whether a value is stored, read without decrypting it.
-        stored = Secret.objects.filter(pk=secret.pk).exclude(value="").exists() if secret.pk else False
-        return "set" if stored else "not set"
+        return "set" if getattr(secret, "has_value", False) else "not set"
 
     @admin.display(description=f"used by (the last {RECENT_USES} runs)")
     def recent_uses(self, secret: Secret) -> str:

@@ -71,9 +71,13 @@ def secret_refs_check(
             ]
             continue
         refs[param] = name
-    found = set(
-        Secret.objects.filter(project_id=project_id, name__in=set(refs.values())).values_list(
-            "name", flat=True
+    found = (
+        set()
+        if not refs
+        else set(
+            Secret.objects.filter(project_id=project_id, name__in=set(refs.values())).values_list(
+                "name", flat=True
+            )
         )
     )
     for param, name in refs.items():
