@@ -19,6 +19,7 @@ from tasks.models import Task
 from templates_app import services as template_services
 from tests.executions.test_streams import events as sse_events
 from tests.executions.test_streams import streamed
+from tests.factories import MembershipFactory, UserFactory
 from tests.tasks.conftest import error_fields, problem_of
 from tests.webhooks.conftest import PUBLIC_URL
 from vault import services
@@ -260,7 +261,7 @@ def test_the_admin_run_form_offers_the_projects_secrets(user, project, make_secr
     assert Execution.objects.count() == 1
 
 
-def test_a_viewer_cannot_trigger_with_a_reference_and_members_can(team, key_client):
+def test_a_member_triggers_with_a_reference_to_a_secret_only_admins_set(team, key_client):
     project, member = team(Role.MEMBER)
     owner = project.memberships.get(role=Role.ADMIN).user
     services.secret_create(project=project, actor=owner, name="DEPLOY_TOKEN", value="shared-value-123")
@@ -273,3 +274,12 @@ def test_a_viewer_cannot_trigger_with_a_reference_and_members_can(team, key_clie
     )
     assert response.status_code in (201, 202), response.content
     assert Secret.objects.get().value == "shared-value-123"
+    assert "shared-value-123" not in response.content.decode()
+    viewer = UserFactory()
+    MembershipFactory(project=project, user=viewer, role=Role.VIEWER)
+    refused = key_client(viewer).post(
+        f"/api/v1/templates/deploy/trigger?project={project.pk}",
+        {"parameters": {"token": {"secret": "DEPLOY_TOKEN"}}},
+        format="json",
+    )
+    assert refused.status_code == 403
