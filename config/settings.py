@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "accounts",
     "events",
+    "vault",
     "tasks",
     "templates_app",
     "executions",

@@ -15,6 +15,7 @@ searched or made unique.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -121,3 +122,30 @@ class EncryptedTextField(models.TextField):
         if not value:
             return value
         return encrypt(value)
+
+
+class EncryptedJSONField(EncryptedTextField):
+    """A JSON object kept encrypted (``EncryptedTextField`` over its JSON text): an execution's
+    secret parameter values while it waits and runs. An empty object is stored as ``""``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("default", dict)
+        kwargs.setdefault("blank", True)
+        super().__init__(*args, **kwargs)
+
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
+        text = super().from_db_value(value, expression, connection)
+        return json.loads(text) if text else {}
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value else {}
+        return value
+
+    def get_prep_value(self, value: Any) -> Any:
+        if not value:
+            return ""
+        return encrypt(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+    def value_to_string(self, obj: Any) -> str:
+        return ""  # never serialized (dumpdata, fixtures): the values would leave in clear

@@ -29,6 +29,10 @@ class EventType(models.TextChoices):
     EXECUTION_STARTED = "execution.started"
     EXECUTION_FINISHED = "execution.finished"
     EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
+    SECRET_CREATED = "secret.created"  # noqa: S105 - event names, not secrets
+    SECRET_UPDATED = "secret.updated"  # noqa: S105
+    SECRET_DELETED = "secret.deleted"  # noqa: S105
+    SECRET_USED = "secret.used"  # noqa: S105
 
 
 class EventQuerySet(ProjectScopedQuerySet):

@@ -16,6 +16,7 @@ from core.admin_badges import EXECUTION_COLOURS, status_badge
 from core.secrets import MASK
 from executions import services
 from executions.models import Execution, Worker
+from vault.services import is_secret_ref
 
 OUTPUT_BLOCK = (
     '<h4>{}{}</h4><pre id="output-{}" data-offset="{}" class="tf-output" '
@@ -32,7 +33,12 @@ def masked_secrets(execution: Execution) -> list[str]:
     plain = {item.get("name") for item in spec} - secret
     given = execution.parameters or {}
     # A masked value whose declaration has since gone is refused too: *** is never a value.
-    return sorted(n for n, v in given.items() if n in secret or (v == MASK and n not in plain))
+    # A reference to a project secret is kept as it is: a re-run resolves it again.
+    return sorted(
+        n
+        for n, v in given.items()
+        if (n in secret or (v == MASK and n not in plain)) and not is_secret_ref(v)
+    )
 
 
 class ExecutionInline(ProjectRoleInline, admin.TabularInline):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -18,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
+from core.crypto import EncryptedJSONField
 
 
 class ExecutionStatus(models.TextChoices):
@@ -54,6 +56,7 @@ class ErrorCode(models.TextChoices):
     KILLED_BY_SIGNAL = "killed_by_signal", "Killed by a signal (e.g. a resource limit)"
     MEMORY_EXCEEDED = "memory_exceeded", "Memory limit exceeded"
     WORKER_ERROR = "worker_error", "The worker could not store the outcome"
+    SECRET_MISSING = "secret_missing", "A project secret it refers to no longer exists"
 
 
 class Stream(models.TextChoices):
@@ -123,10 +126,11 @@ class Execution(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     triggered_by_key_prefix = models.CharField(max_length=16, blank=True)
-    # Parameters as shown (secrets masked) and the secret values the script needs, which are
-    # never serialized and are wiped when the execution finishes.
+    # Parameters as shown (secrets masked, project-secret references as they were given) and
+    # the secret values the script needs (or references to project secrets, resolved at claim:
+    # vault), encrypted at rest, never serialized and wiped when the execution finishes.
     parameters = models.JSONField(default=dict, blank=True)
-    secret_parameters = models.JSONField(default=dict, blank=True, editable=False)
+    secret_parameters = EncryptedJSONField(editable=False)
     # The script and limits as they were when triggered: editing the task later changes nothing here.
     script_type = models.CharField(max_length=10)
     script = models.TextField()
@@ -152,6 +156,10 @@ class Execution(models.Model):
     sandbox = models.CharField(max_length=32, blank=True)
 
     objects = ExecutionQuerySet.as_manager()
+
+    # Not a column: the secret values a claimed run hands its script (passed values and
+    # resolved project secrets), set by the claim (executions.engine.queue._resolve_secrets).
+    secret_values: dict[str, Any] | None = None
 
     class Meta:
         ordering = ("-queued_at", "-id")

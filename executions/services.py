@@ -28,6 +28,7 @@ from executions.models import (
 from executions.preparers import prepare_run
 from tasks.models import Task
 from tasks.services import task_blockers
+from vault.services import secret_refs_check
 
 logger = logging.getLogger("taskforge.executions")
 
@@ -97,6 +98,9 @@ def execution_enqueue(
         )
     else:
         script = task.script_content
+    # References to project secrets are checked now (400 naming a missing one) and resolved
+    # when the run is claimed (executions.engine.queue).
+    secret_refs_check(task.project_id, secret_parameters or {})
     execution = Execution.objects.create(
         project_id=task.project_id,
         task=task,

@@ -3,6 +3,7 @@ the tasks each template made. Every change goes through ``templates_app.services
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -29,6 +30,7 @@ from tasks.models import Task
 from templates_app import parameters as params
 from templates_app import services
 from templates_app.models import ParameterType, Template, TemplateParameter
+from vault.selectors import secret_names
 
 SPEC_KEYS = tuple(key for key in params.KNOWN_KEYS)
 RECENT_TASKS = 20
@@ -213,7 +215,7 @@ class TemplateAdmin(ProjectRoleAdmin):
         template = get_object_or_404(self.get_queryset(request), pk=object_id)
         require_project_role(request, template.project_id, self.action_role("trigger"))
         spec = params.normalize_spec(template.spec())
-        form = TriggerForm(spec, request.POST or None)
+        form = TriggerForm(spec, request.POST or None, secret_names=secret_names(template.project_id))
         if request.method == "POST" and form.is_valid():
             try:
                 task, execution = services.template_trigger(
@@ -252,11 +254,36 @@ class TriggerForm(forms.Form):
     """One field per declared parameter, typed: number inputs, a checkbox, a select, a
     password input for secrets. The services validate again (the rules live there)."""
 
-    def __init__(self, spec: list[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+    SECRET_SUFFIX = "__secret"  # noqa: S105 - a form field suffix
+
+    def __init__(
+        self, spec: list[dict[str, Any]], *args: Any, secret_names: Sequence[str] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.spec = {item["name"]: item for item in spec}
         for name, item in self.spec.items():
             self.fields[name] = self._field(item)
+            if item["secret"] and secret_names:
+                # Or a project secret, resolved when the run starts ({"secret": "<name>"}).
+                self.fields[name].required = False
+                self.fields[name + self.SECRET_SUFFIX] = forms.ChoiceField(
+                    label=f"{name}: or the project secret",
+                    required=False,
+                    choices=[("", "— the value typed above —"), *((n, n) for n in secret_names)],
+                    help_text="Resolved when the run starts; its value is never shown or kept with the run.",
+                )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name, item in self.spec.items():
+            if name + self.SECRET_SUFFIX not in self.fields:
+                continue
+            chosen, typed = cleaned.get(name + self.SECRET_SUFFIX), cleaned.get(name)
+            if chosen and typed:
+                self.add_error(name, "Type a value or choose a project secret, not both.")
+            elif item["required"] and not chosen and not typed:
+                self.add_error(name, "This parameter is required: type a value or choose a project secret.")
+        return cleaned
 
     @staticmethod
     def _field(item: dict[str, Any]) -> forms.Field:
@@ -292,6 +319,8 @@ class TriggerForm(forms.Form):
         out: dict[str, Any] = {}
         for name, item in self.spec.items():
             value = self.cleaned_data.get(name)
+            if self.cleaned_data.get(name + self.SECRET_SUFFIX):
+                value = {"secret": self.cleaned_data[name + self.SECRET_SUFFIX]}
             if item["type"] == ParameterType.NUMBER and isinstance(value, float) and value.is_integer():
                 value = int(value)
             if value in (None, "") and item["type"] != ParameterType.BOOLEAN:
@@ -334,7 +363,11 @@ class TaskAdmin(BaseTaskAdmin):
         require_project_role(request, task.project_id, self.action_role("run"))
         spec = params.normalize_spec(task.parameter_spec or [])
         with_form = "_run_form" in request.POST or request.method == "GET"
-        form = TriggerForm(spec, request.POST if "_run_form" in request.POST else None)
+        form = TriggerForm(
+            spec,
+            request.POST if "_run_form" in request.POST else None,
+            secret_names=secret_names(task.project_id),
+        )
         if request.method == "POST" and (not with_form or form.is_valid()):
             try:
                 execution = execution_enqueue(

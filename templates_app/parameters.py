@@ -29,6 +29,7 @@ from typing import Any
 from core.secrets import MASK
 from executions.engine.sandbox import SandboxConfig
 from templates_app import bash_taint
+from vault.services import is_secret_ref
 
 # --- Limits and vocabulary ------------------------------------------------------------------------
 PARAMETERS_MAX = 50
@@ -358,7 +359,7 @@ def validate(
                 hint = " Secret values are never stored: pass it again." if item["secret"] else ""
                 errors.append((f"parameters.{name}", "required", "This parameter is required." + hint))
             continue
-        problem = check_value(item, value)
+        problem = _reference_problem(item, value) if isinstance(value, Mapping) else check_value(item, value)
         if problem is not None:
             errors.append((f"parameters.{name}", *problem))
         else:
@@ -366,10 +367,33 @@ def validate(
     return clean, errors
 
 
+def _reference_problem(item: Mapping[str, Any], value: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A JSON object as a value: only a secret parameter takes one, a project secret reference
+    ``{"secret": "<name>"}`` (whether the name exists is ``vault.services.secret_refs_check``'s)."""
+    if not item["secret"]:
+        return (
+            "invalid_type",
+            f"Must be {_expected(item)}, got object (only a secret parameter takes a reference).",
+        )
+    if not is_secret_ref(value) or not isinstance(value["secret"], str) or not value["secret"]:
+        return "invalid_reference", 'A project secret reference is {"secret": "<name>"}, nothing else.'
+    return None
+
+
+def _expected(item: Mapping[str, Any]) -> str:
+    return {"boolean": "a boolean", "integer": "an integer", "number": "a number"}.get(
+        item["type"], "a string"
+    )
+
+
 def split_secrets(spec: list[Mapping[str, Any]], clean: Mapping[str, Any]) -> tuple[dict, dict]:
     """``(shown, secret)``: the values with secrets masked as ``***``, and the secret values."""
     secret_names = {item["name"] for item in spec if item.get("secret")}
-    shown = {name: (MASK if name in secret_names else value) for name, value in clean.items()}
+    # A reference to a project secret is shown as it is (it names the secret, never its value).
+    shown = {
+        name: (value if is_secret_ref(value) else MASK) if name in secret_names else value
+        for name, value in clean.items()
+    }
     secrets = {name: value for name, value in clean.items() if name in secret_names}
     return shown, secrets
 
@@ -981,13 +1005,16 @@ def prepare_run(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What one execution of a templated task runs: ``(script, shown values, secret values)``.
 
-    The task's stored values (secrets are never stored) are the base; ``given`` overrides
+    The task's stored values (secret values are never stored; references to project secrets
+    are) are the base; ``given`` overrides
     them. Raises a ValidationError naming every bad parameter. With ``digest`` (the task's
     ``script_digest``), a secret value is refused unless the script, its type and the
     declarations are still exactly what the template rendered.
     """
     secret_names = {item["name"] for item in spec if item.get("secret")}
-    given_secrets = sorted(name for name in secret_names if given.get(name) is not None)
+    # Stored secret values are never kept, but references to project secrets are.
+    values = {**{k: v for k, v in stored.items() if k not in secret_names or is_secret_ref(v)}, **given}
+    given_secrets = sorted(name for name in secret_names if values.get(name) is not None)
     if digest is not None and given_secrets and digest != script_digest(script_type, script, spec):
         raise as_validation_error(
             [
@@ -1000,7 +1027,6 @@ def prepare_run(
                 for name in given_secrets
             ]
         )
-    values = {**{k: v for k, v in stored.items() if k not in secret_names}, **given}
     clean, errors = validate(spec, values)
     if errors:
         raise as_validation_error(errors)

@@ -23,6 +23,7 @@ from tasks.models import Task
 from tasks.services import task_create
 from templates_app import parameters as params
 from templates_app.models import Template, TemplateParameter
+from vault.services import secret_refs_check
 
 # Template fields a client may set (besides ``parameters``).
 WRITABLE_FIELDS: tuple[str, ...] = (
@@ -245,7 +246,8 @@ def template_trigger(
     clean, errors = params.validate(spec, dict(parameters or {}))
     if errors:
         raise params.as_validation_error(errors)
-    shown, _secrets = params.split_secrets(spec, clean)
+    shown, secrets = params.split_secrets(spec, clean)
+    secret_refs_check(template.project_id, secrets)  # 400 naming a secret the project lacks
     fields: dict[str, Any] = {
         "name": params.render_pattern(template.name_pattern, shown).strip(),
         "description": params.render_pattern(template.description_pattern, shown),

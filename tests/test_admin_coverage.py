@@ -77,6 +77,7 @@ ADMINS: dict[str, Entry] = {
         view_role=Role.ADMIN,
         write_role=Role.ADMIN,
     ),
+    "vault.secret": Entry("project", frozenset({"delete_selected"}), write_role=Role.ADMIN),
     "webhooks.delivery": Entry(
         "project",
         frozenset({"replay"}),
@@ -86,7 +87,7 @@ ADMINS: dict[str, Entry] = {
     ),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
-SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks")
+SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "vault")
 
 
 # --- objects in a project, made by its admin ---------------------------------------------------
@@ -136,6 +137,12 @@ def _delivery(project: Project, owner: User) -> Any:
     return send_test(subscription=_subscription(project, owner), actor=owner)
 
 
+def _secret(project: Project, owner: User) -> Any:
+    from vault.services import secret_create
+
+    return secret_create(project=project, actor=owner, name=f"S_{uuid.uuid4().hex[:8]}", value="value-1234")
+
+
 def _invitation(project: Project, owner: User) -> Any:
     from accounts.services import invitation_create
 
@@ -152,6 +159,7 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "executions.execution": _execution,
     "webhooks.subscription": _subscription,
     "webhooks.delivery": _delivery,
+    "vault.secret": _secret,
 }
 
 

@@ -21,6 +21,7 @@ from executions.models import Execution
 from tasks.models import Task
 from templates_app.models import Template
 from tests.factories import TaskFactory, make_key
+from vault.models import Secret
 from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
@@ -99,6 +100,14 @@ def foreign_template(owner: User) -> dict[str, Any]:
     return {"ref": template.pk}
 
 
+def foreign_secret(owner: User) -> dict[str, Any]:
+    from vault.services import secret_create
+
+    name = f"FOREIGN_{uuid.uuid4().hex[:8]}"
+    secret = secret_create(project=owner.personal_project, actor=owner, name=name, value="value-1234")
+    return {"pk": secret.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -109,6 +118,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Task: foreign_task,
     Subscription: foreign_webhook,
     Template: foreign_template,
+    Secret: foreign_secret,
 }
 
 

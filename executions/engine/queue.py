@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from core import sql
+from core.crypto import Undecryptable
 from core.sql import lock_skipping_locked
 from events.models import Event, EventType
 from events.services import event_build
@@ -41,6 +42,7 @@ from executions.models import (
 )
 from tasks.models import Status, Task
 from tasks.status import task_follow_execution
+from vault.services import SecretMissing, secret_refs, secret_refs_resolve
 
 logger = logging.getLogger("taskforge.executions")
 
@@ -467,8 +469,17 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
     commit instead of one each. Candidates are read as ids (a script may be 1 MiB); only
     the claimed rows are read whole.
     """
-    claim = _Claim(worker, limit, scan)
     _read_in_index_order()
+    while True:
+        claimed, refused = _claim_once(worker, limit, scan)
+        # A run failed at its claim (a project secret gone) is over: claim again in its place.
+        if claimed or not refused:
+            return claimed
+
+
+def _claim_once(worker: Worker, limit: int, scan: int) -> tuple[list[Execution], int]:
+    """``(claimed executions ready to run, how many were failed at the claim instead)``."""
+    claim = _Claim(worker, limit, scan)
     busy = claim.take_turns()
     if not claim.claimed and not claim.heads and busy:
         # Every project with work is being served by another claim: wait for the first one's
@@ -476,12 +487,44 @@ def execution_claim_batch(*, worker: Worker, limit: int, scan: int = 20) -> list
         # what that claim committed (read committed: each statement sees the latest).
         claim.open(busy[0], wait=True)
         claim.take_turns()
-    executions = []
+    executions, refused = [], 0
     for execution, task in claim.claimed:
         started = _execution_event(execution, EventType.EXECUTION_STARTED, worker=worker.name)
         _sync_task(task, execution, events=[started])
-        executions.append(execution)
-    return executions
+        if _resolve_secrets(execution):
+            executions.append(execution)
+        else:
+            refused += 1
+    return executions, refused
+
+
+def _resolve_secrets(execution: Execution) -> bool:
+    """Give the claimed ``execution`` its secret values (``execution.secret_values``): the ones
+    passed with the trigger, and references to project secrets resolved now (vault records
+    ``secret.used``). The stored references stay as they are (a retry resolves them again).
+    False, with the execution failed ``secret_missing`` (never retried) and nothing else
+    changed, when a secret is gone or no configured key opens it."""
+    refs = secret_refs(execution.secret_parameters)
+    if not refs:  # the common case costs the claim no statement
+        execution.secret_values = dict(execution.secret_parameters)
+        return True
+    try:
+        resolved = secret_refs_resolve(
+            project=execution.project_id, refs=refs, task=execution.task_id, execution_id=execution.pk
+        )
+    except (SecretMissing, Undecryptable) as exc:
+        detail = str(exc) if isinstance(exc, SecretMissing) else f"A project secret it refers to: {exc}"
+        _finish(
+            execution,
+            status=ExecutionStatus.FAILED,
+            claim_token=execution.claim_token,
+            error=ErrorCode.SECRET_MISSING,
+            error_detail=detail[:500],
+            retry=False,
+        )
+        return False
+    execution.secret_values = {**execution.secret_parameters, **resolved}
+    return True
 
 
 # --- Output and finish ------------------------------------------------------------------------
@@ -569,6 +612,7 @@ def _finish(
     actor: User | None = None,
     api_key: ApiKey | None = None,
     tails: Mapping[str, str] | None = None,
+    retry: bool = True,
     **fields: Any,
 ) -> Execution | None:
     """Finish ``execution`` with ``status`` (and ``fields``); returns it finished (a copy:
@@ -578,6 +622,7 @@ def _finish(
     ``execution`` is the whole row: as read under its row lock (cancel, the reaper) or as
     claimed (the worker; then the UPDATE, fenced by ``claim_token``, takes the row lock). Its
     task is locked after it, in the order claims take them. ``chunks``: the run's last output.
+    ``retry=False``: never retried (a missing secret stays missing).
     """
     now = timezone.now()
     fields = {
@@ -625,7 +670,7 @@ def _finish(
         error=execution.error or None,
         duration_ms=execution.duration_ms,
     )
-    if status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
+    if retry and status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
         _queue_retry(execution, source, task, events=[finished])
     else:
         _sync_task(task, execution, actor=actor, api_key=api_key, events=[finished], tails=tails)

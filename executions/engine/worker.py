@@ -27,6 +27,7 @@ outage is recorded as succeeded, not failed with a "worker error".
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 import queue
 import signal
@@ -42,6 +43,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, connections
 
 from accounts.idempotency import prune as prune_idempotency_keys
+from core.secrets import SecretMasker
 from executions.engine import queue as execution_queue
 from executions.engine import wakeup
 from executions.engine.jobs import WEBHOOK_DELIVERY, Job, registered_jobs
@@ -110,28 +112,45 @@ class Run:
     tails: dict[str, str] = field(default_factory=lambda: {"stdout": "", "stderr": ""})
     # Set when output arrives: wakes the housekeeping thread to store it (WorkerProcess sets it).
     output_ready: threading.Event | None = None
+    # One per stream: the secret values this run received become *** before anything is stored
+    # (chunks, and so the live log; the tails, and so the task's result and webhook payloads).
+    maskers: dict[str, SecretMasker] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        values = [as_env_value(v) for v in (self.execution.secret_values or {}).values()]
+        self.maskers = {stream: SecretMasker(values) for stream in ("stdout", "stderr")}
+
+    def mask(self, text: str) -> str:
+        """``text`` (an error detail) with this run's secret values masked."""
+        return self.maskers["stdout"].mask(text)
 
     def on_output(self, stream: str, data: bytes | str) -> None:
         text = output_text(data, None if isinstance(data, str) else self.decoders[stream])
         if not text:
             return
         with self.lock:
-            self._add(stream, text)
+            self._add(stream, self.maskers[stream].feed(text))
         if self.output_ready is not None:
             self.output_ready.set()
 
     def _add(self, stream: str, text: str) -> None:
+        if not text:
+            return
         self.seq += 1
         self.pending.append((self.seq, stream, text))
         self.pending_bytes += len(text)
         self.tails[stream] = (self.tails[stream] + text)[-execution_queue.RESULT_TAIL_CHARS :]
 
-    def take(self) -> list[tuple[int, str, str]]:
+    def take(self, *, final: bool = False) -> list[tuple[int, str, str]]:
+        """The output not stored yet; ``final``: the run is over, so what the maskers hold back
+        (the possible start of a secret value at the very end) is let out too."""
         with self.lock:
             for stream, decoder in self.decoders.items():
                 rest = output_text(b"", decoder)
                 if rest:
-                    self._add(stream, rest)
+                    self._add(stream, self.maskers[stream].feed(rest))
+                if final:
+                    self._add(stream, self.maskers[stream].flush())
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
         return chunks
 
@@ -331,9 +350,10 @@ class WorkerProcess:
                 "TASKFORGE_EXECUTION_ID": str(execution.pk),
                 "TASKFORGE_TASK_ID": str(execution.task_id),
             }
-            params = {**execution.parameters, **execution.secret_parameters}
+            # secret_values: the passed secrets and the project secrets resolved at the claim.
+            params = {**execution.parameters, **(execution.secret_values or {})}
             for key, value in params.items():
-                env[f"PARAM_{str(key).upper()}"] = value if isinstance(value, str) else _json(value)
+                env[f"PARAM_{str(key).upper()}"] = as_env_value(value)
             run.output_ready = self.output_ready
             result = run_script(
                 script=execution.script,
@@ -359,7 +379,7 @@ class WorkerProcess:
             log_retry(f"could not record how {execution.pk} ended; the reaper will")
         except Exception as exc:
             logger.exception("execution %s crashed in the worker", execution.pk)
-            detail = f"worker error: {exc}"[:500]
+            detail = run.mask(f"worker error: {exc}")[:500]
             try:
                 self._until_stored(
                     f"failure of {execution.pk}",
@@ -397,7 +417,7 @@ class WorkerProcess:
             status=status,
             exit_code=result.exit_code,
             error=error,
-            error_detail=output_text(result.error_detail or "")[:500],
+            error_detail=run.mask(output_text(result.error_detail or ""))[:500],
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,
         )
@@ -409,7 +429,7 @@ class WorkerProcess:
         is held throughout, so a housekeeping flush cannot store chunks after the finish; if
         the write fails (the database went away), the chunks are kept for the retry."""
         with run.flush_lock:
-            chunks = run.take()
+            chunks = run.take(final=True)
             try:
                 return execution_queue.execution_finish(
                     execution=run.execution, claim_token=run.token, chunks=chunks, tails=run.tails, **outcome
@@ -426,7 +446,9 @@ class WorkerProcess:
         script a second time."""
         execution = run.execution
         logger.error("could not store the end of execution %s: %r", execution.pk, exc, exc_info=exc)
-        detail = output_text(f"the worker could not store this run's outcome: {type(exc).__name__}: {exc}")
+        detail = run.mask(
+            output_text(f"the worker could not store this run's outcome: {type(exc).__name__}: {exc}")
+        )
         try:
             stored = self._until_stored(
                 f"worker error of {execution.pk}",
@@ -608,7 +630,6 @@ def drop_connection() -> None:
         logger.debug("closing a broken connection failed", exc_info=True)
 
 
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
+def as_env_value(value: Any) -> str:
+    """A parameter's value as the script's environment carries it: text as it is, else JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

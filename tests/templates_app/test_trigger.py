@@ -3,6 +3,7 @@ literally and never run."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from pathlib import Path
@@ -100,11 +101,13 @@ def test_secrets_reach_the_script_but_are_never_stored_or_shown(
     user, project, inline_worker, marker, script_type
 ):
     secret = f"s3cr3t $(touch {marker}) '\"\n-{uuid.uuid4().hex}"
+    # The script prints what it received base64-encoded: printed as it is, it would be masked.
     script = (
-        'tok={{ msg }}\nprintf "%s|%s" "$tok" "$PARAM_MSG"; printf "|"; cat "$TASKFORGE_PARAMS_FILE"'
+        'tok={{ msg }}\n{ printf "%s|%s" "$tok" "$PARAM_MSG"; printf "|"; cat "$TASKFORGE_PARAMS_FILE"; }'
+        " | base64 -w0"
         if script_type == "bash"
-        else "import os, json\nprint({{ msg }}, os.environ['PARAM_MSG'], "
-        "json.load(open(os.environ['TASKFORGE_PARAMS_FILE']))['msg'], sep='|', end='')"
+        else "import base64, os, json\nprint(base64.b64encode('|'.join([{{ msg }}, os.environ['PARAM_MSG'], "
+        "json.load(open(os.environ['TASKFORGE_PARAMS_FILE']))['msg']]).encode()).decode(), end='')"
     )
     template = hostile_template(user, project, script_type, script, secret=True)
     task, execution = services.template_trigger(template=template, actor=user, parameters={"msg": secret})
@@ -112,7 +115,7 @@ def test_secrets_reach_the_script_but_are_never_stored_or_shown(
     assert task.parameters == {"msg": "***"} and execution.parameters == {"msg": "***"}
     execution = run(inline_worker, execution)
     assert execution.status == ExecutionStatus.SUCCEEDED, output(execution)
-    printed = output(execution)
+    printed = base64.b64decode(output(execution)).decode()
     if script_type == "bash":
         first, second, params_file = printed.split("|", 2)
         assert first == second == secret
@@ -225,5 +228,5 @@ def test_an_automatic_retry_gets_the_secret_parameters_too(user, project, inline
     assert inline_worker.run_pending() == 2
     attempts = list(Execution.objects.filter(task=task).order_by("number"))
     assert [e.attempt for e in attempts] == [1, 2]
-    assert [output(e) for e in attempts] == ["s3cr3t|", "s3cr3t|"]
+    assert [output(e) for e in attempts] == ["***|", "***|"]  # received, and masked in the output
     assert [e.secret_parameters for e in attempts] == [{}, {}]
