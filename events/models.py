@@ -29,6 +29,10 @@ class EventType(models.TextChoices):
     EXECUTION_STARTED = "execution.started"
     EXECUTION_FINISHED = "execution.finished"
     EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
+    TRIGGER_CREATED = "trigger.created"
+    TRIGGER_UPDATED = "trigger.updated"
+    TRIGGER_DELETED = "trigger.deleted"
+    TRIGGER_SECRET_ROTATED = "trigger.secret_rotated"  # noqa: S105 - an event name
 
 
 class EventQuerySet(ProjectScopedQuerySet):
