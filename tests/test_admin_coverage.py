@@ -84,9 +84,16 @@ ADMINS: dict[str, Entry] = {
         view_role=Role.ADMIN,
         write_role=Role.ADMIN,
     ),
+    "triggers.trigger": Entry(
+        "project",
+        frozenset({"delete_selected", "rotate_secret"}),
+        frozenset({"DeliveryInline"}),
+        write_role=Role.ADMIN,
+    ),
+    "triggers.delivery": Entry("project", frozenset({"replay"}), write_role=Role.ADMIN),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
-SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks")
+SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "triggers")
 
 
 # --- objects in a project, made by its admin ---------------------------------------------------
@@ -136,6 +143,23 @@ def _delivery(project: Project, owner: User) -> Any:
     return send_test(subscription=_subscription(project, owner), actor=owner)
 
 
+def _trigger(project: Project, owner: User) -> Any:
+    from triggers.services import trigger_create
+
+    trigger, _secret = trigger_create(
+        project=project, actor=owner, template=_template(project, owner), slug="t", auth="token"
+    )
+    return trigger
+
+
+def _trigger_delivery(project: Project, owner: User) -> Any:
+    from triggers.services import Incoming, delivery_receive
+
+    return delivery_receive(
+        trigger=_trigger(project, owner), incoming=Incoming(body=b"{}", headers={})
+    ).delivery
+
+
 def _invitation(project: Project, owner: User) -> Any:
     from accounts.services import invitation_create
 
@@ -152,6 +176,8 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "executions.execution": _execution,
     "webhooks.subscription": _subscription,
     "webhooks.delivery": _delivery,
+    "triggers.trigger": _trigger,
+    "triggers.delivery": _trigger_delivery,
 }
 
 

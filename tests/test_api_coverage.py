@@ -21,6 +21,7 @@ from executions.models import Execution
 from tasks.models import Task
 from templates_app.models import Template
 from tests.factories import TaskFactory, make_key
+from triggers.models import Trigger
 from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
@@ -99,6 +100,21 @@ def foreign_template(owner: User) -> dict[str, Any]:
     return {"ref": template.pk}
 
 
+def foreign_trigger(owner: User) -> dict[str, Any]:
+    from triggers.services import Incoming, delivery_receive, trigger_create
+
+    template = foreign_template(owner)["ref"]
+    trigger, _ = trigger_create(
+        project=owner.personal_project,
+        actor=owner,
+        template=Template.objects.get(pk=template),
+        slug=f"foreign-{uuid.uuid4().hex[:8]}",
+        auth="token",
+    )
+    answer = delivery_receive(trigger=trigger, incoming=Incoming(body=b"{}", headers={}))
+    return {"pk": trigger.pk, "delivery_id": answer.delivery.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -109,6 +125,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Task: foreign_task,
     Subscription: foreign_webhook,
     Template: foreign_template,
+    Trigger: foreign_trigger,
 }
 
 

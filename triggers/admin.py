@@ -8,15 +8,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline
+from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, projects_with_role
 from accounts.models import Role
 from core.admin_actions import apply_each
 from core.admin_badges import status_badge
+from templates_app.models import Template
 from triggers import services
 from triggers.models import Auth, Delivery, Outcome, Trigger
 
@@ -51,10 +51,24 @@ class TriggerForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:  # the sender is configured for one scheme and template
+        if not self.instance._state.adding:  # the sender is configured for one scheme and template
             for name in services.IMMUTABLE_FIELDS:
                 if name in self.fields:
                     self.fields[name].disabled = True
+
+    def clean(self) -> dict[str, Any]:
+        """The service's own checks (mapping, filters, ...), shown on the form's fields."""
+        data = super().clean()
+        trigger = self.instance
+        if self.errors or not data.get("template"):
+            return data
+        for name, value in data.items():
+            setattr(trigger, name, value)
+        for field, _code, message in services.config_errors(trigger):
+            name = field.split(".", 1)[0]
+            label = f"{field}: {message}" if field != name else message
+            self.add_error(name if name in self.fields else None, label)
+        return data
 
 
 class DeliveryInline(ProjectRoleInline, admin.TabularInline):
@@ -162,6 +176,13 @@ class TriggerAdmin(ProjectRoleAdmin):
     inlines = (DeliveryInline,)
     actions = ("rotate_secret",)
 
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "template":  # a template of a project the caller administers
+            kwargs["queryset"] = Template.objects.filter(
+                project__in=projects_with_role(request.user, self.write_role)
+            ).select_related("project")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         self._request = request  # the URL fields need the host the operator reaches us at
         return super().get_form(request, obj, **kwargs)
@@ -178,7 +199,7 @@ class TriggerAdmin(ProjectRoleAdmin):
 
     @admin.display(description="URL")
     def hook_url(self, trigger: Trigger) -> str:
-        if trigger.pk is None:
+        if trigger._state.adding:
             return "(shown once saved)"
         return format_html("<code>{}</code>", self._url(trigger))
 
@@ -190,28 +211,25 @@ class TriggerAdmin(ProjectRoleAdmin):
 
     @admin.display(description="sender settings")
     def snippet(self, trigger: Trigger) -> str:
-        if trigger.pk is None:
+        if trigger._state.adding:
             return "(shown once saved)"
         return sender_snippet(trigger, self._url(trigger))
 
     def save_model(self, request: HttpRequest, obj: Trigger, form: forms.ModelForm, change: bool) -> None:
         data = form.cleaned_data
         fields = {name: data[name] for name in services.WRITABLE_FIELDS if name in data}
-        try:
-            if change:
-                changed = {name: value for name, value in fields.items() if name in form.changed_data}
-                services.trigger_update(trigger=obj, actor=request.user, fields=changed)
-                obj.refresh_from_db()
-                return
-            trigger, secret = services.trigger_create(
-                project=data["project"],
-                actor=request.user,
-                template=data["template"],
-                auth=data["auth"],
-                **fields,
-            )
-        except ValidationError as exc:  # checked again by the service: shown, never half-saved
-            raise ValidationError(exc.messages) from exc
+        if change:  # form.clean ran the service's checks: the service will not refuse it
+            changed = {name: value for name, value in fields.items() if name in form.changed_data}
+            services.trigger_update(trigger=obj, actor=request.user, fields=changed)
+            obj.refresh_from_db()
+            return
+        trigger, secret = services.trigger_create(
+            project=data["project"],
+            actor=request.user,
+            template=data["template"],
+            auth=data["auth"],
+            **fields,
+        )
         obj.pk = trigger.pk
         obj._state.adding = False
         obj.refresh_from_db()
