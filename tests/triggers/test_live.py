@@ -3,6 +3,7 @@ concurrent senders on real connections."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -151,3 +152,46 @@ def test_huge_headers_and_missing_headers_create_nothing(make_trigger):
         bare = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
         assert bare.status_code == 401
     assert not Delivery.objects.exists() and not Task.objects.exists()
+
+
+def test_the_documented_github_example_works_as_written(user, project):
+    """docs/triggers.md's curl + openssl example, run as written against a live server."""
+    import re
+    import subprocess
+
+    from templates_app import services as template_services
+    from tests.live import ROOT
+
+    template = template_services.template_create(
+        project=project,
+        actor=user,
+        slug="deploy",
+        name="Deploy",
+        name_pattern="Deploy {{ branch }}",
+        script_type="bash",
+        script="echo deploying {{ branch }} at {{ sha }}",
+        parameters=[
+            {"name": "branch", "type": "string", "required": True},
+            {"name": "sha", "type": "string", "pattern": "[0-9a-f]{40}"},
+        ],
+    )
+    trigger, secret = services.trigger_create(
+        project=project,
+        actor=user,
+        template=template,
+        slug="deploy-on-push",
+        auth="github",
+        filters={"events": ["push"], "ref": "main"},
+        mapping={"branch": "$.ref", "sha": "$.after"},
+    )
+    docs = (ROOT / "docs" / "triggers.md").read_text()
+    script = next(block for block in re.findall(r"```bash\n(.*?)```", docs, re.S) if "openssl dgst" in block)
+    with gunicorn(workers=1) as base:
+        lines = script.splitlines()
+        assert lines[0].startswith("URL=")
+        lines[0] = f"URL={base}/hooks/{trigger.pk}   SECRET={secret}"
+        result = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, check=True)
+    answer = json.loads(result.stdout)
+    task = Task.objects.get(pk=answer["task"])
+    assert task.name == "Deploy refs/heads/main"
+    assert task.parameters == {"branch": "refs/heads/main", "sha": "9fceb02d0ae598e95dc970b74767f19372d61af8"}
