@@ -52,7 +52,8 @@ def generate_secret(auth: str) -> str:
 
 
 def default_body_max() -> int:
-    return settings.TASKFORGE_TRIGGER_BODY_MAX
+    """TASKFORGE_TRIGGER_BODY_MAX, within the server's own TASKFORGE_MAX_BODY_BYTES."""
+    return min(settings.TASKFORGE_TRIGGER_BODY_MAX, settings.TASKFORGE_MAX_BODY_BYTES)
 
 
 class TriggerQuerySet(ProjectScopedQuerySet):

@@ -117,7 +117,7 @@ class TriggerCreatedSerializer(TriggerSerializer):
         read_only_fields = fields
 
 
-class DeliverySerializer(serializers.ModelSerializer):
+class TriggerDeliverySerializer(serializers.ModelSerializer):
     trigger = serializers.UUIDField(source="trigger_id")
     task = serializers.UUIDField(source="task_id", allow_null=True)
     execution = serializers.UUIDField(source="execution_id", allow_null=True)

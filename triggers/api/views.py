@@ -25,8 +25,8 @@ from core.openapi import ProblemSerializer
 from templates_app.models import Template
 from triggers import services
 from triggers.api.serializers import (
-    DeliverySerializer,
     TriggerCreatedSerializer,
+    TriggerDeliverySerializer,
     TriggerSerializer,
     TriggerUpdateSerializer,
     TriggerWriteSerializer,
@@ -130,7 +130,7 @@ class TriggerViewSet(
     @extend_schema(
         summary="The delivery log, newest first",
         parameters=[OUTCOME],
-        responses=DeliverySerializer(many=True),
+        responses=TriggerDeliverySerializer(many=True),
     )
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
@@ -144,12 +144,12 @@ class TriggerViewSet(
                 )
             queryset = queryset.filter(outcome=wanted)
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
+        return self.get_paginated_response(TriggerDeliverySerializer(page, many=True).data)
 
-    @extend_schema(summary="One delivery", responses={200: DeliverySerializer})
+    @extend_schema(summary="One delivery", responses={200: TriggerDeliverySerializer})
     @action(detail=True, methods=["get"], url_path=rf"deliveries/(?P<delivery_id>{UUID_RE})")
     def delivery(self, request: Request, pk: str | None = None, delivery_id: str | None = None) -> Response:
-        return Response(DeliverySerializer(self._delivery(self.get_object(), str(delivery_id))).data)
+        return Response(TriggerDeliverySerializer(self._delivery(self.get_object(), str(delivery_id))).data)
 
     @extend_schema(
         summary="Replay a delivery",
@@ -157,7 +157,7 @@ class TriggerViewSet(
         "(`replay_of`), through the trigger's current filters and mapping; a run it starts has "
         "trigger `hook_replay`. 409 when the trigger is disabled or the body was cut when stored.",
         request=None,
-        responses={201: DeliverySerializer, 409: CONFLICT},
+        responses={201: TriggerDeliverySerializer, 409: CONFLICT},
     )
     @action(
         detail=True,
@@ -170,4 +170,6 @@ class TriggerViewSet(
         answer = services.delivery_replay(
             delivery=self._delivery(trigger, str(delivery_id)), actor=request.user
         )
-        return Response(DeliverySerializer(self._delivery(trigger, answer.delivery.pk)).data, status=201)
+        return Response(
+            TriggerDeliverySerializer(self._delivery(trigger, answer.delivery.pk)).data, status=201
+        )
