@@ -156,6 +156,9 @@ class Delivery(models.Model):
     headers = models.JSONField(default=dict, blank=True)
     body = models.TextField(blank=True)
     body_truncated = models.BooleanField(default=False)
+    # GitHub signs neither a timestamp nor the delivery id: the body's digest is what lets a
+    # captured delivery re-sent under a fresh X-GitHub-Delivery be recognised (empty otherwise).
+    body_sha256 = models.CharField(max_length=64, blank=True, editable=False)
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     reason = models.TextField(blank=True, help_text="Why it was ignored or rejected.")
     response_status = models.PositiveSmallIntegerField(
@@ -192,6 +195,11 @@ class Delivery(models.Model):
         constraints = [
             # Each delivery once: a retry of the same delivery conflicts here and runs nothing.
             models.UniqueConstraint(fields=("trigger", "dedupe_key"), name="trigger_delivery_once"),
+            models.UniqueConstraint(
+                fields=("trigger", "body_sha256"),
+                condition=~Q(body_sha256=""),
+                name="trigger_delivery_body_once",
+            ),
             models.CheckConstraint(condition=Q(outcome__in=Outcome.values), name="trigger_delivery_outcome"),
         ]
 

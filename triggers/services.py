@@ -9,6 +9,7 @@ recorded answer and runs nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
@@ -266,8 +267,13 @@ class Incoming:
     instance: str = ""  # the request path, for problem documents
 
 
+def _storable(text: str) -> str:
+    """``text`` without NUL, which PostgreSQL refuses in text columns."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _text(body: bytes) -> str:
-    return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return _storable(body.decode("utf-8", "replace"))
 
 
 def _dedupe_key(trigger: Trigger, incoming: Incoming, document: Any) -> str:
@@ -280,16 +286,17 @@ def _dedupe_key(trigger: Trigger, incoming: Incoming, document: Any) -> str:
         found = incoming.headers.get(DEDUPE_HEADERS[trigger.auth])
     if not found:
         return f"none:{uuid.uuid4()}"
-    return str(found)[:DEDUPE_KEY_MAX]
+    return _storable(str(found))[:DEDUPE_KEY_MAX]
 
 
 def _event(trigger: Trigger, incoming: Incoming, document: Any) -> str:
+    """The delivery's event type: the GitHub/GitLab header, else the value at ``event_path``."""
     if trigger.auth in EVENT_HEADERS:
-        return incoming.headers.get(EVENT_HEADERS[trigger.auth], "")[:EVENT_MAX]
+        return _storable(incoming.headers.get(EVENT_HEADERS[trigger.auth], ""))[:EVENT_MAX]
     path = (trigger.filters or {}).get("event_path")
     if path and document is not None:
         found = payload.resolve(document, path)
-        return "" if found is payload.MISSING else payload.as_text(found)[:EVENT_MAX]
+        return "" if found is payload.MISSING else _storable(payload.as_text(found))[:EVENT_MAX]
     return ""
 
 
@@ -309,7 +316,9 @@ def _parse(body: bytes) -> tuple[Any, str | None]:
 def delivery_receive(*, trigger: Trigger, incoming: Incoming) -> Answer:
     """Take an authenticated delivery of ``trigger`` (the caller verified it and counted it).
 
-    Once per (trigger, dedupe key): a duplicate answers the first answer and runs nothing.
+    Once per (trigger, dedupe key): a duplicate answers the first answer and runs nothing. A
+    GitHub delivery is also once per body: its signature covers the body only, so the same
+    signed body under another delivery id is a copy (a captured delivery sent again).
     """
     document, not_json = _parse(incoming.body)
     return _take(
@@ -318,6 +327,7 @@ def delivery_receive(*, trigger: Trigger, incoming: Incoming) -> Answer:
         document=document,
         not_json=not_json,
         dedupe_key=_dedupe_key(trigger, incoming, document),
+        body_sha256=hashlib.sha256(incoming.body).hexdigest() if trigger.auth == Auth.GITHUB else "",
     )
 
 
@@ -357,6 +367,7 @@ def _take(
     dedupe_key: str,
     replay_of: Delivery | None = None,
     actor: User | None = None,
+    body_sha256: str = "",
 ) -> Answer:
     stored_max = settings.TASKFORGE_TRIGGER_STORED_BODY_MAX
     text = _text(incoming.body)
@@ -367,6 +378,7 @@ def _take(
         headers=storable_headers(incoming.headers),
         body=text[:stored_max],
         body_truncated=len(text) > stored_max,
+        body_sha256=body_sha256,
         outcome=Outcome.ACCEPTED,
         response_status=202,
         replay_of=replay_of,
@@ -379,7 +391,7 @@ def _take(
                 # transaction, then conflicts: exactly one of them runs the template.
                 delivery.save(force_insert=True)
         except IntegrityError:
-            return _duplicate(trigger, dedupe_key)
+            return _duplicate(trigger, dedupe_key, body_sha256)
         outcome, reason, status, body, task, execution = _decide(
             trigger, incoming, document, not_json, replay=replay_of is not None
         )
@@ -399,9 +411,13 @@ def _take(
     return Answer(status=status, body=body, delivery=delivery)
 
 
-def _duplicate(trigger: Trigger, dedupe_key: str) -> Answer:
-    Delivery.objects.filter(trigger=trigger, dedupe_key=dedupe_key).update(duplicates=F("duplicates") + 1)
-    first = Delivery.objects.get(trigger=trigger, dedupe_key=dedupe_key)
+def _duplicate(trigger: Trigger, dedupe_key: str, body_sha256: str) -> Answer:
+    """The first answer to this delivery (the one with its key, or its body for GitHub)."""
+    same = Q(dedupe_key=dedupe_key) | (Q(body_sha256=body_sha256) if body_sha256 else Q(pk__in=[]))
+    first = Delivery.objects.filter(same, trigger=trigger).order_by("received_at", "id").first()
+    if first is None:  # pragma: no cover - a conflict means a committed row exists
+        raise Conflict("The first copy of this delivery went away; send it again.", code="delivery_gone")
+    Delivery.objects.filter(pk=first.pk).update(duplicates=F("duplicates") + 1)
     return Answer(status=first.response_status, body=first.answer(), duplicate=True, delivery=first)
 
 

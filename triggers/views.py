@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import Throttled
 
-from core.errors import PROBLEM_CONTENT_TYPE, problem, problem_response
+from core.errors import PROBLEM_CONTENT_TYPE, problem
 from core.ratelimit import enforce_bucket
 from triggers import services
 from triggers.models import Trigger
@@ -42,11 +42,18 @@ def _answer(response: HttpResponse) -> HttpResponse:
     return response
 
 
+def _problem(request: HttpRequest, status: int, detail: str, **extra: Any) -> HttpResponse:
+    """A problem whose ``instance`` is the path without the query (``?token=`` stays out)."""
+    body = problem(status, detail, **extra)
+    body["instance"] = request.path
+    return _answer(JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE))
+
+
 def _throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
     wait = int(exc.wait or 1)
-    response = problem_response(request, 429, "Rate limit exceeded.", type_="rate-limited", retry_after=wait)
+    response = _problem(request, 429, "Rate limit exceeded.", type_="rate-limited", retry_after=wait)
     response["Retry-After"] = str(wait)
-    return _answer(response)
+    return response
 
 
 def _read_body(request: HttpRequest, limit: int) -> bytes | None:
@@ -64,21 +71,19 @@ def _read_body(request: HttpRequest, limit: int) -> bytes | None:
 @csrf_exempt
 def hook(request: HttpRequest, trigger_id: str) -> HttpResponse:
     if request.method != "POST":
-        response = problem_response(request, 405, "Send the delivery with POST.")
+        response = _problem(request, 405, "Send the delivery with POST.")
         response["Allow"] = "POST"
-        return _answer(response)
+        return response
     trigger = _enabled_trigger(trigger_id)
     if trigger is None:
-        return _answer(problem_response(request, 404, "No enabled trigger has this URL."))
+        return _problem(request, 404, "No enabled trigger has this URL.")
     body = _read_body(request, trigger.max_body_bytes)
     if body is None:
-        return _answer(
-            problem_response(
-                request,
-                413,
-                f"The body is over this trigger's limit of {trigger.max_body_bytes} bytes.",
-                max_bytes=trigger.max_body_bytes,
-            )
+        return _problem(
+            request,
+            413,
+            f"The body is over this trigger's limit of {trigger.max_body_bytes} bytes.",
+            max_bytes=trigger.max_body_bytes,
         )
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:
@@ -115,5 +120,4 @@ def _refuse(request: HttpRequest, detail: str) -> HttpResponse:
         )
     except Throttled as exc:
         return _throttled(request, exc)
-    body: dict[str, Any] = problem(401, detail, request=request)
-    return _answer(JsonResponse(body, status=401, content_type=PROBLEM_CONTENT_TYPE))
+    return _problem(request, 401, detail)

@@ -242,16 +242,22 @@ def test_token_in_url(make_trigger, post_hook):
 def test_a_rotated_secret_keeps_working_through_its_grace_only(make_trigger, post_hook, user):
     trigger, old = make_trigger("github")
     trigger, new = services.trigger_rotate_secret(trigger=trigger, actor=user)
-    body = body_of(PUSH)
-    assert post_hook(trigger, body, github_headers(old, body)).status_code == 202
-    assert post_hook(trigger, body, github_headers(new, body)).status_code == 202
+    pushes = iter(body_of({**PUSH, "after": f"{n:040x}"}) for n in range(10))
+
+    def send(secret: str) -> int:
+        body = next(pushes)
+        return post_hook(trigger, body, github_headers(secret, body)).status_code
+
+    assert send(old) == 202
+    assert send(new) == 202
     trigger, newest = services.trigger_rotate_secret(trigger=trigger, actor=user)
-    assert post_hook(trigger, body, github_headers(old, body)).status_code == 401  # dropped at once
-    assert post_hook(trigger, body, github_headers(new, body)).status_code == 202
+    assert send(old) == 401  # dropped at once
+    assert send(new) == 202
     trigger.previous_secret_expires_at = datetime.now(tz=UTC) - timedelta(seconds=1)
     trigger.save(update_fields=["previous_secret_expires_at"])
-    assert post_hook(trigger, body, github_headers(new, body)).status_code == 401
-    assert post_hook(trigger, body, github_headers(newest, body)).status_code == 202
+    assert send(new) == 401
+    assert send(newest) == 202
+    assert Task.objects.count() == 4
 
 
 def test_secrets_are_encrypted_at_rest(make_trigger):
@@ -326,11 +332,11 @@ def test_a_body_that_is_not_json_is_400_recorded_and_runs_nothing(make_trigger, 
 
 def test_the_trigger_rate_limit_is_429(make_trigger, post_hook):
     trigger, secret = make_trigger("github", rate_limit="2/1m")
-    body = body_of(PUSH)
-    codes = [post_hook(trigger, body, github_headers(secret, body)).status_code for _ in range(3)]
+    bodies = [body_of({**PUSH, "after": str(n) * 40}) for n in range(4)]
+    codes = [post_hook(trigger, body, github_headers(secret, body)).status_code for body in bodies[:3]]
     assert codes == [202, 202, 429]
-    limited = post_hook(trigger, body, github_headers(secret, body))
-    assert int(limited["Retry-After"]) >= 1
+    limited = post_hook(trigger, bodies[3], github_headers(secret, bodies[3]))
+    assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
     assert Task.objects.count() == 2
 
 
@@ -433,3 +439,40 @@ def test_a_big_body_is_kept_cut_and_cannot_be_replayed(make_trigger, post_hook, 
 
     with pytest.raises(Conflict):
         services.delivery_replay(delivery=delivery, actor=user)
+
+
+def test_a_captured_github_delivery_sent_again_under_a_new_id_runs_nothing(make_trigger, post_hook):
+    """GitHub signs only the body: an attacker who captured a delivery can re-send it with a
+    fresh X-GitHub-Delivery. The same signed body is the same delivery."""
+    trigger, secret = make_trigger("github")
+    body = body_of(PUSH)
+    first = post_hook(trigger, body, github_headers(secret, body, delivery="original"))
+    copy = post_hook(trigger, body, github_headers(secret, body, delivery="attacker-fresh-id"))
+    assert copy.status_code == 202 and copy.json() == first.json()
+    assert copy["Taskforge-Duplicate-Delivery"] == "true"
+    assert Task.objects.count() == 1
+    other = body_of({**PUSH, "after": "b" * 40})
+    assert post_hook(trigger, other, github_headers(secret, other)).status_code == 202
+    assert Task.objects.count() == 2
+
+
+def test_nul_characters_in_values_are_stored_safely(make_trigger, post_hook):
+    trigger, secret = make_trigger(
+        "token", filters={"event_path": "$.kind", "events": ["build"]}, dedupe_path="$.id"
+    )
+    body = body_of({"kind": "bu\x00ild", "id": "a\x00b", "branch": "main"})
+    response = post_hook(trigger, body, {"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 200 and "ignored" in response.json()
+    delivery = Delivery.objects.get()
+    assert "\x00" not in delivery.event and "\x00" not in delivery.dedupe_key
+
+
+def test_the_token_in_the_url_is_not_echoed(make_trigger, post_hook):
+    trigger, secret = make_trigger("token_in_url", mapping={"branch": "$.branch"}, max_body_bytes=1024)
+    body = body_of({"branch": "main", "pad": "x" * 2000})
+    response = post_hook(trigger, body, {}, query=f"?token={secret}")
+    assert response.status_code == 413
+    assert secret not in response.content.decode()
+    response = post_hook(trigger, body_of({"branch": "main"}), {}, query=f"?token={secret}")
+    assert response.status_code == 202
+    assert secret not in json.dumps(Delivery.objects.get().response_body)
