@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
-from core.crypto import EncryptedTextField
+from core.crypto import EncryptedTextField, secrets_in_force
 from core.validators import validate_label_text
 
 SLUG_MAX = 100
@@ -121,11 +121,9 @@ class Trigger(models.Model):
 
     def accepted_secrets(self, now: datetime | None = None) -> list[str]:
         """The current secret, and the previous one while its grace lasts."""
-        now = now or timezone.now()
-        found = [self.secret]
-        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
-            found.append(self.previous_secret)
-        return found
+        return secrets_in_force(
+            self.secret, self.previous_secret, self.previous_secret_expires_at, now or timezone.now()
+        )
 
 
 class Outcome(models.TextChoices):

@@ -320,13 +320,9 @@ def delivery_receive(*, trigger: Trigger, incoming: Incoming) -> Answer:
     GitHub delivery is also once per body: its signature covers the body only, so the same
     signed body under another delivery id is a copy (a captured delivery sent again).
     """
-    document, not_json = _parse(incoming.body)
     return _take(
         trigger=trigger,
         incoming=incoming,
-        document=document,
-        not_json=not_json,
-        dedupe_key=_dedupe_key(trigger, incoming, document),
         body_sha256=hashlib.sha256(incoming.body).hexdigest() if trigger.auth == Auth.GITHUB else "",
     )
 
@@ -346,29 +342,23 @@ def delivery_replay(*, delivery: Delivery, actor: User | None) -> Answer:
             code="body_truncated",
         )
     incoming = Incoming(body=delivery.body.encode("utf-8"), headers=dict(delivery.headers))
-    document, not_json = _parse(incoming.body)
-    return _take(
-        trigger=trigger,
-        incoming=incoming,
-        document=document,
-        not_json=not_json,
-        dedupe_key=f"replay:{uuid.uuid4()}",
-        replay_of=delivery,
-        actor=actor,
-    )
+    return _take(trigger=trigger, incoming=incoming, replay_of=delivery, actor=actor)
 
 
 def _take(
     *,
     trigger: Trigger,
     incoming: Incoming,
-    document: Any,
-    not_json: str | None,
-    dedupe_key: str,
     replay_of: Delivery | None = None,
     actor: User | None = None,
     body_sha256: str = "",
 ) -> Answer:
+    """Record the delivery (once: see the module docstring), decide it, record the answer."""
+    document, not_json = _parse(incoming.body)
+    # A replay is a new delivery of its own, never a duplicate of the one it replays.
+    dedupe_key = (
+        f"replay:{uuid.uuid4()}" if replay_of is not None else _dedupe_key(trigger, incoming, document)
+    )
     stored_max = settings.TASKFORGE_TRIGGER_STORED_BODY_MAX
     text = _text(incoming.body)
     delivery = Delivery(
