@@ -4,6 +4,7 @@ replay action. Every change goes through ``triggers.services``, as in the API.""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from django import forms
@@ -26,6 +27,7 @@ OUTCOME_COLOURS: dict[str, str] = {
     Outcome.REJECTED: "#dc2626",
 }
 WEAKER = {"weaker": "#d97706"}
+_current_request: ContextVar[HttpRequest | None] = ContextVar("trigger_admin_request", default=None)
 WEAK_AUTH_WARNING = (
     "Weaker: the token travels in the URL, and URLs are written to proxy and server logs. Use it only "
     "for senders that cannot set a header."
@@ -184,11 +186,13 @@ class TriggerAdmin(ProjectRoleAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
-        self._request = request  # the URL fields need the host the operator reaches us at
+        # The URL fields need the host the operator reaches us at; a context variable, not an
+        # attribute: this ModelAdmin is shared by every request thread.
+        _current_request.set(request)
         return super().get_form(request, obj, **kwargs)
 
     def _url(self, trigger: Trigger) -> str:
-        request = getattr(self, "_request", None)
+        request = _current_request.get()
         return request.build_absolute_uri(trigger.path) if request is not None else trigger.path
 
     @admin.display(description="auth", ordering="auth")

@@ -201,15 +201,18 @@ def trigger_update(*, trigger: Trigger, actor: User | None, fields: Mapping[str,
     """Change a trigger's writable fields. ``auth`` and ``template`` never change (the sender
     is configured for one scheme and one secret format): make another trigger instead."""
     fields = dict(fields)
-    fixed = sorted(set(fields) & set(IMMUTABLE_FIELDS))
+    trigger = Trigger.objects.select_for_update().select_related("template").get(pk=trigger.pk)
+    current = {"auth": trigger.auth, "template": trigger.template_id}
+    fixed = sorted(name for name in set(fields) & set(IMMUTABLE_FIELDS) if fields[name] != current[name])
     if fixed:
         raise params.as_validation_error(
             [(name, "immutable", "Cannot change; create another trigger instead.") for name in fixed]
         )
+    for name in IMMUTABLE_FIELDS:
+        fields.pop(name, None)
     unknown = set(fields) - set(WRITABLE_FIELDS)
     if unknown:
         raise TypeError(f"not writable trigger fields: {sorted(unknown)}")
-    trigger = Trigger.objects.select_for_update().select_related("template").get(pk=trigger.pk)
     changed = [name for name, value in fields.items() if getattr(trigger, name) != value]
     if not changed:
         return trigger
@@ -435,6 +438,15 @@ def _run(trigger: Trigger, incoming: Incoming, document: Any, *, replay: bool) -
     naming the parameter and where its value came from, and nothing is created."""
     template = trigger.template
     spec = params.normalize_spec(template.spec())
+    # The template may have changed since the mapping was saved (a parameter made secret,
+    # or removed): checked again, so a payload value never reaches a secret parameter.
+    stale = mapping_errors(trigger.mapping, spec)
+    if stale:
+        listed = [
+            {"field": field, "code": code, "message": message, "source": _source_of(trigger.mapping, field)}
+            for field, code, message in stale
+        ]
+        return Outcome.REJECTED, _summary(listed), 422, {"errors": listed}, None, None
     values, strings = payload.extract(trigger.mapping, document, incoming.headers)
     # Text (headers, literals) is typed as the command line types --param values; a text the
     # type refuses goes on as it is, so the template's validation reports it with the rest.
@@ -449,12 +461,21 @@ def _run(trigger: Trigger, incoming: Incoming, document: Any, *, replay: bool) -
             )
     except ValidationError as exc:
         listed = _mapped_errors(exc, trigger.mapping, coerce_errors)
-        detail = "; ".join(f"{e['field']} ({e['source']}): {e['message']}" for e in listed[:5])
-        return Outcome.REJECTED, detail or "Invalid parameters.", 422, {"errors": listed}, None, None
+        return Outcome.REJECTED, _summary(listed), 422, {"errors": listed}, None, None
     except APIException as exc:
         return Outcome.REJECTED, str(exc.detail), exc.status_code, {}, None, None
     body = {"task": str(task.pk), "execution": str(execution.pk) if execution else None}
     return Outcome.ACCEPTED, "", 202, body, task, execution
+
+
+def _summary(listed: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e['field']} ({e['source']}): {e['message']}" for e in listed[:5]) or "Invalid."
+
+
+def _source_of(mapping: Mapping[str, Any], field: str) -> str:
+    """Where the value of ``field`` (``parameters.<name>`` or ``mapping.<name>``) comes from."""
+    source = mapping.get(field.split(".", 1)[-1])
+    return payload.describe(source) if source is not None else "(not mapped)"
 
 
 def _mapped_errors(
@@ -466,15 +487,7 @@ def _mapped_errors(
     by_field = exc.error_dict if hasattr(exc, "error_dict") else {"parameters": exc.error_list}
     out = []
     for name, errors in by_field.items():
-        source = mapping.get(name.removeprefix("parameters."))
         for error in errors:
             code, message = clearer.get(name) or (error.code or "invalid", " ".join(error.messages))
-            out.append(
-                {
-                    "field": name,
-                    "code": code,
-                    "message": message,
-                    "source": payload.describe(source) if source is not None else "(not mapped)",
-                }
-            )
+            out.append({"field": name, "code": code, "message": message, "source": _source_of(mapping, name)})
     return out

@@ -250,3 +250,10 @@ def test_deleting_keeps_the_tasks_it_made(api, make_trigger, post_hook):
     assert api.delete(f"/api/v1/triggers/{trigger.pk}").status_code == 204
     assert not Delivery.objects.exists() and Task.objects.count() == 1
     assert post_hook(trigger, body, github_headers(secret, body)).status_code == 404
+
+
+def test_sending_the_same_auth_and_template_back_is_no_change(api, make_trigger):
+    trigger, _ = make_trigger("github")
+    body = {"auth": "github", "template": str(trigger.template_id), "description": "same scheme"}
+    response = api.patch(f"/api/v1/triggers/{trigger.pk}", body, format="json")
+    assert response.status_code == 200 and response.json()["description"] == "same scheme"

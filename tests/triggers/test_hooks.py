@@ -476,3 +476,20 @@ def test_the_token_in_the_url_is_not_echoed(make_trigger, post_hook):
     response = post_hook(trigger, body_of({"branch": "main"}), {}, query=f"?token={secret}")
     assert response.status_code == 202
     assert secret not in json.dumps(Delivery.objects.get().response_body)
+
+
+def test_a_parameter_made_secret_after_the_mapping_was_saved_gets_no_payload_value(
+    make_trigger, post_hook, deploy_template, user
+):
+    from templates_app.services import template_update
+    from tests.triggers.conftest import DEPLOY_PARAMETERS
+
+    trigger, secret = make_trigger("github")
+    spec = [{**p, "secret": True} if p["name"] == "branch" else p for p in DEPLOY_PARAMETERS]
+    template_update(template=deploy_template, actor=user, fields={"name_pattern": "Deploy"}, parameters=spec)
+    body = body_of(PUSH)
+    response = post_hook(trigger, body, github_headers(secret, body))
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert (error["field"], error["code"], error["source"]) == ("mapping.branch", "secret_parameter", "$.ref")
+    assert nothing_created()
