@@ -220,7 +220,11 @@ def trigger_update(*, trigger: Trigger, actor: User | None, fields: Mapping[str,
         setattr(trigger, name, fields[name])
     _raise(config_errors(trigger))
     trigger.updated_at = timezone.now()
-    trigger.save(update_fields=[*changed, "updated_at"])
+    try:
+        with transaction.atomic():
+            trigger.save(update_fields=[*changed, "updated_at"])
+    except IntegrityError:  # a concurrent rename took the slug after the check above
+        _raise([("slug", "unique", f"This project already has a trigger {trigger.slug!r}.")])
     _record(trigger, EventType.TRIGGER_UPDATED, actor, fields=sorted(changed))
     return trigger
 
