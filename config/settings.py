@@ -111,6 +111,7 @@ INSTALLED_APPS = [
     "templates_app",
     "executions",
     "webhooks",
+    "triggers",
     # The benchmark harness (bench/): only its ``manage.py benchmark`` command, no models.
     "bench",
 ]
@@ -363,6 +364,14 @@ TASKFORGE_WEBHOOK_CONCURRENCY = env_int("TASKFORGE_WEBHOOK_CONCURRENCY", 8)  # s
 TASKFORGE_WEBHOOK_RETRY_AFTER_MAX = env_int("TASKFORGE_WEBHOOK_RETRY_AFTER_MAX", 24 * 3600)
 TASKFORGE_WEBHOOK_ROTATION_GRACE = env_int("TASKFORGE_WEBHOOK_ROTATION_GRACE", 24 * 3600)
 TASKFORGE_WEBHOOK_DISABLE_AFTER = env_int("TASKFORGE_WEBHOOK_DISABLE_AFTER", 3 * 24 * 3600)
+# Inbound triggers (docs/triggers.md): the rate a trigger accepts verified deliveries at when
+# it sets none, the body size a new trigger accepts (each may set up to TASKFORGE_MAX_BODY_BYTES),
+# how much of each body is kept in its delivery log, and how long the previous secret still
+# works after a rotation.
+TASKFORGE_TRIGGER_RATE_LIMIT = os.environ.get("TASKFORGE_TRIGGER_RATE_LIMIT", "60/1m")
+TASKFORGE_TRIGGER_BODY_MAX = env_int("TASKFORGE_TRIGGER_BODY_MAX", 1024 * 1024)
+TASKFORGE_TRIGGER_STORED_BODY_MAX = env_int("TASKFORGE_TRIGGER_STORED_BODY_MAX", 64 * 1024)
+TASKFORGE_TRIGGER_ROTATION_GRACE = env_int("TASKFORGE_TRIGGER_ROTATION_GRACE", 24 * 3600)
 # How long fan-out keeps looking for an event id it skipped (its transaction not committed yet).
 TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS", 600)
 
@@ -418,6 +427,8 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
         "ExecutionTriggerEnum": "executions.models.Trigger",
         "DeliveryTriggerEnum": "webhooks.models.Trigger",
+        "TriggerAuthEnum": "triggers.models.Auth",
+        "TriggerDeliveryOutcomeEnum": "triggers.models.Outcome",
     },
 }
 

@@ -19,6 +19,7 @@ api_v1 = [
     path("", include("webhooks.api.urls")),
     path("", include("vault.api.urls")),
     path("", include("templates_app.api.urls")),
+    path("", include("triggers.api.urls")),
 ]
 
 
@@ -49,6 +50,8 @@ urlpatterns = [
     ),
     path("api/redoc/", _redoc_view(), name="redoc"),
     path("admin/", admin.site.urls),
+    # Inbound triggers: outside the API (no key, no CSRF; each trigger checks its own sender).
+    path("hooks/", include("triggers.urls")),
 ]
 
 handler400 = errors.handler400

@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,17 @@ def decrypt(token: str) -> str:
             "a stored secret cannot be decrypted with any key in TASKFORGE_SECRETS_KEYS "
             "(was a key removed before `manage.py rotate_secrets_key` ran?)"
         ) from exc
+
+
+def secrets_in_force(
+    current: str, previous: str, previous_until: datetime | None, now: datetime
+) -> list[str]:
+    """The secrets a rotated credential honours: the current one, and the previous one until
+    ``previous_until`` (the rotation's grace; webhook signing and inbound trigger secrets)."""
+    found = [current]
+    if previous and previous_until is not None and previous_until > now:
+        found.append(previous)
+    return found
 
 
 def rotate(token: str) -> str:

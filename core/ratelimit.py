@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache.backends.db import DatabaseCache
 from django.db import connections, router, transaction
+from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
@@ -52,9 +53,15 @@ def _identity(request: Request) -> tuple[str, str]:
 
 def enforce_rate_limit(request: Request) -> RateUsage | None:
     """Count this request; raise 429 (``Throttled``) when its bucket is spent."""
+    bucket, rate = _identity(request)
+    return enforce_bucket(request, bucket, rate)
+
+
+def enforce_bucket(request: HttpRequest, bucket: str, rate: str) -> RateUsage | None:
+    """Count this request in ``bucket`` (at most ``rate``); raise 429 (``Throttled``) when it
+    is spent. The one counter every limit uses (the API's, and each inbound trigger's own)."""
     if not settings.TASKFORGE_RATE_LIMIT_ENABLED:
         return None
-    bucket, rate = _identity(request)
     usage = get_usage(request, group=GROUP, key=lambda _g, _r: bucket, rate=rate, increment=True)
     if usage is None:
         return None
@@ -64,7 +71,7 @@ def enforce_rate_limit(request: Request) -> RateUsage | None:
         reset=max(0, usage["time_left"]),
         limited=usage["should_limit"],
     )
-    request._rate_usage = result  # read by finalize_response for the headers
+    request._rate_usage = result  # type: ignore[attr-defined] # read by finalize_response for the headers
     if result.limited:
         raise Throttled(wait=result.reset or 1, detail="Rate limit exceeded.")
     return result

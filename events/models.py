@@ -33,6 +33,10 @@ class EventType(models.TextChoices):
     SECRET_UPDATED = "secret.updated"  # noqa: S105
     SECRET_DELETED = "secret.deleted"  # noqa: S105
     SECRET_USED = "secret.used"  # noqa: S105
+    TRIGGER_CREATED = "trigger.created"
+    TRIGGER_UPDATED = "trigger.updated"
+    TRIGGER_DELETED = "trigger.deleted"
+    TRIGGER_SECRET_ROTATED = "trigger.secret_rotated"  # noqa: S105 - an event name
 
 
 class EventQuerySet(ProjectScopedQuerySet):

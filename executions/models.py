@@ -44,6 +44,8 @@ class Trigger(models.TextChoices):
     ADMIN = "admin", "Admin"
     CLI = "cli", "Command line"
     RETRY = "retry", "Retry"
+    HOOK = "hook", "Inbound trigger"
+    HOOK_REPLAY = "hook_replay", "Inbound trigger replay"
 
 
 class ErrorCode(models.TextChoices):
@@ -121,7 +123,7 @@ class Execution(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
     status = models.CharField(max_length=10, choices=ExecutionStatus.choices, default=ExecutionStatus.QUEUED)
-    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.API)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
     triggered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

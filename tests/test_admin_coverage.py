@@ -85,9 +85,16 @@ ADMINS: dict[str, Entry] = {
         view_role=Role.ADMIN,
         write_role=Role.ADMIN,
     ),
+    "triggers.trigger": Entry(
+        "project",
+        frozenset({"delete_selected", "rotate_secret"}),
+        frozenset({"DeliveryInline"}),
+        write_role=Role.ADMIN,
+    ),
+    "triggers.delivery": Entry("project", frozenset({"replay"}), write_role=Role.ADMIN),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
-SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "vault")
+SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "vault", "triggers")
 
 
 # --- objects in a project, made by its admin ---------------------------------------------------
@@ -143,6 +150,23 @@ def _secret(project: Project, owner: User) -> Any:
     return secret_create(project=project, actor=owner, name=f"S_{uuid.uuid4().hex[:8]}", value="value-1234")
 
 
+def _trigger(project: Project, owner: User) -> Any:
+    from triggers.services import trigger_create
+
+    trigger, _secret = trigger_create(
+        project=project, actor=owner, template=_template(project, owner), slug="t", auth="token"
+    )
+    return trigger
+
+
+def _trigger_delivery(project: Project, owner: User) -> Any:
+    from triggers.services import Incoming, delivery_receive
+
+    return delivery_receive(
+        trigger=_trigger(project, owner), incoming=Incoming(body=b"{}", headers={})
+    ).delivery
+
+
 def _invitation(project: Project, owner: User) -> Any:
     from accounts.services import invitation_create
 
@@ -160,6 +184,8 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "webhooks.subscription": _subscription,
     "webhooks.delivery": _delivery,
     "vault.secret": _secret,
+    "triggers.trigger": _trigger,
+    "triggers.delivery": _trigger_delivery,
 }
 
 

@@ -21,6 +21,7 @@ from executions.models import Execution
 from tasks.models import Task
 from templates_app.models import Template
 from tests.factories import TaskFactory, make_key
+from triggers.models import Trigger
 from vault.models import Secret
 from webhooks.models import Subscription
 
@@ -108,6 +109,21 @@ def foreign_secret(owner: User) -> dict[str, Any]:
     return {"pk": secret.pk}
 
 
+def foreign_trigger(owner: User) -> dict[str, Any]:
+    from triggers.services import Incoming, delivery_receive, trigger_create
+
+    template = foreign_template(owner)["ref"]
+    trigger, _ = trigger_create(
+        project=owner.personal_project,
+        actor=owner,
+        template=Template.objects.get(pk=template),
+        slug=f"foreign-{uuid.uuid4().hex[:8]}",
+        auth="token",
+    )
+    answer = delivery_receive(trigger=trigger, incoming=Incoming(body=b"{}", headers={}))
+    return {"pk": trigger.pk, "delivery_id": answer.delivery.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -119,6 +135,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Subscription: foreign_webhook,
     Template: foreign_template,
     Secret: foreign_secret,
+    Trigger: foreign_trigger,
 }
 
 

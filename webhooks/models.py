@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
-from core.crypto import EncryptedTextField
+from core.crypto import EncryptedTextField, secrets_in_force
 from core.validators import validate_label_text
 
 # Event types a subscription may ask for. Listed here, not derived from events.EventType, so a
@@ -121,11 +121,9 @@ class Subscription(models.Model):
 
     def signing_secrets(self, now: datetime | None = None) -> list[str]:
         """The secrets to sign with: the current one, and the previous one while it is valid."""
-        now = now or timezone.now()
-        found = [self.secret]
-        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
-            found.append(self.previous_secret)
-        return found
+        return secrets_in_force(
+            self.secret, self.previous_secret, self.previous_secret_expires_at, now or timezone.now()
+        )
 
 
 class DeliveryStatus(models.TextChoices):
