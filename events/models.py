@@ -29,6 +29,17 @@ class EventType(models.TextChoices):
     EXECUTION_STARTED = "execution.started"
     EXECUTION_FINISHED = "execution.finished"
     EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
+    # Routing (tasks.routing): no online agent can take the task / one can again.
+    TASK_UNROUTABLE = "task.unroutable"
+    TASK_ROUTABLE = "task.routable"
+    # Every change of an agent's state (agents.services).
+    AGENT_REGISTERED = "agent.registered"
+    AGENT_ONLINE = "agent.online"
+    AGENT_OFFLINE = "agent.offline"
+    AGENT_PAUSED = "agent.paused"
+    AGENT_RESUMED = "agent.resumed"
+    AGENT_DRAINING = "agent.draining"
+    AGENT_DELETED = "agent.deleted"
 
 
 class EventQuerySet(ProjectScopedQuerySet):
