@@ -87,7 +87,7 @@ class AgentViewSet(
             wanted = self._status_filter()
             if wanted:
                 queryset = queryset.filter(computed_state__in=wanted)
-        return queryset.select_related("api_key")
+        return queryset.select_related("api_key").order_by("name", "id")
 
     def _status_filter(self) -> list[str]:
         raw = self.request.query_params.get("status")
