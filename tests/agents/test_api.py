@@ -45,7 +45,8 @@ def new_task(api: APIClient, **fields: Any) -> dict[str, Any]:
 
 
 def agent_events(agent_id: str) -> list[str]:
-    return [event.type for event in Event.objects.order_by("id") if event.data.get("agent") == agent_id]
+    events = Event.objects.filter(type__startswith="agent.").order_by("id")
+    return [event.type for event in events if event.data["agent"] == agent_id]
 
 
 # --- the registry ----------------------------------------------------------------------------------
