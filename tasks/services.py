@@ -113,8 +113,8 @@ def _normalize(fields: dict[str, Any]) -> dict[str, Any]:
         fields["name"] = fields["name"].strip()
     if isinstance(fields.get("tags"), list):
         fields["tags"] = list(dict.fromkeys(fields["tags"]))  # drop duplicates, keep order
-    if fields.get("required_labels") is not None:
-        fields["required_labels"] = parse_labels(fields["required_labels"], field="required_labels")
+    if "required_labels" in fields:  # None (an empty admin field) requires nothing
+        fields["required_labels"] = parse_labels(fields["required_labels"] or {}, field="required_labels")
     return fields
 
 
