@@ -28,9 +28,9 @@ from events.models import EventType
 from tasks.models import LEASE_DEFAULT, Task
 from tasks.services import (
     check_lease,
+    claim_refused,
     claim_values,
     claimed,
-    not_claimable,
     reap_expired_claims,
     task_create,
 )
@@ -149,17 +149,11 @@ def agent_claim(
         )
         if won:
             return claimed(task.pk, actor=actor, api_key=api_key, reason="claim", agent=agent)
-        task.refresh_from_db()
-        if Task.objects.filter(pk=task.pk).claimable().exists():
-            raise Conflict(
-                "This agent may not take the task: it is pinned to another agent or requires labels "
-                "this agent does not carry.",
-                code="not_routable",
-                current_status=task.status,
-                required_labels=task.required_labels,
-                assigned_agent=None if task.assigned_agent_id is None else str(task.assigned_agent_id),
-            )
-    raise not_claimable(task)
+        raise claim_refused(
+            task,
+            "This agent may not take the task: it is pinned to another agent or requires labels "
+            "this agent does not carry.",
+        )
 
 
 def agent_heartbeat(

@@ -50,6 +50,13 @@ def tag_field() -> serializers.CharField:
     )
 
 
+def agent_ref_field(**extra: Any) -> serializers.CharField:
+    """A registered agent, by id or name (resolved by the service)."""
+    return serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=AGENT_MAX, **extra
+    )
+
+
 class TaskWriteSerializer(StrictSerializer):
     """What a client may set on create (POST), replace (PUT) or change (PATCH).
 
@@ -101,21 +108,10 @@ class TaskWriteSerializer(StrictSerializer):
         required=False,
         help_text='Labels an agent must carry to take it: {"os": "linux"} (or ["os=linux"]).',
     )
-    assigned_agent = serializers.CharField(
-        required=False,
-        allow_null=True,
-        allow_blank=True,
-        max_length=AGENT_MAX,
-        help_text="Pin to this registered agent (its id or name; 400 if there is none); null unpins.",
+    assigned_agent = agent_ref_field(
+        help_text="Pin to this registered agent (its id or name; 400 if there is none); null unpins."
     )
-    assignedAgentId = serializers.CharField(
-        required=False,
-        allow_null=True,
-        allow_blank=True,
-        max_length=AGENT_MAX,
-        write_only=True,
-        help_text="Alias of assigned_agent.",
-    )
+    assignedAgentId = agent_ref_field(write_only=True, help_text="Alias of assigned_agent.")
     due_date = serializers.DateTimeField(required=False, allow_null=True)
     estimated_hours = serializers.DecimalField(
         max_digits=8, decimal_places=2, min_value=0, required=False, allow_null=True, coerce_to_string=False

@@ -489,6 +489,21 @@ def not_claimable(task: Task) -> Conflict:
     )  # pragma: no cover
 
 
+def claim_refused(task: Task, unroutable: str) -> Conflict:
+    """Why a claim on ``task`` took nothing: ``not_routable`` (saying ``unroutable``) while the
+    task is claimable by someone else, else what ``not_claimable`` says."""
+    if Task.objects.filter(pk=task.pk).claimable().exists():
+        task.refresh_from_db()
+        return Conflict(
+            unroutable,
+            code="not_routable",
+            current_status=task.status,
+            required_labels=task.required_labels,
+            assigned_agent=None if task.assigned_agent_id is None else str(task.assigned_agent_id),
+        )
+    return not_claimable(task)
+
+
 def task_claim(
     *, task: Task, actor: User, api_key: ApiKey | None = None, lease_seconds: int = LEASE_DEFAULT
 ) -> Task:
@@ -504,14 +519,11 @@ def task_claim(
             .update(**claim_values(actor, api_key, lease))
         )
         if not won:
-            if Task.objects.filter(pk=task.pk).claimable().exists():
-                raise Conflict(
-                    "The task is routed to registered agents (pinned to one, or requiring labels); "
-                    "only such an agent can claim it.",
-                    code="not_routable",
-                    current_status=task.status,
-                )
-            raise not_claimable(task)
+            raise claim_refused(
+                task,
+                "The task is routed to registered agents (pinned to one, or requiring labels); "
+                "only such an agent can claim it.",
+            )
         return claimed(task.pk, actor=actor, api_key=api_key, reason="claim")
 
 
