@@ -464,3 +464,36 @@ def test_narrow_keys_stay_narrow(api, user, key_client):
     restricted = key_client(user, ["agent:write", "task:write"], project=user.personal_project)
     created = restricted.post("/api/v1/agents", {"name": "r"}, format="json").json()
     assert ApiKey.objects.get(prefix=created["api_key"]).parent_id == restricted.api_key.pk
+
+
+def test_the_agent_key_is_refused_on_every_other_route(api, user):
+    """Every route x verb of the URL conf: an agent's key reaches only its views' agent_actions."""
+    from django.urls import reverse
+
+    from tests.test_api_coverage import FOREIGN_OBJECTS, api_routes
+
+    _body, agent = register(api)
+    kwargs_by_model: dict[Any, dict[str, Any]] = {}
+    checked = 0
+    for _route, pattern in api_routes():
+        view = pattern.callback.cls
+        actions = dict(
+            getattr(pattern.callback, "actions", None)
+            or {m: None for m in ("get", "post") if hasattr(view, m)}
+        )
+        names = list(pattern.pattern.regex.groupindex)
+        kwargs: dict[str, Any] = {}
+        if names:
+            model = view.queryset.model
+            if model not in kwargs_by_model:
+                kwargs_by_model[model] = FOREIGN_OBJECTS[model](user)
+            kwargs = {name: kwargs_by_model[model][name] for name in names}
+        url = reverse(pattern.name, kwargs=kwargs)
+        for method, action in actions.items():
+            if action in getattr(view, "agent_actions", ()) or method == "head":
+                continue
+            response = getattr(agent, method)(url, {}, format="json")
+            assert response.status_code == 403, (method, url, response.status_code)
+            assert b'"code":"agent_key_forbidden"' in response.content, (method, url, response.content[:300])
+            checked += 1
+    assert checked > 40

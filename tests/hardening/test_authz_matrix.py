@@ -100,7 +100,12 @@ def scope_object(op: Operation) -> str:
 # creates a task and queues its execution): extra scopes, and the role they need.
 EXTRA_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("template-trigger", "post"): (("task:write", "execution:write"), Role.MEMBER),
+    # Registering an agent mints a key that claims tasks; submitting to an agent creates one.
+    ("agent-list", "post"): (("task:write",), Role.MEMBER),
+    ("agent-tasks", "post"): (("task:write",), Role.MEMBER),
 }
+# Only the agent itself (its agent-bound key, never one of these callers) may do these.
+AGENT_KEY_ONLY = {"agent-heartbeat"}
 
 
 def expected(op: Operation, caller: str) -> str | int:
@@ -127,6 +132,8 @@ def expected(op: Operation, caller: str) -> str | int:
         return 404
     if caller in ("foreign_user", "other_project_key"):
         return 404
+    if op.name in AGENT_KEY_ONLY:
+        return 403
     if caller == "superuser":
         return ALLOWED
     if op.kind == "read":
