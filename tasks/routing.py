@@ -198,11 +198,14 @@ def agent_heartbeat(
     }
 
 
-def agent_task_create(*, agent: Agent, actor: User, api_key: ApiKey | None = None, **fields: Any) -> Task:
-    """``POST /agents/{id}/tasks``: a task in the agent's project, pinned to it."""
+def agent_task_create(*, to_agent: Agent, actor: User, api_key: ApiKey | None = None, **fields: Any) -> Task:
+    """``POST /agents/{id}/tasks``: a task in the agent's project, pinned to it (whatever the
+    body says of ``agent`` or ``assigned_agent``)."""
     fields.pop("agent", None)
     fields.pop("assigned_agent", None)
-    return task_create(project=agent.project, actor=actor, api_key=api_key, assigned_agent=agent, **fields)
+    return task_create(
+        project=to_agent.project, actor=actor, api_key=api_key, assigned_agent=to_agent, **fields
+    )
 
 
 def agent_current_tasks(agent: Agent) -> list[Task]:

@@ -106,7 +106,9 @@ class TaskWriteSerializer(StrictSerializer):
     )
     required_labels = serializers.JSONField(
         required=False,
-        help_text='Labels an agent must carry to take it: {"os": "linux"} (or ["os=linux"]).',
+        allow_null=True,
+        help_text='Labels an agent must carry to take it: {"os": "linux"} (or ["os=linux"]); null or {} '
+        "requires none.",
     )
     assigned_agent = agent_ref_field(
         help_text="Pin to this registered agent (its id or name; 400 if there is none); null unpins."
@@ -350,6 +352,18 @@ class ClaimNextSerializer(LeaseSerializer):
         help_text="Claim up to this many at once (an agent: within its free capacity); the answer is "
         "then {tasks, reason}.",
     )
+
+
+class NoClaimSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=("draining", "paused", "at_capacity", "no_task"))
+    detail = serializers.CharField()
+
+
+class ClaimBatchSerializer(serializers.Serializer):
+    """claim-next's answer when ``count`` is given."""
+
+    tasks = TaskSerializer(many=True)
+    reason = NoClaimSerializer(allow_null=True, help_text="Why the agent got nothing (null otherwise).")
 
 
 class CompleteSerializer(StrictSerializer):

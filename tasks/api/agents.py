@@ -163,10 +163,10 @@ class AgentViewSet(
     @action(detail=True, methods=["post"])
     def heartbeat(self, request: Request, pk: str | None = None) -> Response:
         agent = self.get_object()
+        incoming = AgentHeartbeatSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)  # a bad body is a 400 whoever sends it
         if routing.agent_for_key(self.api_key) != agent:
             raise NotTheAgent()
-        incoming = AgentHeartbeatSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
         answer = routing.agent_heartbeat(
             agent=agent, actor=request.user, api_key=self.api_key, **incoming.validated_data
         )
@@ -205,7 +205,7 @@ class AgentViewSet(
         incoming.is_valid(raise_exception=True)
         fields = dict(incoming.validated_data)
         fields.pop("project", None)
-        task = routing.agent_task_create(agent=agent, actor=request.user, api_key=self.api_key, **fields)
+        task = routing.agent_task_create(to_agent=agent, actor=request.user, api_key=self.api_key, **fields)
         fresh = self.visible(Task).for_api().get(pk=task.pk)
         location = request.build_absolute_uri(reverse("task-detail", kwargs={"pk": task.pk}))
         return Response(

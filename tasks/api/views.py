@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Q, QuerySet
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -22,6 +28,7 @@ from tasks.api.pagination import TaskPagination
 from tasks.filters import TaskFilter
 from tasks.models import Status, Task
 from tasks.serializers import (
+    ClaimBatchSerializer,
     ClaimNextSerializer,
     CompleteSerializer,
     EventSerializer,
@@ -211,7 +218,11 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
         request=ClaimNextSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
         responses={
-            200: TaskSerializer,
+            200: PolymorphicProxySerializer(
+                component_name="ClaimNextResult",
+                serializers=[TaskSerializer, ClaimBatchSerializer],
+                resource_type_field_name=None,
+            ),
             204: OpenApiResponse(description="Nothing to claim."),
             **idempotency_responses(),
         },

@@ -234,7 +234,9 @@ def test_agent_field_naming_a_registered_agent_pins_the_task(api):
 def test_submit_a_task_to_an_agent(api):
     body, agent = register(api)
     response = api.post(
-        f"/api/v1/agents/{body['id']}/tasks", {"name": "for you", "priority": 9}, format="json"
+        f"/api/v1/agents/{body['id']}/tasks",
+        {"name": "for you", "priority": 9, "agent": "", "assigned_agent": None},
+        format="json",
     )
     assert response.status_code == 201
     task = response.json()
