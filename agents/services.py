@@ -66,7 +66,7 @@ def agent_register(
     if unknown:
         raise TypeError(f"not agent fields: {sorted(unknown)}")
     if "labels" in fields:
-        fields["labels"] = parse_labels(fields["labels"])
+        fields["labels"] = parse_labels(fields["labels"] or {})
     name = str(fields.get("name", "")).strip()
     if Agent.objects.alive().filter(project=project, name=name).exists():
         raise field_error("name", f"This project already has an agent named {name!r}.", "unique")

@@ -20,7 +20,9 @@ class AgentCreateSerializer(StrictSerializer):
     )
     type = serializers.CharField(max_length=TEXT_MAX, required=False, allow_blank=True)
     labels = serializers.JSONField(
-        required=False, help_text='What it offers, key -> value: {"os": "linux"} (or ["os=linux"]).'
+        required=False,
+        allow_null=True,
+        help_text='What it offers, key -> value: {"os": "linux"} (or ["os=linux"]); null: none.',
     )
     capacity = serializers.IntegerField(
         min_value=CAPACITY_MIN,
