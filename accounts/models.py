@@ -343,6 +343,9 @@ class ApiKey(AbstractAPIKey):
         verbose_name="created by key",
         help_text="The key that created this one (never wider than it); revoking it revokes this.",
     )
+    # The key of a registered agent (agents.Agent.api_key): it may act only as that agent, on
+    # the few actions a view lists in ``agent_actions`` (accounts.permissions.HasScope).
+    agent_bound = models.BooleanField(default=False, editable=False)
 
     objects = ApiKeyManager()
 

@@ -55,6 +55,22 @@ class MissingScope(exceptions.PermissionDenied):
         self.required_scope = scope
 
 
+class AgentKeyDenied(exceptions.PermissionDenied):
+    default_code = "agent_key_forbidden"
+
+    def __init__(self) -> None:
+        super().__init__(
+            detail="This key belongs to a registered agent: it may only claim, heartbeat, complete, "
+            "fail or release that agent's tasks and read them and the agent itself."
+        )
+
+
+def agent_key_allowed(request: Request, view: APIView) -> bool:
+    """An agent-bound key (``ApiKey.agent_bound``) reaches only the actions a view lists in
+    ``agent_actions``: deny by default, so a new view never widens what an agent's key can do."""
+    return getattr(view, "action", None) in (getattr(view, "agent_actions", None) or ())
+
+
 class HasScope(permissions.BasePermission):
     """Reads ``view.required_scopes(request)`` (the sealed base's hook; by default
     ``declared_scopes``): read actions need ``<obj>:read``, writes ``<obj>:write`` (write
@@ -67,6 +83,8 @@ class HasScope(permissions.BasePermission):
             return False  # DRF turns this into 401 with WWW-Authenticate
         if not isinstance(request.auth, ApiKey):
             return True  # session login (operators in the browsable API): every scope
+        if request.auth.agent_bound and not agent_key_allowed(request, view):
+            raise AgentKeyDenied()
         hook = getattr(view, "required_scopes", None)
         needed = hook(request) if hook is not None else declared_scopes(request, view)
         for scope in needed:

@@ -238,6 +238,7 @@ def api_key_create(
     expires_at: datetime | None = None,
     rate_limit: str = "",
     creator_key: ApiKey | None = None,
+    agent_bound: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never shown again.
 
@@ -286,6 +287,7 @@ def api_key_create(
         expiry_date=expires_at,
         rate_limit=rate_limit,
         parent=creator_key,
+        agent_bound=agent_bound,
     )
 
 

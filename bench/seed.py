@@ -108,13 +108,13 @@ WITH p AS (
 )
 INSERT INTO tasks_task (
     id, project_id, name, description, script_type, script_content, timeout_seconds, priority,
-    tags, metadata, agent, max_retries, max_concurrency, archived, status, parameters,
+    tags, metadata, agent, required_labels, max_retries, max_concurrency, archived, status, parameters,
     parameter_spec, created_by_id, created_at, updated_at
 )
 SELECT gen_random_uuid(), p.pid, 'task ' || s.g, '', '', '', 60, s.g %% 11,
     CASE WHEN s.r < 0.30 THEN '["ci", "nightly"]'::jsonb
          WHEN s.r < 0.65 THEN '["ci"]'::jsonb ELSE '["deploy"]'::jsonb END,
-    '{{}}'::jsonb, '', 0, 1, false,
+    '{{}}'::jsonb, '', '{{}}'::jsonb, 0, 1, false,
     (ARRAY['pending', 'queued', 'running', 'completed', 'failed', 'cancelled'])[1 + s.g %% 6],
     '{{}}'::jsonb, '[]'::jsonb, p.uid, s.ts, s.ts
 FROM s JOIN p ON p.n = CASE

@@ -107,6 +107,7 @@ INSTALLED_APPS = [
     "accounts",
     "events",
     "vault",
+    "agents",
     "tasks",
     "templates_app",
     "executions",
@@ -312,6 +313,13 @@ TASKFORGE_RATE_LIMIT_MAX = os.environ.get("TASKFORGE_RATE_LIMIT_MAX", "20000/15m
 TASKFORGE_INVITATION_TTL = env_int("TASKFORGE_INVITATION_TTL", 7 * 24 * 3600)
 # How often an API key's last_used_at may be written (seconds).
 TASKFORGE_KEY_LAST_USED_INTERVAL = env_int("TASKFORGE_KEY_LAST_USED_INTERVAL", 60)
+# Agents (agents/, docs/agents.md): how often a registered agent is expected to heartbeat
+# (seconds; told to it in every heartbeat answer) and how many beats it may miss before it
+# counts as offline and its claims return to pending.
+TASKFORGE_AGENT_HEARTBEAT_SECONDS = env_int("TASKFORGE_AGENT_HEARTBEAT_SECONDS", 15)
+TASKFORGE_AGENT_MISSED_HEARTBEATS = env_int("TASKFORGE_AGENT_MISSED_HEARTBEATS", 3)
+if TASKFORGE_AGENT_HEARTBEAT_SECONDS < 1 or TASKFORGE_AGENT_MISSED_HEARTBEATS < 1:
+    raise ImproperlyConfigured("TASKFORGE_AGENT_HEARTBEAT_SECONDS and _MISSED_HEARTBEATS must be 1 or more")
 # Executions and workers.
 # A running execution's lease; its worker renews it every third of this. A worker killed
 # with -9 is noticed (execution failed/worker_lost, retried if allowed) once it runs out.
@@ -429,6 +437,8 @@ SPECTACULAR_SETTINGS = {
         "DeliveryTriggerEnum": "webhooks.models.Trigger",
         "TriggerAuthEnum": "triggers.models.Auth",
         "TriggerDeliveryOutcomeEnum": "triggers.models.Outcome",
+        "AgentStatusEnum": "agents.models.AgentState",
+        "HeartbeatActionEnum": ["continue", "drain", "pause"],
     },
 }
 

@@ -28,6 +28,13 @@ EXECUTION_COLOURS: dict[str, str] = {
     "timed_out": "#b45309",
     "cancelled": "#374151",
 }
+# agents.models.AgentState
+AGENT_COLOURS: dict[str, str] = {
+    "online": "#16a34a",
+    "draining": "#d97706",
+    "paused": "#2563eb",
+    "offline": GREY,
+}
 
 
 def status_badge(status: str, colours: dict[str, str] = STATUS_COLOURS) -> str:

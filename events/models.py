@@ -37,6 +37,17 @@ class EventType(models.TextChoices):
     TRIGGER_UPDATED = "trigger.updated"
     TRIGGER_DELETED = "trigger.deleted"
     TRIGGER_SECRET_ROTATED = "trigger.secret_rotated"  # noqa: S105 - an event name
+    # Routing (tasks.routing): no online agent can take the task / one can again.
+    TASK_UNROUTABLE = "task.unroutable"
+    TASK_ROUTABLE = "task.routable"
+    # Every change of an agent's state (agents.services).
+    AGENT_REGISTERED = "agent.registered"
+    AGENT_ONLINE = "agent.online"
+    AGENT_OFFLINE = "agent.offline"
+    AGENT_PAUSED = "agent.paused"
+    AGENT_RESUMED = "agent.resumed"
+    AGENT_DRAINING = "agent.draining"
+    AGENT_DELETED = "agent.deleted"
 
 
 class EventQuerySet(ProjectScopedQuerySet):

@@ -22,6 +22,10 @@ class ExecutionsConfig(AppConfig):
         from tasks.hooks import register_task_cancel
 
         register_task_cancel(cancel_task_executions)
+        from executions.engine.jobs import AGENT_HOUSEKEEPING, register_job
+        from tasks.routing import agents_housekeeping
+
+        register_job(AGENT_HOUSEKEEPING, 5.0, agents_housekeeping)
         connection_created.connect(protect_sqlite_files, dispatch_uid="taskforge-protect-sqlite")
 
 

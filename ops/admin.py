@@ -27,7 +27,7 @@ def dashboard(user: Any) -> dict[str, Any]:
     # Imported here, not at the top: INSTALLED_APPS loads this module (TaskforgeAdminConfig)
     # before any model exists. Not a cycle: ops sits above every app.
     from executions.models import Execution, ExecutionStatus, Worker
-    from tasks.selectors import task_status_counts
+    from tasks.selectors import task_status_counts, tasks_unroutable
 
     now = timezone.now()
     executions = Execution.objects.visible_to(user)
@@ -68,6 +68,7 @@ def dashboard(user: Any) -> dict[str, Any]:
         "workers": list(Worker.objects.alive()),
         "tasks": tasks,
         "tasks_cached_seconds": DASHBOARD_CACHE_SECONDS,
+        "unroutable": tasks_unroutable(user=user),
     }
 
 

@@ -17,7 +17,7 @@ from accounts.models import Project, Role
 from core.admin_actions import apply_each
 from core.admin_badges import EXECUTION_COLOURS, status_badge
 from events.models import Event
-from tasks import services
+from tasks import admin_agents, services
 from tasks.models import Note, Status, Task
 
 
@@ -35,6 +35,19 @@ class ProjectTaskCountFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(project_id=self.value()) if self.value() else queryset
+
+
+class UnroutableFilter(admin.SimpleListFilter):
+    """Tasks no online agent can take (tasks.unroutable)."""
+
+    title = "routing"
+    parameter_name = "unroutable"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "no online agent can take it")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(unroutable_since__isnull=False) if self.value() == "yes" else queryset
 
 
 class NoteFormSet(BaseInlineFormSet):
@@ -99,7 +112,7 @@ class TaskAdmin(ProjectRoleAdmin):
         "archived",
         "created_at",
     )
-    list_filter = ("status", ProjectTaskCountFilter, "script_type", "archived")
+    list_filter = ("status", ProjectTaskCountFilter, "script_type", "archived", UnroutableFilter)
     list_select_related = ("project", "claimed_by", "last_execution")
     date_hierarchy = "created_at"
     search_fields = ("name", "description", "agent")
@@ -110,6 +123,10 @@ class TaskAdmin(ProjectRoleAdmin):
         "result",
         "claimed_by",
         "claimed_by_key",
+        "claimed_by_agent",
+        "assigned_agent",
+        "unroutable_since",
+        "progress",
         "claimed_at",
         "lease_expires_at",
         "parameters",
@@ -126,6 +143,7 @@ class TaskAdmin(ProjectRoleAdmin):
         ("script_type", "timeout_seconds"),
         "script_content",
         ("priority", "agent"),
+        ("required_labels", "assigned_agent", "unroutable_since"),
         "tags",
         "metadata",
         ("due_date", "estimated_hours"),
@@ -133,8 +151,8 @@ class TaskAdmin(ProjectRoleAdmin):
         "archived",
         "dependencies",
         "result",
-        ("claimed_by", "claimed_by_key"),
-        ("claimed_at", "lease_expires_at"),
+        ("claimed_by", "claimed_by_key", "claimed_by_agent"),
+        ("claimed_at", "lease_expires_at", "progress"),
         "parameters",
         ("created_by", "created_at", "updated_at"),
     )
@@ -218,3 +236,6 @@ class TaskAdmin(ProjectRoleAdmin):
                 task=task, to_status=Status.PENDING, actor=request.user, reason="admin"
             ),
         )
+
+
+__all__ = ["TaskAdmin", "admin_agents"]  # admin_agents registers the Agent admin

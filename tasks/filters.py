@@ -148,6 +148,17 @@ class TaskFilter(StrictFilterSet):
     claimed = BooleanParameterFilter(
         choices=BOOLEAN_CHOICES, method="filter_claimed", help_text="Whether an agent holds a claim now."
     )
+    assigned_agent = filters.UUIDFilter(
+        field_name="assigned_agent_id", help_text="Tasks pinned to this registered agent (id)."
+    )
+    claimed_by_agent = filters.UUIDFilter(
+        field_name="claimed_by_agent_id", help_text="Tasks this registered agent claimed (id)."
+    )
+    unroutable = BooleanParameterFilter(
+        choices=BOOLEAN_CHOICES,
+        method="filter_unroutable",
+        help_text="Whether no online agent can take it (it has an unroutable_since).",
+    )
     archived = filters.ChoiceFilter(
         choices=(("false", "false"), ("true", "true"), ("all", "all")),
         method="filter_archived",
@@ -175,6 +186,9 @@ class TaskFilter(StrictFilterSet):
 
     def filter_claimed(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         return queryset.filter(lease_expires_at__isnull=value not in TRUE_VALUES)
+
+    def filter_unroutable(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(unroutable_since__isnull=value not in TRUE_VALUES)
 
     def filter_archived(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         if value == "all":

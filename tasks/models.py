@@ -24,6 +24,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Project, ProjectScopedQuerySet, Role, User
+from agents.models import Agent, validate_labels
 from core.validators import validate_name
 
 # --- Limits (SPEC §3) ----------------------------------------------------------------------
@@ -155,6 +156,13 @@ def validate_tags(value: Any) -> None:
         validate_tag(tag)
 
 
+def _validate_required_labels(value: Any) -> None:
+    try:
+        validate_labels(value, field="required_labels")
+    except ValidationError as exc:
+        raise ValidationError(exc.message_dict["required_labels"]) from None
+
+
 def validate_not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be empty (after trimming whitespace).", code="blank")
@@ -203,6 +211,25 @@ def tags_contain(queryset: models.QuerySet, tag: str) -> models.QuerySet:
         output_field=models.BooleanField(),
     )
     return queryset.filter(has_tag)
+
+
+def labels_within(queryset: models.QuerySet, labels: dict[str, str]) -> models.QuerySet:
+    """Rows whose ``required_labels`` are all in ``labels``: the one vendor switch for routing.
+
+    PostgreSQL answers ``required_labels <@ labels`` (jsonb containment). SQLite asks
+    ``json_each`` whether any required label is missing or different (label keys carry no
+    quote, so the JSON path built from one is safe; the labels are a bound parameter).
+    """
+    table = queryset.model._meta.db_table
+    if connection.vendor == "postgresql":
+        sql = f'"{table}"."required_labels" <@ %s::jsonb'
+    else:
+        sql = (
+            f'NOT EXISTS (SELECT 1 FROM json_each("{table}"."required_labels") AS r '  # noqa: S608
+            """WHERE json_extract(%s, '$."' || r.key || '"') IS NOT r.value)"""
+        )
+    within = RawSQL(sql, (json.dumps(labels),), output_field=models.BooleanField())  # noqa: S611
+    return queryset.filter(within)
 
 
 def writable_projects(user: User, api_key: ApiKey | None = None) -> models.QuerySet:
@@ -256,6 +283,23 @@ class TaskQuerySet(ProjectScopedQuerySet):
         """The order claim-next hands tasks out in: highest priority, then oldest."""
         return self.order_by("-priority", "created_at", "id")
 
+    def routable_to(self, agent: Agent) -> TaskQuerySet:
+        """Tasks ``agent`` may take: not pinned to another agent, every required label carried."""
+        pinned = Q(assigned_agent__isnull=True) | Q(assigned_agent=agent)
+        return labels_within(self.filter(pinned), agent.labels)
+
+    def routed(self) -> TaskQuerySet:
+        """Tasks only a registered agent can take: pinned to one, or requiring labels."""
+        return self.filter(Q(assigned_agent__isnull=False) | ~Q(required_labels={}))
+
+    def unrouted(self) -> TaskQuerySet:
+        """Tasks any claimer may take: pinned to no agent, requiring no labels."""
+        return self.filter(assigned_agent__isnull=True, required_labels={})
+
+    def held_by(self, agent: Agent) -> TaskQuerySet:
+        """The claims ``agent`` holds now."""
+        return self.filter(claimed_by_agent=agent, status=Status.RUNNING, lease_expires_at__isnull=False)
+
     def lease_expired(self, now: datetime | None = None) -> TaskQuerySet:
         return self.filter(status=Status.RUNNING, lease_expires_at__lt=now or timezone.now())
 
@@ -300,6 +344,14 @@ class Task(models.Model):
     tags = models.JSONField(default=list, blank=True, validators=[validate_tags])
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     agent = models.CharField(max_length=AGENT_MAX, blank=True, help_text="Agent meant to handle it.")
+    # Routing (tasks.routing): the labels an agent must carry to take it, and the one
+    # registered agent it is pinned to (set from ``agent`` when that names a registered agent).
+    required_labels = models.JSONField(default=dict, blank=True, validators=[_validate_required_labels])
+    assigned_agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="assigned_tasks"
+    )
+    # Since when no online agent can take it (pending, routed, nobody matching): see routing.
+    unroutable_since = models.DateTimeField(null=True, blank=True, editable=False)
     due_date = models.DateTimeField(null=True, blank=True)
     estimated_hours = models.DecimalField(
         max_digits=8, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)]
@@ -324,7 +376,13 @@ class Task(models.Model):
     claimed_by_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
+    # The registered agent holding (or that held) the claim; only it may finish the claim.
+    claimed_by_agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="claims", editable=False
+    )
     claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # What the claiming agent last reported of its progress (0-1), with its heartbeats.
+    progress = models.FloatField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The latest execution (denormalised by the execution services so lists need one join).
     last_execution = models.ForeignKey(

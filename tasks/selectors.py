@@ -29,3 +29,13 @@ def task_status_counts(*, user: User | AnonymousUser, api_key: ApiKey | None = N
     )
     counts.update(dict(rows))
     return counts
+
+
+def tasks_unroutable(*, user: User | AnonymousUser, limit: int = 15) -> list[Task]:
+    """The caller's tasks no online agent can take (tasks.unroutable), longest waiting first."""
+    return list(
+        Task.objects.visible_to(user)
+        .filter(unroutable_since__isnull=False)
+        .select_related("assigned_agent")
+        .order_by("unroutable_since", "id")[:limit]
+    )

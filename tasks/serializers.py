@@ -50,6 +50,13 @@ def tag_field() -> serializers.CharField:
     )
 
 
+def agent_ref_field(**extra: Any) -> serializers.CharField:
+    """A registered agent, by id or name (resolved by the service)."""
+    return serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=AGENT_MAX, **extra
+    )
+
+
 class TaskWriteSerializer(StrictSerializer):
     """What a client may set on create (POST), replace (PUT) or change (PATCH).
 
@@ -90,7 +97,23 @@ class TaskWriteSerializer(StrictSerializer):
     metadata = JSONObjectField(
         required=False, validators=[validate_metadata], help_text="A JSON object, at most 64 KiB."
     )
-    agent = serializers.CharField(max_length=AGENT_MAX, required=False, allow_blank=True)
+    agent = serializers.CharField(
+        max_length=AGENT_MAX,
+        required=False,
+        allow_blank=True,
+        help_text="The agent meant to handle it: naming a registered agent (id or name) pins the task "
+        "to it, anything else is a label.",
+    )
+    required_labels = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='Labels an agent must carry to take it: {"os": "linux"} (or ["os=linux"]); null or {} '
+        "requires none.",
+    )
+    assigned_agent = agent_ref_field(
+        help_text="Pin to this registered agent (its id or name; 400 if there is none); null unpins."
+    )
+    assignedAgentId = agent_ref_field(write_only=True, help_text="Alias of assigned_agent.")
     due_date = serializers.DateTimeField(required=False, allow_null=True)
     estimated_hours = serializers.DecimalField(
         max_digits=8, decimal_places=2, min_value=0, required=False, allow_null=True, coerce_to_string=False
@@ -108,6 +131,9 @@ class TaskWriteSerializer(StrictSerializer):
     archived = serializers.BooleanField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "assignedAgentId" in attrs:
+            alias = attrs.pop("assignedAgentId")
+            attrs.setdefault("assigned_agent", alias)
         script = attrs.get("script_content")
         script_type = attrs.get("script_type")
         instance: Task | None = self.context.get("task")
@@ -166,6 +192,13 @@ class TaskSerializer(serializers.ModelSerializer):
         max_digits=8, decimal_places=2, allow_null=True, coerce_to_string=False
     )
     claimed_by = serializers.SerializerMethodField()
+    assigned_agent = serializers.UUIDField(source="assigned_agent_id", allow_null=True, read_only=True)
+    claimed_by_agent = serializers.UUIDField(
+        source="claimed_by_agent_id",
+        allow_null=True,
+        read_only=True,
+        help_text="The registered agent holding (or that held) the claim.",
+    )
     created_by = serializers.SerializerMethodField()
     has_script = serializers.BooleanField(read_only=True)
     template = serializers.UUIDField(source="template_id", allow_null=True, read_only=True)
@@ -190,6 +223,9 @@ class TaskSerializer(serializers.ModelSerializer):
             "tags",
             "metadata",
             "agent",
+            "required_labels",
+            "assigned_agent",
+            "unroutable_since",
             "due_date",
             "estimated_hours",
             "depends_on",
@@ -198,8 +234,10 @@ class TaskSerializer(serializers.ModelSerializer):
             "archived",
             "result",
             "claimed_by",
+            "claimed_by_agent",
             "claimed_at",
             "lease_expires_at",
+            "progress",
             "template",
             "template_version",
             "parameters",
@@ -230,6 +268,9 @@ class TaskSerializer(serializers.ModelSerializer):
             "tags": task.tags,
             "metadata": task.metadata,
             "agent": task.agent,
+            "required_labels": task.required_labels,
+            "assigned_agent": None if task.assigned_agent_id is None else str(task.assigned_agent_id),
+            "unroutable_since": _when(task.unroutable_since),
             "due_date": _when(task.due_date),
             "estimated_hours": (
                 None if task.estimated_hours is None else _HOURS.to_representation(task.estimated_hours)
@@ -240,8 +281,10 @@ class TaskSerializer(serializers.ModelSerializer):
             "archived": task.archived,
             "result": task.result,
             "claimed_by": self.get_claimed_by(task),
+            "claimed_by_agent": None if task.claimed_by_agent_id is None else str(task.claimed_by_agent_id),
             "claimed_at": _when(task.claimed_at),
             "lease_expires_at": _when(task.lease_expires_at),
+            "progress": task.progress,
             "template": None if task.template_id is None else str(task.template_id),
             "template_version": task.template_version,
             "parameters": task.parameters,
@@ -302,6 +345,25 @@ class ClaimNextSerializer(LeaseSerializer):
     agent = serializers.CharField(max_length=AGENT_MAX, required=False, allow_blank=True)
     project = serializers.UUIDField(required=False)
     priority_min = serializers.IntegerField(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False)
+    count = serializers.IntegerField(
+        min_value=1,
+        max_value=100,
+        required=False,
+        help_text="Claim up to this many at once (an agent: within its free capacity); the answer is "
+        "then {tasks, reason}.",
+    )
+
+
+class NoClaimSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=("draining", "paused", "at_capacity", "no_task"))
+    detail = serializers.CharField()
+
+
+class ClaimBatchSerializer(serializers.Serializer):
+    """claim-next's answer when ``count`` is given."""
+
+    tasks = TaskSerializer(many=True)
+    reason = NoClaimSerializer(allow_null=True, help_text="Why the agent got nothing (null otherwise).")
 
 
 class CompleteSerializer(StrictSerializer):

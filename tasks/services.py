@@ -17,7 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, Project, User
+from accounts.models import ApiKey, Membership, Project, Role, User
+from agents.models import Agent, parse_labels
 from core.errors import Conflict, field_error
 from core.sql import lock_skipping_locked
 from events.models import Event, EventType
@@ -37,6 +38,7 @@ from tasks.models import (
     validate_tags,
 )
 from tasks.status import status_check
+from tasks.unroutable import routing_refresh
 
 # Fields a client may set; everything else on a task is read-only.
 WRITABLE_FIELDS: tuple[str, ...] = (
@@ -49,6 +51,8 @@ WRITABLE_FIELDS: tuple[str, ...] = (
     "tags",
     "metadata",
     "agent",
+    "required_labels",
+    "assigned_agent",
     "due_date",
     "estimated_hours",
     "max_retries",
@@ -58,8 +62,10 @@ WRITABLE_FIELDS: tuple[str, ...] = (
 CLAIM_CLEARED: dict[str, Any] = {
     "claimed_by": None,
     "claimed_by_key": None,
+    "claimed_by_agent": None,
     "claimed_at": None,
     "lease_expires_at": None,
+    "progress": None,
 }
 
 
@@ -107,6 +113,39 @@ def _normalize(fields: dict[str, Any]) -> dict[str, Any]:
         fields["name"] = fields["name"].strip()
     if isinstance(fields.get("tags"), list):
         fields["tags"] = list(dict.fromkeys(fields["tags"]))  # drop duplicates, keep order
+    if "required_labels" in fields:  # None (an empty admin field) requires nothing
+        fields["required_labels"] = parse_labels(fields["required_labels"] or {}, field="required_labels")
+    return fields
+
+
+def _find_agent(project_id: uuid.UUID, ref: str) -> Agent | None:
+    """The project's registered agent whose id or name is ``ref``."""
+    agents = Agent.objects.alive().filter(project_id=project_id)
+    try:
+        return agents.filter(pk=uuid.UUID(ref)).first() or agents.filter(name=ref).first()
+    except ValueError:
+        return agents.filter(name=ref).first()
+
+
+def _resolve_pin(project_id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
+    """``assigned_agent`` (an Agent, its id or name; 400 if the project has none such) pins the
+    task; else ``agent`` pins it when it names a registered agent (by id or name) and stays a
+    plain label otherwise."""
+    if "assigned_agent" in fields:
+        ref = fields["assigned_agent"]
+        agent = ref if isinstance(ref, Agent) or not ref else _find_agent(project_id, str(ref))
+        if ref and (agent is None or agent.project_id != project_id):
+            raise field_error(
+                "assigned_agent", f"This project has no registered agent {str(ref)!r}.", "does_not_exist"
+            )
+        fields = {**fields, "assigned_agent": agent or None}
+        if agent:
+            fields["agent"] = agent.name
+    elif "agent" in fields:
+        fields = {
+            **fields,
+            "assigned_agent": _find_agent(project_id, fields["agent"]) if fields["agent"] else None,
+        }
     return fields
 
 
@@ -184,12 +223,14 @@ def task_create(
         parameters=dict(parameters or {}),
         parameter_spec=list(parameter_spec or []),
         script_digest=script_digest,
-        **_normalize(fields),
+        **_resolve_pin(project.pk, _normalize(fields)),
     )
     task.full_clean()
     task.save()
     if depends_on:
         _set_dependencies(task, depends_on)
+    if task.assigned_agent_id is not None or task.required_labels:
+        routing_refresh(project_id=project.pk, task_ids=[task.pk])
     event_record(
         type=EventType.TASK_CREATED,
         project=project,
@@ -250,10 +291,13 @@ def task_update(
         raise field_error("project", "A task cannot move to another project.", "immutable")
     if replace:
         for name in WRITABLE_FIELDS:
-            if name not in fields and not (name == "tags" and "metadata" in fields):
+            implied = (name == "tags" and "metadata" in fields) or (
+                name == "assigned_agent" and "agent" in fields
+            )
+            if name not in fields and not implied:
                 fields[name] = Task._meta.get_field(name).get_default()
         depends_on = [] if depends_on is None else depends_on
-    fields = _normalize(fields)
+    fields = _resolve_pin(task.project_id, _normalize(fields))
     if replace and "tags" not in fields:
         fields["tags"] = []
 
@@ -271,6 +315,8 @@ def task_update(
         if len(changed) == 1:
             task.updated_at = timezone.now()
             task.save(update_fields=["updated_at"])
+    if {"required_labels", "assigned_agent", "archived"} & set(changed):
+        routing_refresh(project_id=task.project_id, task_ids=[task.pk])
     if changed:
         event_record(
             type=EventType.TASK_UPDATED,
@@ -354,7 +400,7 @@ def task_move(
 
 
 # --- The agent claim protocol -------------------------------------------------------------------
-def _check_lease(lease_seconds: int) -> timedelta:
+def check_lease(lease_seconds: int) -> timedelta:
     if not LEASE_MIN <= lease_seconds <= LEASE_MAX:
         raise field_error(
             "lease_seconds", f"Must be between {LEASE_MIN} and {LEASE_MAX} seconds.", "out_of_range"
@@ -371,7 +417,9 @@ def task_blockers(task: Task) -> list[uuid.UUID]:
     )
 
 
-def _claim_values(actor: User, api_key: ApiKey | None, lease: timedelta) -> dict[str, Any]:
+def claim_values(
+    actor: User, api_key: ApiKey | None, lease: timedelta, agent: Agent | None = None
+) -> dict[str, Any]:
     """What a claim writes: the UPDATE it goes into takes claimable (pending) tasks only."""
     status_check(from_status=Status.PENDING, to_status=Status.RUNNING, mover=Mover.CLAIM)
     now = timezone.now()
@@ -379,15 +427,23 @@ def _claim_values(actor: User, api_key: ApiKey | None, lease: timedelta) -> dict
         "status": Status.RUNNING,
         "claimed_by": actor,
         "claimed_by_key": api_key,
+        "claimed_by_agent": agent,
         "claimed_at": now,
         "lease_expires_at": now + lease,
+        "progress": None,
+        "unroutable_since": None,
         "updated_at": now,
     }
 
 
-def _claimed(task_id: uuid.UUID, *, actor: User, api_key: ApiKey | None, reason: str) -> Task:
+def claimed(
+    task_id: uuid.UUID, *, actor: User, api_key: ApiKey | None, reason: str, agent: Agent | None = None
+) -> Task:
+    """Record a claim that was just won (its events) and return the task."""
     task = Task.objects.get(pk=task_id)
     data = {"lease_expires_at": _iso(task.lease_expires_at), "by": actor.get_username()}
+    if agent is not None:
+        data["agent"] = str(agent.pk)
     events_record(
         event_build(
             type=EventType.TASK_CLAIMED,
@@ -402,7 +458,7 @@ def _claimed(task_id: uuid.UUID, *, actor: User, api_key: ApiKey | None, reason:
     return task
 
 
-def _not_claimable(task: Task) -> Conflict:
+def not_claimable(task: Task) -> Conflict:
     """Explain why a claim on ``task`` lost or could not start."""
     task.refresh_from_db()
     if task.status == Status.RUNNING and task.lease_expires_at is not None:
@@ -433,18 +489,42 @@ def _not_claimable(task: Task) -> Conflict:
     )  # pragma: no cover
 
 
+def claim_refused(task: Task, unroutable: str) -> Conflict:
+    """Why a claim on ``task`` took nothing: ``not_routable`` (saying ``unroutable``) while the
+    task is claimable by someone else, else what ``not_claimable`` says."""
+    if Task.objects.filter(pk=task.pk).claimable().exists():
+        task.refresh_from_db()
+        return Conflict(
+            unroutable,
+            code="not_routable",
+            current_status=task.status,
+            required_labels=task.required_labels,
+            assigned_agent=None if task.assigned_agent_id is None else str(task.assigned_agent_id),
+        )
+    return not_claimable(task)
+
+
 def task_claim(
     *, task: Task, actor: User, api_key: ApiKey | None = None, lease_seconds: int = LEASE_DEFAULT
 ) -> Task:
     """Claim one task for ``actor``: exactly one of any number of racing claimers wins."""
-    lease = _check_lease(lease_seconds)
+    lease = check_lease(lease_seconds)
     if task.status == Status.RUNNING and task.lease_expires_at and task.lease_expires_at < timezone.now():
         reap_expired_claims(task_ids=[task.pk])  # a lapsed claim is free to take
     with transaction.atomic():
-        won = Task.objects.filter(pk=task.pk).claimable().update(**_claim_values(actor, api_key, lease))
+        won = (
+            Task.objects.filter(pk=task.pk)
+            .claimable()
+            .unrouted()
+            .update(**claim_values(actor, api_key, lease))
+        )
         if not won:
-            raise _not_claimable(task)
-        return _claimed(task.pk, actor=actor, api_key=api_key, reason="claim")
+            raise claim_refused(
+                task,
+                "The task is routed to registered agents (pinned to one, or requiring labels); "
+                "only such an agent can claim it.",
+            )
+        return claimed(task.pk, actor=actor, api_key=api_key, reason="claim")
 
 
 def task_claim_next(
@@ -463,10 +543,10 @@ def task_claim_next(
     PostgreSQL) and claims it with a conditional UPDATE. Tasks whose dependencies are not
     completed are skipped.
     """
-    lease = _check_lease(lease_seconds)
+    lease = check_lease(lease_seconds)
     if Task.objects.lease_expired().exists():
         reap_expired_claims()
-    candidates = Task.objects.writable_by(actor, api_key).claimable()
+    candidates = Task.objects.writable_by(actor, api_key).claimable().unrouted()
     if tags:
         candidates = candidates.with_tags(tags)
     if agent:
@@ -486,17 +566,20 @@ def task_claim_next(
             pk = lock_skipping_locked(candidates).values_list("pk", flat=True).first()
             if pk is None:
                 return None
-            if Task.objects.filter(pk=pk).claimable().update(**_claim_values(actor, api_key, lease)):
-                return _claimed(pk, actor=actor, api_key=api_key, reason="claim_next")
+            if Task.objects.filter(pk=pk).claimable().update(**claim_values(actor, api_key, lease)):
+                return claimed(pk, actor=actor, api_key=api_key, reason="claim_next")
         # Lost a race for that row (only possible without row locks): take the next one.
     return None  # pragma: no cover - ten lost races in a row
 
 
-def _claimer_guard(task: Task, actor: User) -> models.QuerySet:
-    """The task, still running and claimed by ``actor`` (any of their keys or sessions)."""
-    return Task.objects.filter(
-        pk=task.pk, status=Status.RUNNING, claimed_by=actor, lease_expires_at__isnull=False
-    )
+def _claimer_guard(task: Task, actor: User, agent: Agent | None = None) -> models.QuerySet:
+    """The task, still running and claimed by the caller: the registered ``agent`` it is (only
+    that agent, whoever owns its key), else ``actor`` (any of their keys or sessions) for a
+    claim no agent holds."""
+    running = Task.objects.filter(pk=task.pk, status=Status.RUNNING, lease_expires_at__isnull=False)
+    if agent is not None:
+        return running.filter(claimed_by_agent=agent)
+    return running.filter(claimed_by=actor, claimed_by_agent__isnull=True)
 
 
 def _not_claimer(task: Task, actor: User) -> Conflict:
@@ -513,15 +596,20 @@ def _not_claimer(task: Task, actor: User) -> Conflict:
 
 
 def task_heartbeat(
-    *, task: Task, actor: User, api_key: ApiKey | None = None, lease_seconds: int = LEASE_DEFAULT
+    *,
+    task: Task,
+    actor: User,
+    api_key: ApiKey | None = None,
+    lease_seconds: int = LEASE_DEFAULT,
+    agent: Agent | None = None,
 ) -> Task:
     """The claimer extends its lease to ``lease_seconds`` from now.
 
     Not recorded as an event: agents beat every few seconds and the outbox would fill with
     them; the claim, its end and a lapsed lease are recorded.
     """
-    lease = _check_lease(lease_seconds)
-    if not _claimer_guard(task, actor).update(lease_expires_at=timezone.now() + lease):
+    lease = check_lease(lease_seconds)
+    if not _claimer_guard(task, actor, agent).update(lease_expires_at=timezone.now() + lease):
         raise _not_claimer(task, actor)
     task.refresh_from_db()
     return task
@@ -536,13 +624,21 @@ def _finish_claim(
     event: str,
     values: dict[str, Any],
     data: dict[str, Any],
+    agent: Agent | None = None,
+    admin_may: bool = False,
 ) -> Task:
     status_check(from_status=Status.RUNNING, to_status=to_status, mover=Mover.CLAIM)  # _claimer_guard's
     changes = {"status": to_status, "updated_at": timezone.now(), **values}
     reason = event.removeprefix("task.")
     with transaction.atomic():
-        if not _claimer_guard(task, actor).update(**changes):
-            raise _not_claimer(task, actor)
+        if not _claimer_guard(task, actor, agent).update(**changes):
+            # A project admin (not acting as an agent) may take a claim back from anyone.
+            if not (admin_may and agent is None and _is_project_admin(actor, task.project_id)):
+                raise _not_claimer(task, actor)
+            running = Task.objects.filter(pk=task.pk, status=Status.RUNNING, lease_expires_at__isnull=False)
+            if not running.update(**changes):
+                raise _not_claimer(task, actor)
+            reason, data = "released_by_admin", {**data, "by_admin": True}
         # Applied to this instance as well (the API reads the row back to render it).
         for name, value in changes.items():
             setattr(task, name, value)
@@ -555,7 +651,16 @@ def _finish_claim(
     return task
 
 
-def task_complete(*, task: Task, actor: User, api_key: ApiKey | None = None, result: Any = None) -> Task:
+def _is_project_admin(actor: User, project_id: uuid.UUID) -> bool:
+    return (
+        actor.is_superuser
+        or Membership.objects.filter(project_id=project_id, user=actor, role=Role.ADMIN).exists()
+    )
+
+
+def task_complete(
+    *, task: Task, actor: User, api_key: ApiKey | None = None, result: Any = None, agent: Agent | None = None
+) -> Task:
     """The claimer finishes the task; ``result`` (any JSON, ≤ 1 MiB) is stored."""
     if json_size(result) > RESULT_MAX_BYTES:
         raise field_error("result", "The result is larger than 1 MiB serialized.", "max_bytes")
@@ -567,10 +672,13 @@ def task_complete(*, task: Task, actor: User, api_key: ApiKey | None = None, res
         event=EventType.TASK_COMPLETED,
         values={"result": result, "lease_expires_at": None},
         data={},
+        agent=agent,
     )
 
 
-def task_fail(*, task: Task, actor: User, api_key: ApiKey | None = None, error: str) -> Task:
+def task_fail(
+    *, task: Task, actor: User, api_key: ApiKey | None = None, error: str, agent: Agent | None = None
+) -> Task:
     """The claimer gives up; ``error`` is stored as ``result = {"error": ...}``."""
     if not error.strip():
         raise field_error("error", "Say why the task failed.", "blank")
@@ -582,11 +690,15 @@ def task_fail(*, task: Task, actor: User, api_key: ApiKey | None = None, error: 
         event=EventType.TASK_FAILED,
         values={"result": {"error": error}, "lease_expires_at": None},
         data={"error": error[:1000]},
+        agent=agent,
     )
 
 
-def task_release(*, task: Task, actor: User, api_key: ApiKey | None = None) -> Task:
-    """The claimer hands the task back: pending again, claim cleared.
+def task_release(
+    *, task: Task, actor: User, api_key: ApiKey | None = None, agent: Agent | None = None
+) -> Task:
+    """The claimer hands the task back: pending again, claim cleared. A project admin (not
+    acting as an agent) may release anyone's claim (the event says ``by_admin``).
 
     running -> pending is an edge only the claim protocol takes (release, lapsed lease): it is
     in ``CLAIM_TRANSITIONS``, not in ``TRANSITIONS``, which is what ``move`` allows.
@@ -599,6 +711,8 @@ def task_release(*, task: Task, actor: User, api_key: ApiKey | None = None) -> T
         event=EventType.TASK_RELEASED,
         values=dict(CLAIM_CLEARED),
         data={},
+        agent=agent,
+        admin_may=True,
     )
 
 

@@ -61,6 +61,7 @@ ADMINS: dict[str, Entry] = {
         write_role=Role.MEMBER,
     ),
     "events.event": Entry("project", write_role=Role.MEMBER),
+    "agents.agent": Entry("project", frozenset({"pause", "drain", "resume"}), write_role=Role.MEMBER),
     "templates_app.template": Entry(
         "project",
         frozenset({"delete_selected"}),
@@ -94,7 +95,17 @@ ADMINS: dict[str, Entry] = {
     "triggers.delivery": Entry("project", frozenset({"replay"}), write_role=Role.ADMIN),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
-SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "vault", "triggers")
+SNAPSHOT_APPS = (
+    "auth",
+    "accounts",
+    "agents",
+    "tasks",
+    "templates_app",
+    "executions",
+    "webhooks",
+    "vault",
+    "triggers",
+)
 
 
 # --- objects in a project, made by its admin ---------------------------------------------------
@@ -174,11 +185,19 @@ def _invitation(project: Project, owner: User) -> Any:
     return invitation_create(project=project, username=invitee.username, role=Role.MEMBER, actor=owner)
 
 
+def _agent(project: Project, owner: User) -> Any:
+    from agents.services import agent_register
+
+    agent, _key = agent_register(project=project, actor=owner, name=f"agent-{uuid.uuid4().hex[:8]}")
+    return agent
+
+
 BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
     "accounts.invitation": _invitation,
     "tasks.task": _task,
     "events.event": _event,
+    "agents.agent": _agent,
     "templates_app.template": _template,
     "executions.execution": _execution,
     "webhooks.subscription": _subscription,

@@ -17,6 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from accounts.api.base import TaskforgeAPIMixin, TaskforgeViewSet
 from accounts.models import ApiKey, Invitation, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
+from agents.models import Agent
 from executions.models import Execution
 from tasks.models import Task
 from templates_app.models import Template
@@ -124,6 +125,15 @@ def foreign_trigger(owner: User) -> dict[str, Any]:
     return {"pk": trigger.pk, "delivery_id": answer.delivery.pk}
 
 
+def foreign_agent(owner: User) -> dict[str, Any]:
+    from agents.services import agent_register
+
+    agent, _key = agent_register(
+        project=owner.personal_project, actor=owner, name=f"secret-{uuid.uuid4().hex[:8]}"
+    )
+    return {"pk": agent.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -136,6 +146,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Template: foreign_template,
     Secret: foreign_secret,
     Trigger: foreign_trigger,
+    Agent: foreign_agent,
 }
 
 

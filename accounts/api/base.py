@@ -46,6 +46,9 @@ class TaskforgeAPIMixin:
     # ``scopes`` the further scopes it needs (template trigger: scopes=("task:write",)).
     scope_action: str | None = None
     scopes: tuple[str, ...] = ()
+    # The actions an agent-bound key may call here (accounts.permissions.agent_key_allowed);
+    # none unless a view lists them.
+    agent_actions: ClassVar[frozenset[str]] = frozenset()
     permission_classes = (HasScope, HasProjectRole)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

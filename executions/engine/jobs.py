@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 # The webhooks app's job (named here so runworker can skip it without importing webhooks).
 WEBHOOK_DELIVERY = "webhook delivery"
+# The tasks app's agent housekeeping (silent agents go offline, their work returns; unroutable
+# tasks are marked), registered by executions.apps.
+AGENT_HOUSEKEEPING = "agent housekeeping"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from django.db.models import Q, QuerySet
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -15,12 +21,14 @@ from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project
 from accounts.selectors import project_for_new_object
+from agents.models import Agent
 from core.openapi import UUID_LOOKUP_REGEX, ProblemSerializer
-from tasks import services
+from tasks import routing, services
 from tasks.api.pagination import TaskPagination
 from tasks.filters import TaskFilter
-from tasks.models import Task
+from tasks.models import Status, Task
 from tasks.serializers import (
+    ClaimBatchSerializer,
     ClaimNextSerializer,
     CompleteSerializer,
     EventSerializer,
@@ -84,8 +92,28 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
     pagination_class = TaskPagination
     scope_object = "task"
     lookup_value_regex = UUID_LOOKUP_REGEX
+    # An agent's own key: its tasks and the claim protocol, nothing else.
+    agent_actions = frozenset(
+        {"list", "retrieve", "claim", "claim_next", "heartbeat", "complete", "fail", "release"}
+    )
+
+    @property
+    def agent(self) -> Agent | None:
+        """The registered agent calling (its agent-bound key), else None."""
+        if not hasattr(self, "_agent"):
+            self._agent = routing.agent_for_key(self.api_key)
+        return self._agent
 
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
+        if self.api_key is not None and self.api_key.agent_bound:
+            # An agent reads its tasks: the ones it holds or held, the ones pinned to it, and the
+            # pending ones pinned to nobody (that it might claim).
+            agent = self.agent
+            queryset = queryset.filter(
+                Q(claimed_by_agent=agent)
+                | Q(assigned_agent=agent)
+                | Q(status=Status.PENDING, assigned_agent__isnull=True)
+            )
         return queryset.for_api()
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
@@ -167,19 +195,34 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
         task = self.get_object()
         incoming = LeaseSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        task = services.task_claim(
-            task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
-        )
+        if self.agent is not None:
+            task = routing.agent_claim(
+                task=task,
+                agent=self.agent,
+                actor=request.user,
+                api_key=self.api_key,
+                **incoming.validated_data,
+            )
+        else:
+            task = services.task_claim(
+                task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
+            )
         return self._render(task)
 
     @extend_schema(
         summary="Claim the next task (agents)",
         description="The highest-priority, then oldest, claimable task matching the filters; "
-        "204 when there is none.",
+        "204 when there is none (for a registered agent, the header `Taskforge-No-Claim` says why: "
+        "draining, paused, at_capacity or no_task). With `count`, up to that many at once, "
+        "answered as `{tasks, reason}` (200, `tasks` possibly empty).",
         request=ClaimNextSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
         responses={
-            200: TaskSerializer,
+            200: PolymorphicProxySerializer(
+                component_name="ClaimNextResult",
+                serializers=[TaskSerializer, ClaimBatchSerializer],
+                resource_type_field_name=None,
+            ),
             204: OpenApiResponse(description="Nothing to claim."),
             **idempotency_responses(),
         },
@@ -195,10 +238,38 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
                 user=request.user, api_key=self.api_key, project_id=filters["project"]
             )
             self.require_role(project)
-        task = services.task_claim_next(actor=request.user, api_key=self.api_key, **filters)
-        if task is None:
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        return self._render(task)
+        count = filters.pop("count", None)
+        tasks, refusal = self._claim_next(request, filters, count or 1)
+        if count is not None:
+            rendered = TaskSerializer(
+                self.get_queryset().filter(pk__in=[t.pk for t in tasks]), many=True
+            ).data
+            order = {str(t.pk): i for i, t in enumerate(tasks)}
+            return Response(
+                {
+                    "tasks": sorted(rendered, key=lambda item: order[item["id"]]),
+                    "reason": None if refusal is None else {"code": refusal.code, "detail": refusal.detail},
+                }
+            )
+        if not tasks:
+            headers = {} if refusal is None else {"Taskforge-No-Claim": refusal.code}
+            return Response(status=status.HTTP_204_NO_CONTENT, headers=headers)
+        return self._render(tasks[0])
+
+    def _claim_next(
+        self, request: Request, filters: dict[str, Any], count: int
+    ) -> tuple[list[Task], routing.NoClaim | None]:
+        if self.agent is not None:
+            return routing.agent_claim_next(
+                agent=self.agent, actor=request.user, api_key=self.api_key, count=count, **filters
+            )
+        tasks: list[Task] = []
+        for _ in range(count):
+            task = services.task_claim_next(actor=request.user, api_key=self.api_key, **filters)
+            if task is None:
+                break
+            tasks.append(task)
+        return tasks, None
 
     @extend_schema(
         summary="Extend the claimer's lease",
@@ -211,7 +282,7 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
         incoming = LeaseSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         task = services.task_heartbeat(
-            task=task, actor=request.user, api_key=self.api_key, **incoming.validated_data
+            task=task, actor=request.user, api_key=self.api_key, agent=self.agent, **incoming.validated_data
         )
         return self._render(task)
 
@@ -226,7 +297,11 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
         incoming = CompleteSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         task = services.task_complete(
-            task=task, actor=request.user, api_key=self.api_key, result=incoming.validated_data.get("result")
+            task=task,
+            actor=request.user,
+            api_key=self.api_key,
+            result=incoming.validated_data.get("result"),
+            agent=self.agent,
         )
         return self._render(task)
 
@@ -241,7 +316,11 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
         incoming = FailSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         task = services.task_fail(
-            task=task, actor=request.user, api_key=self.api_key, error=incoming.validated_data["error"]
+            task=task,
+            actor=request.user,
+            api_key=self.api_key,
+            error=incoming.validated_data["error"],
+            agent=self.agent,
         )
         return self._render(task)
 
@@ -252,7 +331,9 @@ class TaskViewSet(CreateWithServiceMixin, mixins.ListModelMixin, mixins.Retrieve
     )
     @action(detail=True, methods=["post"])
     def release(self, request: Request, pk: str | None = None) -> Response:
-        task = services.task_release(task=self.get_object(), actor=request.user, api_key=self.api_key)
+        task = services.task_release(
+            task=self.get_object(), actor=request.user, api_key=self.api_key, agent=self.agent
+        )
         return self._render(task)
 
     @extend_schema(

@@ -67,6 +67,16 @@ FIELD_RULES = {
     ("name", "blank"),  # Python's strip() also trims \x1c-\x1f and \x85, which JSON Schema's
     # \S pattern counts as text: a name of only those is blank to us
     ("estimated_hours", "max_digits"),  # see REFERENTIAL_CODES["max_digits"]
+    ("username", "blank"),  # as ("name", "blank"): strip() trims what \S counts as text
+    ("until", "in_the_past"),  # an agent's pause must end in the future
+    # Labels are {key: value} or ["key=value"] with character rules per key and value
+    # (docs/agents.md): documented as free JSON, checked by agents.models.parse_labels.
+    ("labels", "invalid_label"),
+    ("labels", "not_an_object"),
+    ("labels", "max_items"),
+    ("required_labels", "invalid_label"),
+    ("required_labels", "not_an_object"),
+    ("required_labels", "max_items"),
 }
 
 

@@ -4,11 +4,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from tasks.routing import agents_housekeeping
 from tasks.services import reap_expired_claims
 
 
 class Command(BaseCommand):
-    help = "Return agent claims whose lease ran out to pending (recording a task.lease_expired event)."
+    help = (
+        "Return agent claims whose lease ran out to pending (recording a task.lease_expired event); "
+        "mark silent registered agents offline (their claims return too) and re-check unroutable tasks."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         total = 0
@@ -17,4 +21,5 @@ class Command(BaseCommand):
             total += reaped
             if reaped == 0:
                 break
+        agents_housekeeping()
         self.stdout.write(f"Returned {total} expired claim{'s' if total != 1 else ''} to pending.")
