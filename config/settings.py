@@ -313,6 +313,9 @@ TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
 TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = env_int("TASKFORGE_MAX_STREAMS_PER_PRINCIPAL", 8)
 TASKFORGE_MAX_STREAMS_PER_PROCESS = env_int("TASKFORGE_MAX_STREAMS_PER_PROCESS", 0)
 TASKFORGE_STREAM_MAX_SECONDS = env_int("TASKFORGE_STREAM_MAX_SECONDS", 300)
+# The event stream's tickets (POST /api/v1/events/tickets, for browsers' EventSource): valid
+# this many seconds, once.
+TASKFORGE_EVENT_TICKET_SECONDS = env_int("TASKFORGE_EVENT_TICKET_SECONDS", 60)
 # Idempotency-Key: how long a key replays its first response, and after how long a request
 # still "in flight" (its process died) may be taken over by a retry.
 TASKFORGE_IDEMPOTENCY_TTL_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
