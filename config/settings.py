@@ -391,6 +391,7 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
         "ExecutionTriggerEnum": "executions.models.Trigger",
         "DeliveryTriggerEnum": "webhooks.models.Trigger",
+        "EventTypeEnum": "events.models.EventType",
     },
 }
 

@@ -13,9 +13,28 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import renderers
 
 from core.holding import Slot
+
+FORMAT_PARAM = OpenApiParameter(
+    "format",
+    {"type": "string", "enum": ["json", "sse"]},
+    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages, whatever "
+    "`Accept` says.",
+)
+
+
+def last_event_id_param(what: str, instead_of: str) -> OpenApiParameter:
+    """The ``Last-Event-ID`` header of a stream that resumes after ``what``."""
+    return OpenApiParameter(
+        "Last-Event-ID",
+        {"type": "integer", "minimum": 0},
+        location=OpenApiParameter.HEADER,
+        description=f"Resume after this {what} (what an EventSource sends when it reconnects: the "
+        f"`id` of the last event it received). Takes precedence over `{instead_of}`.",
+    )
 
 
 class EventStreamRenderer(renderers.BaseRenderer):

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import renderers, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
@@ -16,7 +16,7 @@ from accounts.api.base import TaskforgeViewSet
 from accounts.models import ApiKey, Project
 from core.holding import take_slot
 from core.openapi import ProblemSerializer
-from core.sse import EventStreamRenderer, sse_frame, stream_response
+from core.sse import FORMAT_PARAM, EventStreamRenderer, last_event_id_param, sse_frame, stream_response
 from events.api.authentication import StreamTicketAuthentication, ticket_of
 from events.api.serializers import (
     FILTER_FIELDS,
@@ -56,18 +56,7 @@ starts with what happens next. A resume point older than retention first gets `e
 `event: reconnect`. A stream counts against the caller's cap on long-lived requests (429 with
 `Retry-After` beyond it). Browsers: open it with `?ticket=` from `POST /events/tickets`.
 Needs the `event:read` scope."""
-LAST_EVENT_ID_PARAM = OpenApiParameter(
-    "Last-Event-ID",
-    {"type": "integer", "minimum": 0},
-    location=OpenApiParameter.HEADER,
-    description="Resume the stream after this event (an EventSource sends it when it "
-    "reconnects). Takes precedence over `after`.",
-)
-FORMAT_PARAM = OpenApiParameter(
-    "format",
-    {"type": "string", "enum": ["json", "sse"]},
-    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages.",
-)
+LAST_EVENT_ID_PARAM = last_event_id_param("event", "after")
 SSE_EVENT_SCHEMA = {
     "type": "object",
     "description": "One Server-Sent Event: an event (no `event` field; `id` its id, `data` the "

@@ -17,7 +17,7 @@ from accounts.api.base import TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from core.holding import WAIT_PARAM, take_slot, wait_seconds
 from core.openapi import ProblemSerializer
-from core.sse import EventStreamRenderer, sse_frame, stream_response
+from core.sse import FORMAT_PARAM, EventStreamRenderer, last_event_id_param, sse_frame, stream_response
 from executions import services
 from executions.engine.waiting import OutputFollower, wait_until_final
 from executions.filters import ExecutionFilter
@@ -42,13 +42,7 @@ OFFSET_PARAM = OpenApiParameter(
     description="Return the chunks after this `seq` (a page's `next_offset`, an event's `id`); "
     "0 = from the start. Past the last chunk: 400.",
 )
-LAST_EVENT_ID_PARAM = OpenApiParameter(
-    "Last-Event-ID",
-    {"type": "integer", "minimum": 0},
-    location=OpenApiParameter.HEADER,
-    description="Resume after this chunk (what an EventSource sends when it reconnects: the `id` "
-    "of the last event it received). Takes precedence over `offset`.",
-)
+LAST_EVENT_ID_PARAM = last_event_id_param("chunk", "offset")
 # One event of the stream, as SSE clients (and schemathesis) see it: its fields, `data` being JSON.
 SSE_EVENT_SCHEMA = {
     "type": "object",
@@ -64,12 +58,6 @@ SSE_EVENT_SCHEMA = {
         "retry": {"type": "integer"},
     },
 }
-FORMAT_PARAM = OpenApiParameter(
-    "format",
-    {"type": "string", "enum": ["json", "sse"]},
-    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages, whatever "
-    "`Accept` says.",
-)
 LOG_DESCRIPTION = (
     "The execution's output as chunks (`seq` 1, 2, … in the order written, each `stdout` or "
     "`stderr`), after `offset` (or `Last-Event-ID`), at most 500 per page: pass `next_offset` "
