@@ -77,16 +77,31 @@ class Horizon:
         return Q(txid__lt=self.oldest) | Q(txid=self.own) if self.own is not None else Q(txid__lt=self.oldest)
 
 
+# The oldest transaction still running in the snapshot, leaving out those that run in another
+# database of the cluster (they never write this outbox; the snapshot's own xmin counts them,
+# so a long transaction of another application would hold the stream back). A transaction is
+# left out only on evidence (pg_stat_activity shows it in another database): one that ended
+# meanwhile, or that the view hides, still counts — never too early, at worst a little late.
+# No transaction running: the snapshot's xmax (the next one to start).
+HORIZON_SQL = """
+SELECT coalesce(
+    (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+     WHERE NOT EXISTS (
+         SELECT 1 FROM pg_stat_activity AS a
+         WHERE a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)),
+    pg_snapshot_xmax(pg_current_snapshot())::text::bigint),
+  pg_current_xact_id_if_assigned()::text::bigint
+"""
+
+
 def stream_horizon() -> Horizon | None:
     """Where the final events end now (PostgreSQL); None elsewhere (every committed event is
     final)."""
     if connection.vendor != "postgresql":
         return None
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
-            " pg_current_xact_id_if_assigned()::text::bigint"
-        )
+        cursor.execute(HORIZON_SQL)
         oldest, own = cursor.fetchone()
     return Horizon(int(oldest), int(own) if own is not None else None)
 
