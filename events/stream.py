@@ -188,11 +188,11 @@ def sse_events(
     still_visible: Callable[[], EventFilter | None] | None = None,
 ) -> Iterator[str]:
     """The stream's frames: ``retry:``, the ``first`` frames (a ``reset``), then every new
-    event the subscriber wants as soon as it is final, a comment every ``KEEP_ALIVE_SECONDS``
-    (when ``still_visible`` re-reads what the caller may see: None ends the stream), and after
-    ``lifetime`` seconds ``event: reconnect``."""
+    event the subscriber wants as soon as it is final, and a comment when nothing was sent for
+    ``KEEP_ALIVE_SECONDS``; every ``KEEP_ALIVE_SECONDS`` ``still_visible`` re-reads what the
+    caller may see (None ends the stream); after ``lifetime`` seconds ``event: reconnect``."""
     deadline = time.monotonic() + lifetime
-    last_write = time.monotonic()
+    last_write = last_check = time.monotonic()
     last_id: int | None = None
     with subscription:
         yield f"retry: {RETRY_MS}\n\n"
@@ -209,13 +209,15 @@ def sse_events(
             if now >= deadline:
                 yield sse_frame("reconnect", {"last_event_id": last_id, "after_seconds": lifetime}, last_id)
                 return
+            if still_visible is not None and now - last_check >= KEEP_ALIVE_SECONDS:
+                last_check = now
+                refreshed = still_visible()
+                release_connection()
+                if refreshed is None:
+                    return
+                subscription.filter = refreshed
             if now - last_write >= KEEP_ALIVE_SECONDS:
-                if still_visible is not None:
-                    refreshed = still_visible()
-                    release_connection()
-                    if refreshed is None:
-                        return
-                    subscription.filter = refreshed
                 last_write = now
                 yield ": keep-alive\n\n"
-            subscription.wait(min(deadline - now, KEEP_ALIVE_SECONDS - (now - last_write)))
+            next_due = min(last_write, last_check) + KEEP_ALIVE_SECONDS
+            subscription.wait(min(deadline, next_due) - now)

@@ -295,3 +295,19 @@ def test_a_bad_ticket_filter_is_400(api):
     body = problem_of(api.post(f"{URL}/tickets", {"type": "BAD"}, format="json"), 400)
     assert body["errors"][0]["field"] == "type"
     assert not StreamTicket.objects.exists()
+
+
+def test_an_idle_stream_sends_keep_alives_and_ends_when_its_key_is_revoked(
+    key_client, user, mine, short_streams, monkeypatch
+):
+    from accounts.services import api_key_revoke
+    from events import stream
+
+    monkeypatch.setattr(stream, "KEEP_ALIVE_SECONDS", 0.2)
+    client = key_client(user, ["event:read"])
+    body = streamed(client.get(URL, HTTP_ACCEPT=SSE))
+    assert ": keep-alive\n\n" in body and events(body)[-1]["event"] == "reconnect"
+    response = client.get(f"{URL}?after=0", HTTP_ACCEPT=SSE)
+    api_key_revoke(api_key=client.api_key)  # while the stream is open
+    got = events(streamed(response))
+    assert [int(e["id"]) for e in got] == [e.pk for e in mine]  # then it ended: no reconnect
