@@ -302,7 +302,7 @@ TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR", "")
 # (At most 60, the SPEC's bound; lower it where request threads are scarce: each waiting
 # request holds one.)
 TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
-# Long-lived requests (live-log streams and ?wait): each holds a request thread. At most
+# Long-lived requests (live-log and event streams, ?wait): each holds a request thread. At most
 # TASKFORGE_MAX_STREAMS_PER_PRINCIPAL at once per user (all of their keys and sessions together,
 # counted across processes in the shared cache), at most TASKFORGE_MAX_STREAMS_PER_PROCESS per
 # web process (0, the default: derived from the web server's threads, keeping a quarter of them,

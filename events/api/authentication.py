@@ -23,7 +23,7 @@ class StreamTicketAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
         raw = request.query_params.get("ticket")
-        if raw is None:
+        if raw is None or request.method != "GET":  # never to make another ticket
             return None
         ticket = stream_ticket_redeem(raw)
         if ticket is None:

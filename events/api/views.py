@@ -20,6 +20,7 @@ from core.sse import FORMAT_PARAM, EventStreamRenderer, last_event_id_param, sse
 from events.api.authentication import StreamTicketAuthentication, ticket_of
 from events.api.serializers import (
     FILTER_FIELDS,
+    MAX_EVENT_ID,
     EventFilterSerializer,
     EventQuerySerializer,
     TicketSerializer,
@@ -99,6 +100,7 @@ class EventViewSet(TaskforgeViewSet):
     queryset = Event.objects.all()
     scope_object = "event"
     serializer_class = StreamEventSerializer
+    pagination_class = None  # a cursor of its own (``after``), not pages
     authentication_classes = [
         *api_settings.DEFAULT_AUTHENTICATION_CLASSES[:1],
         StreamTicketAuthentication,
@@ -125,7 +127,9 @@ class EventViewSet(TaskforgeViewSet):
         description=STREAM_DESCRIPTION,
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Any:
-        query = EventQuerySerializer(data=request.query_params)
+        # A plain dict: in a QueryDict an empty value counts as absent (DRF's form handling), and
+        # `?workflow=` must be a 400, not "no filter".
+        query = EventQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         ticket = ticket_of(request)
         if ticket is not None:
@@ -193,8 +197,8 @@ class EventViewSet(TaskforgeViewSet):
         header = request.headers.get("Last-Event-ID")
         if header is not None:
             raw = header.strip()
-            if not (raw.isascii() and raw.isdigit()):
-                raise ValidationError({"Last-Event-ID": ["Must be a non-negative integer."]})
+            if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EVENT_ID:
+                raise ValidationError({"Last-Event-ID": ["Must be a non-negative integer (an event id)."]})
             after = int(raw)
         if after is None:
             return newest_position(), []
@@ -220,6 +224,7 @@ class EventViewSet(TaskforgeViewSet):
 
     @extend_schema(
         request=EventFilterSerializer,
+        auth=[{"ApiKeyAuth": []}, {"cookieAuth": []}],  # never a ticket: it opens the stream only
         responses={
             201: TicketSerializer,
             400: OpenApiResponse(ProblemSerializer, description="A filter that is not valid"),

@@ -32,7 +32,7 @@ from executions.serializers import (
 from tasks.models import Task
 
 CONCURRENCY_429 = (
-    "Rate limit exceeded, or too many long-lived requests at once (live-log streams and ?wait "
+    "Rate limit exceeded, or too many long-lived requests at once (live-log and event streams and ?wait "
     f"together: {settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL} per user, or this server's own cap; "
     "the problem's `concurrency_limit` is `user` or `process`); retry after `Retry-After` seconds"
 )

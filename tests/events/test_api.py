@@ -109,6 +109,7 @@ def test_the_cursor_pages_through_and_stays_put_at_the_end(api, mine):
         ("agent=1", "agent"),
         ("after=-1", "after"),
         ("after=x", "after"),
+        ("after=9223372036854775808", "after"),
         ("limit=0", "limit"),
         ("limit=501", "limit"),
     ],
@@ -209,8 +210,9 @@ def test_a_pruned_resume_point_gets_reset_then_goes_on(api, mine, short_streams)
     assert got[0]["data"] == {"reason": "cursor_expired", "last_event_id": pruned}
     assert got[0]["id"] == str(mine[-1].pk)  # where it goes on: what happens next
     assert [e["event"] for e in got[1:]] == ["reconnect"]
-    body = problem_of(api.get(URL, HTTP_ACCEPT=SSE, HTTP_LAST_EVENT_ID="x"), 400)
-    assert body["errors"][0]["field"] == "Last-Event-ID"
+    for bad in ("x", "-1", "9223372036854775808"):
+        body = problem_of(api.get(URL, HTTP_ACCEPT=SSE, HTTP_LAST_EVENT_ID=bad), 400)
+        assert body["errors"][0]["field"] == "Last-Event-ID"
     body = problem_of(api.get(URL, HTTP_ACCEPT=SSE, HTTP_LAST_EVENT_ID=str(mine[-1].pk + 99)), 400)
     assert body["errors"][0]["field"] == "Last-Event-ID"
 
@@ -311,3 +313,15 @@ def test_an_idle_stream_sends_keep_alives_and_ends_when_its_key_is_revoked(
     api_key_revoke(api_key=client.api_key)  # while the stream is open
     got = events(streamed(response))
     assert [int(e["id"]) for e in got] == [e.pk for e in mine]  # then it ended: no reconnect
+
+
+def test_a_ticket_cannot_make_another_ticket(api, client):
+    ticket = make_ticket(api)
+    response = client.post(f"{URL}/tickets?ticket={ticket['ticket']}", {}, format="json")
+    assert response.status_code == 401
+    assert StreamTicket.objects.count() == 1 and StreamTicket.objects.get().used_at is None
+
+
+def test_an_empty_filter_is_400_not_no_filter(api):
+    for name in ("workflow", "type", "task"):
+        assert problem_of(api.get(f"{URL}?{name}="), 400)["errors"][0]["field"] == name

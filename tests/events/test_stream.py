@@ -177,3 +177,22 @@ def test_reconnecting_with_last_event_id_while_events_are_produced_misses_and_re
     assert connects > 3
     assert len(received) == len(set(received)), "an event was delivered twice"
     assert sorted(received) == sorted(produced), "an event was missed"
+
+
+def test_two_requests_racing_with_one_ticket_open_one_stream(user, postgres):
+    from events.services import stream_ticket_create, stream_ticket_redeem
+
+    _, raw = stream_ticket_create(user=user, api_key=None, filters={})
+    barrier = threading.Barrier(8)
+    won: list[Any] = []
+
+    def redeem() -> None:
+        barrier.wait(10)
+        ticket = stream_ticket_redeem(raw)
+        if ticket is not None:
+            won.append(ticket)
+
+    threads = [in_thread(redeem) for _ in range(8)]
+    for thread in threads:
+        thread.join(30)
+    assert len(won) == 1 and won[0].user_id == user.pk
