@@ -30,7 +30,7 @@ def last_event_id_param(what: str, instead_of: str) -> OpenApiParameter:
     """The ``Last-Event-ID`` header of a stream that resumes after ``what``."""
     return OpenApiParameter(
         "Last-Event-ID",
-        {"type": "integer", "minimum": 0},
+        {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         location=OpenApiParameter.HEADER,
         description=f"Resume after this {what} (what an EventSource sends when it reconnects: the "
         f"`id` of the last event it received). Takes precedence over `{instead_of}`.",

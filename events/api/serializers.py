@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from events.selectors import EventFilter
+from events.serializers import StreamEventSerializer
 
 GLOB_CHARS = 64
 MAX_GLOBS = 20
@@ -99,3 +101,11 @@ class TicketSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     filters = serializers.DictField(help_text="The filters the stream will apply.")
     stream_url = serializers.CharField(help_text="The stream's URL with the ticket.")
+
+
+@extend_schema_serializer(many=False)  # the list's answer is one page, not an array
+class EventPageSerializer(serializers.Serializer):
+    results = StreamEventSerializer(many=True)
+    last_event_id = serializers.IntegerField(help_text="The cursor for the next page (`after`).")
+    has_more = serializers.BooleanField(help_text="More events are ready now: ask again at once.")
+    next = serializers.CharField(help_text="The next page's URL (the same cursor when nothing is new).")

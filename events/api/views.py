@@ -4,8 +4,8 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import renderers, serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import renderers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
@@ -22,6 +22,7 @@ from events.api.serializers import (
     FILTER_FIELDS,
     MAX_EVENT_ID,
     EventFilterSerializer,
+    EventPageSerializer,
     EventQuerySerializer,
     TicketSerializer,
     event_filter,
@@ -70,15 +71,6 @@ SSE_EVENT_SCHEMA = {
         "retry": {"type": "integer"},
     },
 }
-PAGE = inline_serializer(
-    "EventPage",
-    {
-        "results": StreamEventSerializer(many=True),
-        "last_event_id": serializers.IntegerField(help_text="The cursor for the next page (`after`)."),
-        "has_more": serializers.BooleanField(help_text="More events are ready now: ask again at once."),
-        "next": serializers.CharField(help_text="The next page's URL (the same cursor when nothing is new)."),
-    },
-)
 
 
 class CursorExpired(APIException):
@@ -118,7 +110,7 @@ class EventViewSet(TaskforgeViewSet):
     @extend_schema(
         parameters=[EventQuerySerializer, LAST_EVENT_ID_PARAM, FORMAT_PARAM],
         responses={
-            (200, "application/json"): PAGE,
+            (200, "application/json"): EventPageSerializer,
             (200, "text/event-stream"): OpenApiResponse(SSE_EVENT_SCHEMA, description="Server-Sent Events."),
             400: OpenApiResponse(ProblemSerializer, description="A filter or cursor that is not valid"),
             410: OpenApiResponse(ProblemSerializer, description="`after` was pruned (list only)"),
@@ -144,9 +136,22 @@ class EventViewSet(TaskforgeViewSet):
         else:
             filters = query.validated_data
         self._check_project(filters.get("project"))
+        cursor = self._cursor(request, query.validated_data.get("after"))
         if self._streaming():
-            return self._stream(request, filters, query.validated_data.get("after"))
-        return self._page(request, filters, query.validated_data)
+            return self._stream(request, filters, cursor)
+        return self._page(request, filters, cursor, query.validated_data["limit"])
+
+    @staticmethod
+    def _cursor(request: Request, after: int | None) -> tuple[str, int | None]:
+        """The cursor and its name: the ``Last-Event-ID`` header (what an EventSource sends when
+        it reconnects) wins over ``?after=``, on the stream and on pages alike."""
+        header = request.headers.get("Last-Event-ID")
+        if header is None:
+            return "after", after
+        raw = header.strip()
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EVENT_ID:
+            raise ValidationError({"Last-Event-ID": ["Must be a non-negative integer (an event id)."]})
+        return "Last-Event-ID", int(raw)
 
     def _check_project(self, project: Any) -> None:
         """400 for a ``project`` filter naming a project the caller cannot read."""
@@ -164,12 +169,13 @@ class EventViewSet(TaskforgeViewSet):
                 return None
         return event_filter(filters, self.visible_project_ids())
 
-    def _page(self, request: Request, filters: dict[str, Any], query: dict[str, Any]) -> Response:
-        after = query.get("after", 0)
+    def _page(
+        self, request: Request, filters: dict[str, Any], cursor: tuple[str, int | None], limit: int
+    ) -> Response:
+        name, after = cursor[0], cursor[1] or 0
         position = position_of(after)
         if position is None:
-            raise self._unknown_or_expired(after, "after")
-        limit = query["limit"]
+            raise self._unknown_or_expired(after, name)
         where = event_filter(filters, self.visible_project_ids()).q()
         read = events_ready_after(position, limit, where=where)
         results = [event_document(event) for event in read.ready]
@@ -191,29 +197,24 @@ class EventViewSet(TaskforgeViewSet):
             return ValidationError({name: [f"There is no event {event_id}."]}, code="does_not_exist")
         return CursorExpired(event_id)
 
-    def _resume_point(self, request: Request, after: int | None) -> tuple[Position, list[str]]:
-        """Where the stream starts (``Last-Event-ID``, else ``after``, else now) and the frames
-        it sends first (``reset`` when that point was pruned)."""
-        header = request.headers.get("Last-Event-ID")
-        if header is not None:
-            raw = header.strip()
-            if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EVENT_ID:
-                raise ValidationError({"Last-Event-ID": ["Must be a non-negative integer (an event id)."]})
-            after = int(raw)
+    def _resume_point(self, cursor: tuple[str, int | None]) -> tuple[Position, list[str]]:
+        """Where the stream starts (after the cursor, else now) and the frames it sends first
+        (``reset`` when the cursor's event was pruned)."""
+        name, after = cursor
         if after is None:
             return newest_position(), []
         position = position_of(after)
         if position is not None:
             return position, []
-        problem = self._unknown_or_expired(after, "Last-Event-ID" if header is not None else "after")
+        problem = self._unknown_or_expired(after, name)
         if isinstance(problem, ValidationError):
             raise problem
         now = newest_position()
         reset = {"reason": "cursor_expired", "last_event_id": after}
         return now, [sse_frame("reset", reset, now[1])]
 
-    def _stream(self, request: Request, filters: dict[str, Any], after: int | None) -> Any:
-        position, first = self._resume_point(request, after)
+    def _stream(self, request: Request, filters: dict[str, Any], cursor: tuple[str, int | None]) -> Any:
+        position, first = self._resume_point(cursor)
         lifetime = settings.TASKFORGE_STREAM_MAX_SECONDS
         slot = take_slot(request.user.pk, lifetime, "event streams")
         subscription = Subscription(event_filter(filters, self.visible_project_ids()), position)

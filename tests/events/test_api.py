@@ -128,6 +128,12 @@ def test_a_cursor_past_the_newest_event_is_400_and_a_pruned_one_410(api, mine):
     assert body["code"] == "cursor_expired" and body["after"] == pruned
 
 
+def test_last_event_id_is_the_pages_cursor_too(api, mine):
+    assert ids(api.get(f"{URL}?after=0", HTTP_LAST_EVENT_ID=str(mine[3].pk))) == [e.pk for e in mine[4:]]
+    body = problem_of(api.get(URL, HTTP_LAST_EVENT_ID="O"), 400)
+    assert body["errors"][0]["field"] == "Last-Event-ID"
+
+
 def test_another_projects_filter_is_400_and_reveals_nothing(api, other_user, theirs):
     body = problem_of(api.get(f"{URL}?project={other_user.personal_project.pk}"), 400)
     assert body["errors"][0]["field"] == "project"
