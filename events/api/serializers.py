@@ -109,3 +109,16 @@ class EventPageSerializer(serializers.Serializer):
     last_event_id = serializers.IntegerField(help_text="The cursor for the next page (`after`).")
     has_more = serializers.BooleanField(help_text="More events are ready now: ask again at once.")
     next = serializers.CharField(help_text="The next page's URL (the same cursor when nothing is new).")
+
+
+@extend_schema_serializer(many=False)  # each Server-Sent Event of the stream
+class StreamFrameSerializer(serializers.Serializer):
+    """One Server-Sent Event: an event (no ``event`` field, so ``message``; ``id`` its id,
+    ``data`` the event as JSON); ``reset`` (``data`` ``{"reason", "last_event_id"}``: the
+    resume point was pruned); ``reconnect`` (``data`` ``{"last_event_id", "after_seconds"}``,
+    then the stream closes)."""
+
+    event = serializers.ChoiceField(choices=["message", "reset", "reconnect"], required=False)
+    id = serializers.RegexField(r"^[0-9]+$", required=False)
+    data = serializers.CharField(help_text="A JSON object.")
+    retry = serializers.IntegerField(required=False)

@@ -24,6 +24,7 @@ from events.api.serializers import (
     EventFilterSerializer,
     EventPageSerializer,
     EventQuerySerializer,
+    StreamFrameSerializer,
     TicketSerializer,
     event_filter,
 )
@@ -59,18 +60,6 @@ starts with what happens next. A resume point older than retention first gets `e
 `Retry-After` beyond it). Browsers: open it with `?ticket=` from `POST /events/tickets`.
 Needs the `event:read` scope."""
 LAST_EVENT_ID_PARAM = last_event_id_param("event", "after")
-SSE_EVENT_SCHEMA = {
-    "type": "object",
-    "description": "One Server-Sent Event: an event (no `event` field; `id` its id, `data` the "
-    'event as JSON); `reset` (`data` `{"reason", "last_event_id"}`: the resume point was '
-    'pruned); `reconnect` (`data` `{"last_event_id", "after_seconds"}`, then the stream closes).',
-    "properties": {
-        "event": {"type": "string", "enum": ["reset", "reconnect"]},
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "data": {"type": "string", "description": "A JSON object."},
-        "retry": {"type": "integer"},
-    },
-}
 
 
 class CursorExpired(APIException):
@@ -111,7 +100,9 @@ class EventViewSet(TaskforgeViewSet):
         parameters=[EventQuerySerializer, LAST_EVENT_ID_PARAM, FORMAT_PARAM],
         responses={
             (200, "application/json"): EventPageSerializer,
-            (200, "text/event-stream"): OpenApiResponse(SSE_EVENT_SCHEMA, description="Server-Sent Events."),
+            (200, "text/event-stream"): OpenApiResponse(
+                StreamFrameSerializer, description="Server-Sent Events."
+            ),
             400: OpenApiResponse(ProblemSerializer, description="A filter or cursor that is not valid"),
             410: OpenApiResponse(ProblemSerializer, description="`after` was pruned (list only)"),
             429: OpenApiResponse(ProblemSerializer, description="Too many long-lived requests at once"),
