@@ -126,14 +126,24 @@ class ProjectScopedQuerySet(models.QuerySet):
     project_field = "project"
 
     def visible_to(self, user: User | AnonymousUser, api_key: ApiKey | None = None) -> models.QuerySet:
-        if not user.is_authenticated:
-            return self.none()
-        projects = Project.objects.visible_to(user, api_key)
-        if user.is_superuser and (api_key is None or api_key.project_id is None):
+        projects = visible_project_ids(user, api_key)
+        if projects is None:
             return self
         # Resolve the ids first: a literal list lets the planner use per-project statistics and
         # the (project_id, …) indexes, where an IN (subquery) made it misjudge big projects.
-        return self.filter(**{f"{self.project_field}__in": list(projects.values_list("pk", flat=True))})
+        return self.filter(**{f"{self.project_field}__in": projects})
+
+
+def visible_project_ids(user: User | AnonymousUser, api_key: ApiKey | None = None) -> list[uuid.UUID] | None:
+    """The ids of the projects ``user`` (narrowed by ``api_key``) may read; None: every project
+    (a superuser, unless the key is restricted to one). The one tenancy rule, for querysets
+    (``ProjectScopedQuerySet.visible_to``) and for readers that filter in memory (the event
+    stream)."""
+    if not user.is_authenticated:
+        return []
+    if user.is_superuser and (api_key is None or api_key.project_id is None):
+        return None
+    return list(Project.objects.visible_to(user, api_key).values_list("pk", flat=True))
 
 
 class MembershipQuerySet(ProjectScopedQuerySet):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ScopeObject = Literal["task", "execution", "template", "webhook", "secret", "trigger", "agent", "account"]
+ScopeObject = Literal[
+    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "account"
+]
 ScopeAction = Literal["read", "write"]
 
 SCOPE_OBJECTS: tuple[str, ...] = get_args(ScopeObject)
@@ -22,10 +24,19 @@ KEY_SCOPE_OBJECTS: tuple[str, ...] = (
     "secret",
     "trigger",
     "agent",
+    "event",
 )
+# Objects nothing writes through the API (the outbox is written by the changes themselves):
+# they have a read scope only.
+READ_ONLY_SCOPE_OBJECTS: tuple[str, ...] = ("event",)
 ALL_SCOPE = "*"
 SCOPES: tuple[str, ...] = (
-    *(f"{obj}:{action}" for obj in KEY_SCOPE_OBJECTS for action in get_args(ScopeAction)),
+    *(
+        f"{obj}:{action}"
+        for obj in KEY_SCOPE_OBJECTS
+        for action in get_args(ScopeAction)
+        if action == "read" or obj not in READ_ONLY_SCOPE_OBJECTS
+    ),
     ALL_SCOPE,
 )
 

@@ -43,7 +43,7 @@ def _record(
         task=None,
         actor=actor,
         api_key=api_key,
-        data={"agent": str(agent.pk), "name": agent.name, "from": old, "to": new, **extra},
+        data={"agent_id": str(agent.pk), "name": agent.name, "from": old, "to": new, **extra},
     )
     agent_changed(agent=agent, change=type)
 

@@ -2,6 +2,7 @@
 
     DATABASE_URL=postgres://… REDIS_URL=redis://… DEBUG=1 python -m bench.streams latency
     … python -m bench.streams starve --principals 50 --per-principal 4
+    … python -m bench.streams events --principals 50 --per-principal 4
 
 ``latency``: a Python script prints ``time.time()`` every 0.1-0.3 s (80 lines); a client reads
 the execution's log as Server-Sent Events and notes, for every line, the time it arrived minus
@@ -12,6 +13,14 @@ the time it was printed (same machine, same clock). Median, p90, p99, max.
 idle) sequential probes of ``GET /api/v1/tasks`` and ``GET /health`` (keep-alive connections,
 as the load generator of the benchmark). p50/p95/p99/max of each, and how many streams were
 held, refused (429) or failed.
+
+``events``: ``--principals`` users (a key each, viewers of one project) open ``--per-principal``
+event streams each (``GET /api/v1/events``, SSE), all at once, from one asyncio thread; a
+producer changes a task of that project every 50-250 ms (``PATCH``: one ``task.updated`` event
+each). Event → subscriber latency is the time a subscriber reads an event minus the event's
+``created_at`` (set in the writing transaction, before its commit; same machine, same clock),
+over every (event, subscriber) pair. The API probes (``GET /api/v1/tasks``, ``/health``) run
+twice with the producer going: without subscribers (the baseline), then with them.
 
 Its own database (``<name>_streams``) and processes (gunicorn with config/gunicorn.conf.py, one
 ``runworker``), as ``manage.py benchmark`` does; both are removed at the end.
@@ -24,9 +33,12 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import django
@@ -151,7 +163,12 @@ def probe_round(base: str, account: Account, seconds: float) -> tuple[list[float
 
 
 async def _hold(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], stop: asyncio.Event, outcome: list[str]
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    stop: asyncio.Event,
+    outcome: list[str],
+    read: Callable[[httpx.Response], Awaitable[None]],
 ) -> None:
     """One stream: its refusal's status, or "open" until ``stop`` ("ended early" if the server
     closed it before)."""
@@ -161,7 +178,7 @@ async def _hold(
                 outcome.append(str(response.status_code))
                 return
             outcome.append("open")
-            reader = asyncio.ensure_future(_drain(response))
+            reader = asyncio.ensure_future(read(response))
             stopper = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in (reader, stopper):
@@ -187,12 +204,15 @@ class StreamHolder:
         self.loop = asyncio.new_event_loop()
         self.stop = asyncio.Event()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True)
+        self.read: Callable[[httpx.Response], Awaitable[None]] = _drain
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
         timeout = httpx.Timeout(30, read=None)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-            await asyncio.gather(*(_hold(client, self.url, h, self.stop, self.outcome) for h in self.headers))
+            await asyncio.gather(
+                *(_hold(client, self.url, h, self.stop, self.outcome, self.read) for h in self.headers)
+            )
 
     def open(self, settle: float) -> dict[str, int]:
         self.thread.start()
@@ -241,9 +261,110 @@ def run_starve(base: str, accounts: list[Account], args: argparse.Namespace) -> 
     return {"streams": opened, "idle": idle, "busy": busy}
 
 
+async def _read_events(response: httpx.Response, out: dict[str, Any]) -> None:
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            now = time.time()
+            event = json.loads(line[6:])
+            if "created_at" in event:
+                created = datetime.fromisoformat(event["created_at"]).timestamp()
+                out["latency"].append(now - created)
+                out["ids"].add(event["id"])
+
+
+class EventSubscribers(StreamHolder):
+    """``StreamHolder`` for the event stream: every subscriber notes each event's latency."""
+
+    def __init__(self, url: str, headers: list[dict[str, str]]) -> None:
+        super().__init__(url, headers)
+        self.out: dict[str, Any] = {"latency": [], "ids": set()}
+        self.read = lambda response: _read_events(response, self.out)
+
+
+def produce(base: str, account: Account, task: str, until: float, made: list[int]) -> None:
+    """A ``task.updated`` event every 50-250 ms until ``until``."""
+    with httpx.Client(base_url=base, headers=account.headers, timeout=30) as client:
+        n = 0
+        while time.monotonic() < until:
+            n += 1
+            client.patch(f"/api/v1/tasks/{task}", json={"description": f"change {n}"}).raise_for_status()
+            made.append(n)
+            time.sleep(random.uniform(0.05, 0.25))  # noqa: S311 - jitter, not security
+
+
+def producing_round(
+    base: str, account: Account, task: str, seconds: float
+) -> tuple[list[float], list[float], int]:
+    """The API probes while the producer runs; and how many events it made."""
+    made: list[int] = []
+    producer = threading.Thread(target=produce, args=(base, account, task, time.monotonic() + seconds, made))
+    producer.start()
+    tasks_times, health_times = probe_round(base, account, seconds)
+    producer.join()
+    return tasks_times, health_times, len(made)
+
+
+def database_connections() -> int | None:
+    """Connections to this database now (every process of the stack, and this one)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
+
+
+def run_events(base: str, accounts: list[Account], args: argparse.Namespace) -> dict[str, Any]:
+    producer, subscribers = accounts[0], accounts[1:]
+    from accounts.models import Membership, Project, Role
+
+    project = Project.objects.get(pk=producer.project_id)
+    Membership.objects.bulk_create(
+        [Membership(project=project, user_id=a.user_id, role=Role.VIEWER) for a in subscribers],
+        ignore_conflicts=True,
+    )
+    with httpx.Client(base_url=base, headers=producer.headers, timeout=30) as client:
+        reply = client.post("/api/v1/tasks", json={"name": "events"})
+        reply.raise_for_status()
+        task = reply.json()["id"]
+    base_tasks, base_health, base_made = producing_round(base, producer, task, args.probe_seconds)
+    print(f"baseline (producer, no subscribers): {base_made} events")
+    print("baseline /api/v1/tasks:", summary(base_tasks))
+    print("baseline /health      :", summary(base_health))
+    headers = [
+        {**a.headers, "Accept": "text/event-stream"} for a in subscribers for _ in range(args.per_principal)
+    ]
+    holder = EventSubscribers(f"{base}/api/v1/events", headers)
+    opened = holder.open(settle=2)
+    print(f"subscribers asked {len(headers)}: {opened}")
+    connections = database_connections()
+    print(f"database connections with the subscribers open: {connections}")
+    busy_tasks, busy_health, made = producing_round(base, producer, task, args.probe_seconds)
+    time.sleep(2)  # the last events reach everyone
+    print(f"subscribers at the end: {holder.counts()}")
+    holder.close()
+    latency = holder.out["latency"]
+    expected = made * opened.get("open", 0)
+    print(f"events made {made}, deliveries {len(latency)} of {expected} expected")
+    print("event → subscriber:", summary(latency))
+    print("busy /api/v1/tasks:", summary(busy_tasks))
+    print("busy /health      :", summary(busy_health))
+    return {
+        "subscribers": opened,
+        "database_connections": connections,
+        "events": made,
+        "deliveries": len(latency),
+        "expected_deliveries": expected,
+        "latency_ms": [round(d * 1000, 2) for d in latency],
+        "baseline": {"tasks": base_tasks, "health": base_health},
+        "busy": {"tasks": busy_tasks, "health": busy_health},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("latency", "starve"))
+    parser.add_argument("what", choices=("latency", "starve", "events"))
     parser.add_argument("--principals", type=int, default=10)
     parser.add_argument("--per-principal", type=int, default=4)
     parser.add_argument("--run-seconds", type=int, default=50)
@@ -254,10 +375,12 @@ def main() -> None:
     with database:
         stack = Stack(database)
         try:
-            accounts = seed_accounts(1 + (args.principals if args.what == "starve" else 0), prefix="streams")
+            accounts = seed_accounts(1 + (args.principals if args.what != "latency" else 0), prefix="streams")
             with stack.gunicorn() as base, stack.workers(1, concurrency=2, bwrap="never"):
                 if args.what == "latency":
                     run_latency(base, accounts[0])
+                elif args.what == "events":
+                    run_events(base, accounts, args)
                 else:
                     run_starve(base, accounts, args)
         finally:

@@ -341,7 +341,7 @@ TASKFORGE_WAKEUP_DIR = os.environ.get("TASKFORGE_WAKEUP_DIR", "")
 # (At most 60, the SPEC's bound; lower it where request threads are scarce: each waiting
 # request holds one.)
 TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
-# Long-lived requests (live-log streams and ?wait): each holds a request thread. At most
+# Long-lived requests (live-log and event streams, ?wait): each holds a request thread. At most
 # TASKFORGE_MAX_STREAMS_PER_PRINCIPAL at once per user (all of their keys and sessions together,
 # counted across processes in the shared cache), at most TASKFORGE_MAX_STREAMS_PER_PROCESS per
 # web process (0, the default: derived from the web server's threads, keeping a quarter of them,
@@ -352,6 +352,9 @@ TASKFORGE_MAX_WAIT_SECONDS = min(env_int("TASKFORGE_MAX_WAIT_SECONDS", 60), 60)
 TASKFORGE_MAX_STREAMS_PER_PRINCIPAL = env_int("TASKFORGE_MAX_STREAMS_PER_PRINCIPAL", 8)
 TASKFORGE_MAX_STREAMS_PER_PROCESS = env_int("TASKFORGE_MAX_STREAMS_PER_PROCESS", 0)
 TASKFORGE_STREAM_MAX_SECONDS = env_int("TASKFORGE_STREAM_MAX_SECONDS", 300)
+# The event stream's tickets (POST /api/v1/events/tickets, for browsers' EventSource): valid
+# this many seconds, once.
+TASKFORGE_EVENT_TICKET_SECONDS = env_int("TASKFORGE_EVENT_TICKET_SECONDS", 60)
 # Idempotency-Key: how long a key replays its first response, and after how long a request
 # still "in flight" (its process died) may be taken over by a retry.
 TASKFORGE_IDEMPOTENCY_TTL_SECONDS = env_int("TASKFORGE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
@@ -439,6 +442,7 @@ SPECTACULAR_SETTINGS = {
         "TriggerDeliveryOutcomeEnum": "triggers.models.Outcome",
         "AgentStatusEnum": "agents.models.AgentState",
         "HeartbeatActionEnum": ["continue", "drain", "pause"],
+        "EventTypeEnum": "events.models.EventType",
     },
 }
 

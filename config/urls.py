@@ -20,6 +20,7 @@ api_v1 = [
     path("", include("vault.api.urls")),
     path("", include("templates_app.api.urls")),
     path("", include("triggers.api.urls")),
+    path("", include("events.api.urls")),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Long-lived requests (``?wait``, live-log streams): the ``wait`` parameter and the caps.
+"""Long-lived requests (``?wait``, live-log and event streams): the ``wait`` parameter and the caps.
 
 Every such request holds a web thread, so each takes a *slot* first (``take_slot``): at most
 ``TASKFORGE_MAX_STREAMS_PER_PROCESS`` in this process and ``TASKFORGE_MAX_STREAMS_PER_PRINCIPAL``
@@ -6,7 +6,8 @@ per user across every process (the shared cache); otherwise 429 (DRF's ``Throttl
 ``Retry-After``. ``wait_seconds`` reads a request's ``?wait`` (the executions API and the
 template trigger share it) and takes its slot; the sealed base gives the slots of a request back
 when its response is finalized (``accounts.api.base``). No app in here: only the cache and the
-settings. The waiting itself is the engine's: ``executions/engine/waiting.py``.
+settings. The waiting itself: ``core/listening.py`` (the process's LISTEN connection), used by
+``executions/engine/waiting.py`` and ``events/stream.py``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def take_slot(user_id: object, seconds: float, what: str) -> Slot:
             if cache.add(key, f"{token}:{expires:.0f}", timeout=seconds + SLOT_GRACE_SECONDS):
                 return Slot(key, token)
         raise _refused(
-            f"At most {len(keys)} live-log streams and ?wait requests at once per user; "
+            f"At most {len(keys)} long-lived requests (live logs, event streams, ?wait) at once per user; "
             f"this one would exceed it ({what}).",
             _retry_after(keys),
             "user",

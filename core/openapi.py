@@ -254,6 +254,20 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         }
 
 
+class StreamTicketAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "events.api.authentication.StreamTicketAuthentication"
+    name = "StreamTicket"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
+        return {
+            "type": "apiKey",
+            "in": "query",
+            "name": "ticket",
+            "description": "A single-use ticket from `POST /api/v1/events/tickets`, for the event "
+            "stream only (a browser's EventSource cannot send a header).",
+        }
+
+
 # OpenAPI links (operationId -> what its success response leads to), so clients and stateful
 # testers (schemathesis) can follow create -> get -> update -> execute -> cancel -> delete.
 # source operationId: (status, [(target operationId, {parameter: runtime expression})]).

@@ -7,8 +7,11 @@ module imports nothing above ``accounts``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
+from django.db.models.sql.compiler import SQLCompiler
 from django.utils import timezone
 
 from accounts.models import Project, ProjectScopedQuerySet
@@ -50,6 +53,23 @@ class EventType(models.TextChoices):
     AGENT_DELETED = "agent.deleted"
 
 
+class CurrentTransaction(models.Func):
+    """The inserting transaction's id, the default of ``Event.txid``: on PostgreSQL
+    ``pg_current_xact_id()`` (the top-level transaction's, never wrapping); elsewhere 0, for
+    SQLite lets one transaction write at a time, so its ids already commit in order."""
+
+    allowed_default = True
+    output_field = models.BigIntegerField()
+
+    def as_sql(self, compiler: SQLCompiler, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return "0", []
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: Any, **extra_context: Any
+    ) -> tuple[str, list[Any]]:
+        return "(pg_current_xact_id()::text::bigint)", []
+
+
 class EventQuerySet(ProjectScopedQuerySet):
     project_field = "project"
 
@@ -59,6 +79,11 @@ class Event(models.Model):
 
     The task link has no database constraint and is never cascaded, so a task's history
     (``task_id``) outlives the task, for the audit trail and the webhook dispatcher.
+
+    ``txid`` is the inserting transaction's id (set by the database): the event stream orders
+    by ``(txid, id)`` and delivers only transactions older than every one still running, so an
+    id that commits after a higher one is never skipped (``events.selectors``). On PostgreSQL a
+    trigger also sends ``NOTIFY taskforge_events`` when an insert commits (migration 0002).
     """
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="events")
@@ -78,6 +103,7 @@ class Event(models.Model):
     actor_key_prefix = models.CharField(max_length=16, blank=True)
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    txid = models.BigIntegerField(db_default=CurrentTransaction(), editable=False)
 
     objects = EventQuerySet.as_manager()
 
@@ -87,7 +113,41 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["task", "created_at"], name="event_task_idx"),
             models.Index(fields=["created_at"], name="event_created_idx"),
+            models.Index(fields=["txid", "id"], name="event_stream_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.task_id or ''}"
+
+
+class StreamTicketQuerySet(models.QuerySet):
+    def redeemable(self) -> StreamTicketQuerySet:
+        return self.filter(used_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class StreamTicket(models.Model):
+    """A short-lived, single-use pass to open the event stream without a header (a browser's
+    ``EventSource`` cannot send one): bound to who asked for it (the user, and the API key
+    whose scopes and project it stays within) and to the filters it was asked with.
+
+    Only the SHA-256 of the ticket is stored; the ticket itself is shown once.
+    """
+
+    digest = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    filters = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = StreamTicketQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("created_at", "id")
+        indexes = [models.Index(fields=["expires_at"], name="streamticket_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"stream ticket of {self.user_id} until {self.expires_at:%H:%M:%S}"

@@ -1,4 +1,5 @@
-"""Every write to the outbox: build an event, store one, or store several in one INSERT.
+"""Every write to the outbox: build an event, store one, or store several in one INSERT; and
+the event stream's tickets.
 
 Call them inside the transaction that makes the change, so a change and its event commit
 (or roll back) together.
@@ -6,13 +7,18 @@ Call them inside the transaction that makes the change, so a change and its even
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from django.db import models
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
-from events.models import Event
+from events.models import Event, StreamTicket
 
 
 def event_record(
@@ -57,3 +63,43 @@ def event_build(
 def events_record(*events: Event) -> None:
     """Append ``events`` in one INSERT, in the order given (the outbox reads them by id)."""
     Event.objects.bulk_create(events)
+
+
+# --- Stream tickets ----------------------------------------------------------------------------
+TICKET_PREFIX = "evt_"
+
+
+def _digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def stream_ticket_create(
+    *, user: User, api_key: ApiKey | None, filters: dict[str, Any]
+) -> tuple[StreamTicket, str]:
+    """A single-use ticket for the event stream, bound to ``user`` (and ``api_key``: its scopes
+    and project still apply when it is used) and to ``filters``; returns it and the ticket,
+    shown once. Expired tickets are swept here."""
+    now = timezone.now()
+    raw = TICKET_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        StreamTicket.objects.filter(expires_at__lte=now - timedelta(minutes=5)).delete()
+        ticket = StreamTicket.objects.create(
+            digest=_digest(raw),
+            user=user,
+            api_key=api_key,
+            filters=filters,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.TASKFORGE_EVENT_TICKET_SECONDS),
+        )
+    return ticket, raw
+
+
+def stream_ticket_redeem(raw: str) -> StreamTicket | None:
+    """The ticket ``raw`` names, used up now; None if it is unknown, used or expired. Two
+    requests racing with one ticket: one gets it (one conditional UPDATE)."""
+    if not raw.startswith(TICKET_PREFIX) or len(raw) > 100:
+        return None
+    digest = _digest(raw)
+    if not StreamTicket.objects.redeemable().filter(digest=digest).update(used_at=timezone.now()):
+        return None
+    return StreamTicket.objects.select_related("user", "api_key").get(digest=digest)

@@ -443,7 +443,7 @@ def claimed(
     task = Task.objects.get(pk=task_id)
     data = {"lease_expires_at": _iso(task.lease_expires_at), "by": actor.get_username()}
     if agent is not None:
-        data["agent"] = str(agent.pk)
+        data["agent_id"] = str(agent.pk)
     events_record(
         event_build(
             type=EventType.TASK_CLAIMED,

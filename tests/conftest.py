@@ -25,7 +25,7 @@ def _clean_cache(django_db_setup: Any, django_db_blocker: Any) -> None:
 def _stop_listeners(django_db_setup: Any, django_db_blocker: Any) -> Any:
     # Torn down before the test database is dropped: the ?wait listener holds a connection.
     yield
-    from executions.engine.waiting import dispatcher
+    from core.listening import dispatcher
 
     dispatcher.stop()
 

@@ -55,8 +55,9 @@ def test_the_generated_client_has_sensible_names(tmp_path: Path) -> None:
     models = {path.stem for path in (out / "tf_client" / "models").glob("*.py")}
     assert {"task", "execution", "problem", "lease_request", "user_ref"} <= models
     assert not any("request_request" in name for name in models)
-    # ?format= is a parameter of the log alone (json or sse), not of every execution operation.
-    assert {name for name in models if name.endswith("_format")} == {"tasks_executions_log_retrieve_format"}
+    # ?format= is a parameter of the streams alone (json or sse), not of every operation.
+    formats = {name for name in models if name.endswith("_format")}
+    assert formats == {"tasks_executions_log_retrieve_format", "events_list_format"}
     tasks_api = {path.stem for path in (out / "tf_client" / "api" / "tasks").glob("*.py")}
     assert {"tasks_claim_next_create", "tasks_heartbeat_create", "tasks_execute_create"} <= tasks_api
     claim = (out / "tf_client" / "api" / "tasks" / "tasks_heartbeat_create.py").read_text()

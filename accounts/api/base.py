@@ -27,7 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.idempotency import idempotent
-from accounts.models import ApiKey, Project, Role
+from accounts.models import ApiKey, Project, Role, visible_project_ids
 from accounts.permissions import HasProjectRole, HasScope, declared_scopes, require_role
 from accounts.scopes import SCOPE_OBJECTS, ScopeObject
 from accounts.selectors import project_for_new_object
@@ -84,6 +84,11 @@ class TaskforgeAPIMixin:
         """What the caller (user, narrowed by the key) may see of ``model``: the tenancy rule."""
         queryset = model._default_manager.all() if isinstance(model, type) else model.all()
         return queryset.visible_to(self.request.user, api_key=self.api_key)  # type: ignore[attr-defined]
+
+    def visible_project_ids(self) -> list[uuid.UUID] | None:
+        """The ids of the projects the caller may read (None: all), for a reader that filters
+        in memory (the event stream); the same rule as ``visible()``."""
+        return visible_project_ids(self.request.user, self.api_key)  # type: ignore[attr-defined]
 
     def visible_project(self, pk: Any) -> Project:
         """The caller's project ``pk`` (404 for one the caller cannot see, or that does not exist)."""

@@ -241,7 +241,9 @@ class MembershipViewSet(
     @extend_schema(
         responses={
             204: None,
-            409: OpenApiResponse(ProblemSerializer, description="last_admin: hand the project over first."),
+            409: OpenApiResponse(
+                ProblemSerializer, description="The last admin, or the personal project's owner"
+            ),
         },
         description="Admins remove members; every member may remove themself (leave), except a "
         "personal project's owner and a team project's last admin (409: hand over first).",

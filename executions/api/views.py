@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Max, QuerySet
-from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, renderers, status
@@ -17,8 +15,9 @@ from rest_framework.response import Response
 
 from accounts.api.base import TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
-from core.holding import WAIT_PARAM, Slot, take_slot, wait_seconds
+from core.holding import WAIT_PARAM, take_slot, wait_seconds
 from core.openapi import ProblemSerializer
+from core.sse import FORMAT_PARAM, EventStreamRenderer, last_event_id_param, sse_frame, stream_response
 from executions import services
 from executions.engine.waiting import OutputFollower, wait_until_final
 from executions.filters import ExecutionFilter
@@ -33,7 +32,7 @@ from executions.serializers import (
 from tasks.models import Task
 
 CONCURRENCY_429 = (
-    "Rate limit exceeded, or too many long-lived requests at once (live-log streams and ?wait "
+    "Rate limit exceeded, or too many long-lived requests at once (live-log and event streams and ?wait "
     f"together: {settings.TASKFORGE_MAX_STREAMS_PER_PRINCIPAL} per user, or this server's own cap; "
     "the problem's `concurrency_limit` is `user` or `process`); retry after `Retry-After` seconds"
 )
@@ -43,13 +42,7 @@ OFFSET_PARAM = OpenApiParameter(
     description="Return the chunks after this `seq` (a page's `next_offset`, an event's `id`); "
     "0 = from the start. Past the last chunk: 400.",
 )
-LAST_EVENT_ID_PARAM = OpenApiParameter(
-    "Last-Event-ID",
-    {"type": "integer", "minimum": 0},
-    location=OpenApiParameter.HEADER,
-    description="Resume after this chunk (what an EventSource sends when it reconnects: the `id` "
-    "of the last event it received). Takes precedence over `offset`.",
-)
+LAST_EVENT_ID_PARAM = last_event_id_param("chunk", "offset")
 # One event of the stream, as SSE clients (and schemathesis) see it: its fields, `data` being JSON.
 SSE_EVENT_SCHEMA = {
     "type": "object",
@@ -65,12 +58,6 @@ SSE_EVENT_SCHEMA = {
         "retry": {"type": "integer"},
     },
 }
-FORMAT_PARAM = OpenApiParameter(
-    "format",
-    {"type": "string", "enum": ["json", "sse"]},
-    description="`sse`: the live stream (as `Accept: text/event-stream`); `json`: pages, whatever "
-    "`Accept` says.",
-)
 LOG_DESCRIPTION = (
     "The execution's output as chunks (`seq` 1, 2, … in the order written, each `stdout` or "
     "`stderr`), after `offset` (or `Last-Event-ID`), at most 500 per page: pass `next_offset` "
@@ -101,20 +88,6 @@ def queued_response(request: Request, execution: Execution, wait: int) -> Respon
     return Response(
         serializer(execution).data, status=code, headers={"Location": execution_url(request, execution)}
     )
-
-
-class EventStreamRenderer(renderers.BaseRenderer):
-    """``text/event-stream`` for the live log only (``Accept: text/event-stream`` or
-    ``?format=sse``). The log action answers it with a stream; problems stay JSON."""
-
-    media_type = "text/event-stream"
-    format = "sse"
-    charset = "utf-8"
-
-    def render(self, data: Any, media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        # Only problem documents reach here (the stream itself is a StreamingHttpResponse);
-        # they are sent as application/problem+json (core.errors sets the content type).
-        return json.dumps(data).encode()
 
 
 class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet):
@@ -227,11 +200,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskfor
             return Response(log_payload(execution, offset))
         lifetime = settings.TASKFORGE_STREAM_MAX_SECONDS
         slot = take_slot(request.user.pk, lifetime, "live-log streams")
-        events = LogStream(_sse(execution.pk, offset, lifetime), slot)
-        response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return stream_response(_sse(execution.pk, offset, lifetime), slot)
 
 
 def log_offset(request: Request, execution: Execution) -> int:
@@ -252,31 +221,8 @@ def log_offset(request: Request, execution: Execution) -> int:
     return offset
 
 
-class LogStream:
-    """The stream's body: gives the request's slot back when the server closes the response
-    (the client left, the stream ended), even if it was never iterated."""
-
-    def __init__(self, events: Iterator[str], slot: Slot) -> None:
-        self.events = events
-        self.slot = slot
-
-    def __iter__(self) -> Iterator[str]:
-        return self.events
-
-    def close(self) -> None:
-        try:
-            self.events.close()  # type: ignore[attr-defined]
-        finally:
-            self.slot.release()
-
-
 # Also how soon a stream whose client left is noticed (the write fails) and its slot freed.
 KEEP_ALIVE_SECONDS = 5
-
-
-def _event(name: str, data: Any, ident: int | None = None) -> str:
-    head = f"id: {ident}\n" if ident is not None else ""
-    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 def _sse(execution_id: Any, offset: int, lifetime: float) -> Iterator[str]:
@@ -290,17 +236,17 @@ def _sse(execution_id: Any, offset: int, lifetime: float) -> Iterator[str]:
         while True:
             read = follower.read(offset)
             for seq, stream, data in read.chunks:
-                yield _event("chunk", {"seq": seq, "stream": stream, "data": data}, seq)
+                yield sse_frame("chunk", {"seq": seq, "stream": stream, "data": data}, seq)
             if read.chunks:
                 offset, last_write = read.chunks[-1][0], time.monotonic()
             if not read.caught_up:
                 continue
             if read.status is None or read.status in FINAL_STATUSES:
-                yield _event("end", {"status": read.status, "exit_code": read.exit_code})
+                yield sse_frame("end", {"status": read.status, "exit_code": read.exit_code})
                 return
             now = time.monotonic()
             if now >= deadline:
-                yield _event("reconnect", {"last_event_id": offset, "after_seconds": lifetime}, offset)
+                yield sse_frame("reconnect", {"last_event_id": offset, "after_seconds": lifetime}, offset)
                 return
             if now - last_write >= KEEP_ALIVE_SECONDS:
                 last_write = now

@@ -1,29 +1,26 @@
 """Waiting for an execution without polling the database in a tight loop.
 
-One listener thread per process (PostgreSQL: ``LISTEN taskforge_done`` and
-``LISTEN taskforge_output``) wakes the request threads waiting on ``?wait=N`` (an execution
-finished) or following a live log (new output stored, or finished). Each waiter still re-reads
-at least once a second, so a lost notification only delays it, and on SQLite (no NOTIFY) a
-short re-read is the mechanism.
+The process's one listener thread (``core.listening``; on PostgreSQL, here ``LISTEN
+taskforge_done`` and ``LISTEN taskforge_output``, beside the channels other apps name) wakes the
+request threads waiting on ``?wait=N`` (an execution finished) or following a live log (new
+output stored, or finished). Each waiter still re-reads at least once a second, so a lost
+notification only delays it, and on SQLite (no NOTIFY) a short re-read is the mechanism.
 
 The caps on requests that wait (slots, 429) are the API's: ``core/holding.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import connection
 
+from core.listening import dispatcher, release_connection
 from executions.engine.queue import DONE_CHANNEL, OUTPUT_CHANNEL
 from executions.models import Execution, OutputChunk
-
-logger = logging.getLogger("taskforge.waiting")
 
 SQLITE_POLL = 0.2
 SQLITE_OUTPUT_POLL = 0.05  # SQLite has no NOTIFY: a live log re-reads this often
@@ -31,78 +28,17 @@ SAFETY_POLL = 1.0
 OUTPUT_PREFIX = "output:"
 
 
-class _Dispatcher:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.waiters: dict[str, set[threading.Event]] = defaultdict(set)
-        self.notified_at: dict[str, float] = {}  # key -> when its last notification came
-        self.thread: threading.Thread | None = None
-        self.stopping = threading.Event()
-
-    def ensure_started(self) -> None:
-        if connection.vendor != "postgresql":
-            return
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.stopping.clear()
-                self.thread = threading.Thread(target=self._listen, name="done-listener", daemon=True)
-                self.thread.start()
-
-    def _listen(self) -> None:
-        import psycopg
-
-        params = connection.get_connection_params()
-        while not self.stopping.is_set():
-            try:
-                with psycopg.connect(**params, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {DONE_CHANNEL}")
-                    conn.execute(f"LISTEN {OUTPUT_CHANNEL}")
-                    while not self.stopping.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            if note.channel == OUTPUT_CHANNEL:
-                                self.wake(OUTPUT_PREFIX + note.payload)
-                            else:  # finished: those waiting for it and those following its log
-                                self.wake(note.payload)
-                                self.wake(OUTPUT_PREFIX + note.payload)
-            except Exception:
-                logger.exception("done-listener lost its connection; reconnecting in 1s")
-                time.sleep(1)
-
-    def stop(self) -> None:
-        """Stop listening and close the connection (tests, before dropping the database)."""
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-            self.thread = None
-
-    def wake(self, key: str) -> None:
-        with self.lock:
-            events = list(self.waiters.get(key, ()))
-            if events:
-                self.notified_at[key] = time.monotonic()
-        for event in events:
-            event.set()
-
-    def register(self, key: str, event: threading.Event) -> None:
-        with self.lock:
-            self.waiters[key].add(event)
-
-    def unregister(self, key: str, event: threading.Event) -> None:
-        with self.lock:
-            self.waiters[key].discard(event)
-            if not self.waiters[key]:
-                del self.waiters[key]
-                self.notified_at.pop(key, None)
+def _finished(payload: str) -> list[str]:
+    """An execution finished: those waiting for it and those following its log."""
+    return [payload, OUTPUT_PREFIX + payload]
 
 
-dispatcher = _Dispatcher()
+def _output(payload: str) -> list[str]:
+    return [OUTPUT_PREFIX + payload]
 
 
-def release_connection() -> None:
-    """Hand this thread's database connection back (to the pool) while it waits, so hundreds
-    of waiting requests do not hold hundreds of connections. Never inside a transaction."""
-    if not connection.in_atomic_block:
-        connection.close()
+dispatcher.listen(DONE_CHANNEL, _finished)
+dispatcher.listen(OUTPUT_CHANNEL, _output)
 
 
 def wait_until_final(execution_id: uuid.UUID, timeout: float) -> Execution:

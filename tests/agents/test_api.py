@@ -46,7 +46,7 @@ def new_task(api: APIClient, **fields: Any) -> dict[str, Any]:
 
 def agent_events(agent_id: str) -> list[str]:
     events = Event.objects.filter(type__startswith="agent.").order_by("id")
-    return [event.type for event in events if event.data["agent"] == agent_id]
+    return [event.type for event in events if event.data["agent_id"] == agent_id]
 
 
 # --- the registry ----------------------------------------------------------------------------------

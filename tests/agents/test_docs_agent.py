@@ -87,6 +87,6 @@ def test_the_documented_agent_runs_and_drains(tmp_path: Path):
     types = [
         e.type
         for e in Event.objects.filter(type__startswith="agent.").order_by("id")
-        if e.data["agent"] == agent["id"]
+        if e.data["agent_id"] == agent["id"]
     ]
     assert types[:3] == [EventType.AGENT_REGISTERED, EventType.AGENT_ONLINE, EventType.AGENT_DRAINING]

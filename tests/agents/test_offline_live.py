@@ -40,7 +40,7 @@ def test_a_silent_agent_goes_offline_and_its_work_returns_to_another():
         assert api.get(f"/agents/{silent['id']}").json()["status"] == "offline"
         assert Agent.objects.get(pk=silent["id"]).offline_since is not None
         offline = Event.objects.filter(type=EventType.AGENT_OFFLINE).get()
-        assert offline.data["agent"] == silent["id"]
+        assert offline.data["agent_id"] == silent["id"]
         assert Event.objects.filter(type=EventType.TASK_LEASE_EXPIRED, task_id=task.pk).exists()
         retaken = as_agent(backup).post("/tasks/claim-next")
         assert retaken.status_code == 200 and retaken.json()["claimed_by_agent"] == backup["id"]

@@ -38,6 +38,7 @@ REFERENTIAL_CODES = {
     # each field's description): OpenAPI 3.0's ECMA-262 patterns have no \p{...} to say it.
     "invalid_character",
     "above_cap",  # a key's rate_limit above the operator's TASKFORGE_RATE_LIMIT_MAX (a setting)
+    "wider_than_parent",  # a key made by a key: no wider than the key that makes it (its rate)
     "immutable",  # PUT/PATCH may repeat a task's project but not change it
     "last_admin",  # removing or demoting a project's last admin: depends on the other members
     "already_member",  # adding a user who is already in the project

@@ -51,6 +51,9 @@ LIVE_ENV = {
     # ?wait=N holds a request thread up to N s; the schema's maximum follows this setting, so
     # every generated wait (boundary values included) stays short.
     "TASKFORGE_MAX_WAIT_SECONDS": "2",
+    # The event stream (GET /events with Accept: text/event-stream) runs until its lifetime
+    # ends: keep generated streams short too.
+    "TASKFORGE_STREAM_MAX_SECONDS": "2",
 }
 
 
