@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ScopeObject = Literal["task", "execution", "template", "webhook", "account"]
+ScopeObject = Literal["task", "execution", "template", "webhook", "schedule", "account"]
 ScopeAction = Literal["read", "write"]
 
 SCOPE_OBJECTS: tuple[str, ...] = get_args(ScopeObject)
 # Objects that API keys carry scopes for; "account" is governed by "*" (see above).
-KEY_SCOPE_OBJECTS: tuple[str, ...] = ("task", "execution", "template", "webhook")
+KEY_SCOPE_OBJECTS: tuple[str, ...] = ("task", "execution", "template", "webhook", "schedule")
 ALL_SCOPE = "*"
 SCOPES: tuple[str, ...] = (
     *(f"{obj}:{action}" for obj in KEY_SCOPE_OBJECTS for action in get_args(ScopeAction)),

@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "templates_app",
     "executions",
     "webhooks",
+    "schedules",
     # The benchmark harness (bench/): only its ``manage.py benchmark`` command, no models.
     "bench",
 ]
@@ -335,6 +336,9 @@ TASKFORGE_WEBHOOK_ROTATION_GRACE = env_int("TASKFORGE_WEBHOOK_ROTATION_GRACE", 2
 TASKFORGE_WEBHOOK_DISABLE_AFTER = env_int("TASKFORGE_WEBHOOK_DISABLE_AFTER", 3 * 24 * 3600)
 # How long fan-out keeps looking for an event id it skipped (its transaction not committed yet).
 TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS", 600)
+# Schedules: a due slot found later than this (no worker ticked) is a misfire (docs/schedules.md);
+# the dashboard lists schedules due longer ago than this while workers are up.
+TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS = env_int("TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS", 60)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("tasks.api.urls")),
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
+    path("", include("schedules.api.urls")),
     path("", include("templates_app.api.urls")),
 ]
 

@@ -29,6 +29,9 @@ class EventType(models.TextChoices):
     EXECUTION_STARTED = "execution.started"
     EXECUTION_FINISHED = "execution.finished"
     EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
+    SCHEDULE_FIRED = "schedule.fired"
+    SCHEDULE_SKIPPED = "schedule.skipped"
+    SCHEDULE_PAUSED = "schedule.paused"
 
 
 class EventQuerySet(ProjectScopedQuerySet):

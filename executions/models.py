@@ -42,6 +42,7 @@ class Trigger(models.TextChoices):
     ADMIN = "admin", "Admin"
     CLI = "cli", "Command line"
     RETRY = "retry", "Retry"
+    SCHEDULE = "schedule", "Schedule"
 
 
 class ErrorCode(models.TextChoices):

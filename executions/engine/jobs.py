@@ -3,7 +3,8 @@
 The engine knows no app above it: an app that needs housekeeping in the worker process (the
 webhooks app: fan-out and delivery) registers a job from its ``AppConfig.ready()``, and every
 worker runs each registered job in a thread of its own until it stops. ``runworker`` can skip a
-job by name (``--no-webhooks`` skips :data:`WEBHOOK_DELIVERY`).
+job by name (``--no-webhooks`` skips :data:`WEBHOOK_DELIVERY`, ``--no-schedules``
+:data:`SCHEDULE_TICK`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 # The webhooks app's job (named here so runworker can skip it without importing webhooks).
 WEBHOOK_DELIVERY = "webhook delivery"
+# The schedules app's ticker (runworker --no-schedules skips it).
+SCHEDULE_TICK = "schedule tick"
 
 
 @dataclass(frozen=True, slots=True)
