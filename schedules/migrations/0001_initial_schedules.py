@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0006_name_validator_web'),
-        ('executions', '0007_initial_schedules'),
+        ('executions', '0007_execution_trigger_schedule'),
         ('tasks', '0007_move_event_events'),
         ('templates_app', '0002_name_validator_web'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),

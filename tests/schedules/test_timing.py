@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -38,7 +38,7 @@ def local_day(expression: str, tz: ZoneInfo, day: datetime) -> list[datetime]:
 def test_hourly_fires_every_real_hour(tz, day, hours):
     slots = local_day("0 * * * *", tz, day)
     assert len(slots) == hours
-    assert all(b - a == timedelta(hours=1) for a, b in zip(slots, slots[1:], strict=False))
+    assert all(b - a == timedelta(hours=1) for a, b in pairwise(slots))
 
 
 def test_a_wall_time_in_the_spring_gap_fires_once_at_the_first_valid_instant():
