@@ -392,6 +392,8 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
         "ExecutionTriggerEnum": "executions.models.Trigger",
         "DeliveryTriggerEnum": "webhooks.models.Trigger",
+        "ScheduleFireOutcomeEnum": "schedules.models.FireOutcome",
+        "ScheduleRunOutcomeEnum": "schedules.models.RunOutcome",
     },
 }
 

@@ -54,6 +54,13 @@ class FireOutcome(models.TextChoices):
     INVALID = "invalid", "Invalid"
 
 
+class RunOutcome(models.TextChoices):
+    """What "run now" did (``POST /schedules/{id}/trigger``)."""
+
+    FIRED = "fired", "Fired"
+    QUEUED = "queued", "Queued behind the active run (queue_one)"
+
+
 class FireKind(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled"
     CATCHUP = "catchup", "Catch-up"

@@ -33,6 +33,7 @@ from schedules.models import (
     FireOutcome,
     MisfirePolicy,
     OverlapPolicy,
+    RunOutcome,
     Schedule,
     ScheduleFire,
 )
@@ -343,7 +344,7 @@ def schedule_trigger(
         if schedule.overlap_policy == OverlapPolicy.QUEUE_ONE and schedule.pending_slot is None:
             schedule.pending_slot = now
             schedule.save(update_fields=["pending_slot"])
-            return "queued", None
+            return RunOutcome.QUEUED, None
         raise Conflict(
             "The previous run of this schedule is still active; its overlap policy "
             f"({schedule.overlap_policy}) does not start another.",
@@ -357,7 +358,7 @@ def schedule_trigger(
     except firing.FireRefused as refused:
         raise Conflict(str(refused), code="not_runnable") from None
     schedule.save(update_fields=["last_outcome", "last_scheduled_for"])
-    return "fired", fired
+    return RunOutcome.FIRED, fired
 
 
 # --- the tick ------------------------------------------------------------------------------------

@@ -77,6 +77,13 @@ ADMINS: dict[str, Entry] = {
         view_role=Role.ADMIN,
         write_role=Role.ADMIN,
     ),
+    "schedules.schedule": Entry(
+        "project",
+        frozenset({"delete_selected", "pause", "resume", "run_now"}),
+        frozenset({"ScheduleFireInline"}),
+        write_role=Role.ADMIN,
+        action_roles={"run_now": Role.MEMBER},
+    ),
     "webhooks.delivery": Entry(
         "project",
         frozenset({"replay"}),
@@ -86,7 +93,7 @@ ADMINS: dict[str, Entry] = {
     ),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
-SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks")
+SNAPSHOT_APPS = ("auth", "accounts", "tasks", "templates_app", "executions", "webhooks", "schedules")
 
 
 # --- objects in a project, made by its admin ---------------------------------------------------
@@ -143,6 +150,14 @@ def _invitation(project: Project, owner: User) -> Any:
     return invitation_create(project=project, username=invitee.username, role=Role.MEMBER, actor=owner)
 
 
+def _schedule(project: Project, owner: User) -> Any:
+    from schedules.services import schedule_create
+
+    return schedule_create(
+        project=project, actor=owner, name="s", task=_task(project, owner), interval_seconds=60
+    )
+
+
 BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
     "accounts.invitation": _invitation,
@@ -152,6 +167,7 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "executions.execution": _execution,
     "webhooks.subscription": _subscription,
     "webhooks.delivery": _delivery,
+    "schedules.schedule": _schedule,
 }
 
 

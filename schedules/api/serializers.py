@@ -23,6 +23,7 @@ from schedules.models import (
     FireOutcome,
     MisfirePolicy,
     OverlapPolicy,
+    RunOutcome,
     Schedule,
     ScheduleFire,
 )
@@ -173,8 +174,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
         return user_ref(schedule.created_by)
 
 
-class TriggerResultSerializer(serializers.Serializer):
+class ScheduleRunSerializer(serializers.Serializer):
     outcome = serializers.ChoiceField(
-        choices=["fired", "queued"], help_text="queued: queue_one holds it behind the active run."
+        choices=RunOutcome.choices, help_text="queued: queue_one holds it behind the active run."
     )
     fire = ScheduleFireSerializer(allow_null=True)

@@ -23,9 +23,9 @@ from schedules.api.serializers import (
     PreviewResultSerializer,
     PreviewSerializer,
     ScheduleFireSerializer,
+    ScheduleRunSerializer,
     ScheduleSerializer,
     ScheduleWriteSerializer,
-    TriggerResultSerializer,
 )
 from schedules.filters import ScheduleFilter
 from schedules.models import Schedule, ScheduleFire
@@ -174,7 +174,7 @@ class ScheduleViewSet(
         "active run (queue_one); **409** `overlap` when the policy does not start it (skip, or "
         "queue_one with a run already waiting); `cancel_previous` cancels the active run first.",
         request=None,
-        responses={201: TriggerResultSerializer, 202: TriggerResultSerializer, 409: CONFLICT},
+        responses={201: ScheduleRunSerializer, 202: ScheduleRunSerializer, 409: CONFLICT},
     )
     @action(detail=True, methods=["post"], scope_action="read", scopes=("schedule:write", "execution:write"))
     def trigger(self, request: Request, pk: str | None = None) -> Response:
