@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, connections, transaction
 
-from executions.models import Execution, ExecutionStatus
+from executions.models import Execution, ExecutionStatus, Worker
 from schedules import firing, services
 from schedules.models import FireKind, Schedule, ScheduleFire
 from tasks.models import Task
@@ -188,3 +188,15 @@ def test_a_script_outliving_its_interval_under_each_overlap_policy(make_schedule
     first, second = runs("queue_one")
     assert second.queued_at >= first.finished_at
     assert Schedule.objects.get(pk=schedules["queue_one"].pk).pending_slot == slots[2]
+
+
+def test_a_worker_with_no_schedules_does_not_tick(make_schedule):
+    schedule = make_schedule(interval_seconds=3600)
+    past = whole_seconds_ago(1)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=past, due_at=past)
+    with worker("--no-schedules"):
+        wait_for(lambda: Worker.objects.filter(stopped_at__isnull=True).exists())
+        threading.Event().wait(3)  # a ticking worker fires within a second of starting
+        assert not ScheduleFire.objects.exists()
+    with worker():
+        wait_for(lambda: ScheduleFire.objects.filter(schedule=schedule, outcome="fired").exists())

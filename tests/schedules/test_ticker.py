@@ -259,3 +259,30 @@ def test_dst_days_tick_by_tick(make_schedule, zone, day, expression, count, firs
     assert [f.outcome for f in fires] == ["fired"] * count
     if first_local:
         assert fires[0].scheduled_for.astimezone(tz).isoformat() == first_local
+
+
+def test_webhooks_receive_schedule_events(make_schedule, user, project):
+    import json
+
+    from webhooks.dispatcher import fan_out
+    from webhooks.models import Delivery
+    from webhooks.services import subscription_create
+
+    subscription_create(
+        project=project,
+        actor=user,
+        url="https://93.184.216.34/hook",
+        event_types=["schedule.fired", "schedule.skipped", "schedule.paused"],
+    )
+    schedule = make_schedule(
+        interval_seconds=60, start_at=at("2025-01-01T10:00"), created=at("2025-01-01T09:59")
+    )
+    services.schedules_tick(now=at("2025-01-01T10:00:01"))
+    services.schedules_tick(now=at("2025-01-01T10:01:01"))  # skipped: the first run is queued
+    services.schedule_pause(schedule=schedule, actor=user, reason="enough")
+    fan_out(100)
+    payloads = [json.loads(d.payload) for d in Delivery.objects.order_by("event_id")]
+    assert [p["type"] for p in payloads] == ["schedule.fired", "schedule.skipped", "schedule.paused"]
+    assert payloads[0]["data"]["task"]["name"] == "Report for staging"
+    assert payloads[1]["data"]["outcome"] == "skipped_overlap"
+    assert payloads[2]["data"]["reason"] == "enough" and payloads[2]["data"]["actor"]["username"] == "alice"
