@@ -173,6 +173,8 @@ def schedule_errors(schedule: Schedule) -> Errors:
             errors.extend((field, m.code or "invalid", _message(m)) for m in messages)
     bad = {field for field, _code, _message in errors}
     errors.extend(e for e in when_errors(schedule) if e[0] not in bad)
+    if schedule.interval_seconds and schedule.jitter_seconds >= schedule.interval_seconds:
+        errors.append(("jitter_seconds", "invalid", "Must be less than interval_seconds."))
     errors.extend(target_errors(schedule))
     return errors
 
@@ -267,6 +269,9 @@ def schedule_update(
     changed = {name for name, value in fields.items() if getattr(schedule, name) != value}
     for name in changed:
         setattr(schedule, name, fields[name])
+    if schedule.interval_seconds and schedule.start_at is None:
+        schedule.start_at = timezone.now().replace(microsecond=0)  # the interval's anchor
+        changed.add("start_at")
     _raise(schedule_errors(schedule))
     now = timezone.now()
     if enabled != schedule.enabled:
