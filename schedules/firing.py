@@ -182,7 +182,9 @@ def _describe(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
-def fire(schedule: Schedule, slot: datetime, *, kind: str, now: datetime) -> ScheduleFire | None:
+def fire(
+    schedule: Schedule, slot: datetime, *, kind: str, now: datetime, actor: Any = None, api_key: Any = None
+) -> ScheduleFire | None:
     """Fire ``slot``: claim its row, make the run, link them, write ``schedule.fired``.
 
     None when another ticker owns the slot already. Raises FireRefused (after recording the
@@ -202,7 +204,8 @@ def fire(schedule: Schedule, slot: datetime, *, kind: str, now: datetime) -> Sch
         type=EventType.SCHEDULE_FIRED,
         project=schedule.project_id,
         task=task,
-        actor=None,
+        actor=actor,  # who pressed "run now"; None for the ticker
+        api_key=api_key,
         data={
             **_about(schedule),
             "scheduled_for": slot.isoformat(),

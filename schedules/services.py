@@ -14,13 +14,14 @@ handled, never from "now", so nothing drifts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
@@ -41,6 +42,7 @@ from schedules.parameters import parameter_errors
 from tasks.models import Task
 from templates_app import parameters as params
 
+logger = logging.getLogger("taskforge.schedules")
 Errors = list[tuple[str, str, str]]
 WRITABLE_FIELDS: tuple[str, ...] = (
     "name",
@@ -82,7 +84,9 @@ TICK_BATCH = 50
 # Slots that came due while nobody ticked, recorded one row each up to this many per pass; a
 # longer outage leaves one row for the span before them (its reason gives the count).
 MISSED_ROWS_MAX = 500
-_SCAN_MAX = 100_000
+# Slots before the catch-up window are counted one by one up to this many (the reason then
+# says "at least"), so a months-long outage of a per-minute cron never holds a tick for long.
+_SCAN_MAX = 10_000
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -359,7 +363,7 @@ def schedule_trigger(
     if active and schedule.overlap_policy == OverlapPolicy.CANCEL_PREVIOUS:
         firing.cancel_runs(active)
     try:
-        fired = firing.fire(schedule, now, kind=FireKind.MANUAL, now=now)
+        fired = firing.fire(schedule, now, kind=FireKind.MANUAL, now=now, actor=actor, api_key=api_key)
     except firing.FireRefused as refused:
         raise Conflict(str(refused), code="not_runnable") from None
     schedule.save(update_fields=["last_outcome", "last_scheduled_for"])
@@ -374,12 +378,22 @@ def schedules_tick(*, now: datetime | None = None, limit: int = TICK_BATCH) -> i
     """
     seen: list[Any] = []
     while len(seen) < limit:
-        with transaction.atomic():
-            schedule = _take_due(now or timezone.now(), seen)
-            if schedule is None:
-                break
-            seen.append(schedule.pk)
-            _handle(schedule, now or timezone.now())
+        taken: Schedule | None = None
+        try:
+            with transaction.atomic():
+                taken = _take_due(now or timezone.now(), seen)
+                if taken is None:
+                    break
+                seen.append(taken.pk)
+                _handle(taken, now or timezone.now())
+        except DatabaseError:
+            raise  # the database is away: the worker's job loop retries in a second
+        except Exception:
+            if taken is None:
+                raise
+            # One schedule's bug must not stop the others (it is first in line every tick):
+            # its transaction rolled back; the rest are handled, and it is tried again next tick.
+            logger.exception("Schedule %s could not be handled", taken.pk)
     return len(seen)
 
 
@@ -404,7 +418,11 @@ def _handle(schedule: Schedule, now: datetime) -> None:
         slot, schedule.pending_slot = schedule.pending_slot, None
         _fire_all(schedule, [slot], FireKind.SCHEDULED, now, overlap_checked=True)
     if schedule.enabled and schedule.due_at is not None and schedule.due_at <= now:
-        due, older, following = _due_slots(schedule, now)
+        try:
+            due, older, following = _due_slots(schedule, now)
+        except timing.TimingError as exc:  # e.g. its zone left the system's tz database
+            _pause_recording(schedule, [], f"Cannot compute its slots: {exc.field}: {exc}", now)
+            due, older, following = [], (0, None, None), None
         _fire_due(schedule, due, older, now)
         if schedule.enabled:
             schedule.next_fire_at = following
@@ -467,7 +485,10 @@ def _fire_due(
     if count:
         assert first is not None
         assert last is not None
-        _record_span(schedule, count, first, last, f"Older than the {window} when a worker next ticked.", now)
+        why = f"Older than the {window} when a worker next ticked."
+        if count >= _SCAN_MAX:
+            why = f"At least {count} slots; {why}"
+        _record_span(schedule, count, first, last, why, now)
     if not due:
         return
     latest = due[-1]

@@ -286,3 +286,37 @@ def test_webhooks_receive_schedule_events(make_schedule, user, project):
     assert payloads[0]["data"]["task"]["name"] == "Report for staging"
     assert payloads[1]["data"]["outcome"] == "skipped_overlap"
     assert payloads[2]["data"]["reason"] == "enough" and payloads[2]["data"]["actor"]["username"] == "alice"
+
+
+def test_a_schedule_that_cannot_compute_its_slots_pauses_and_the_others_still_fire(make_schedule):
+    broken = make_schedule(name="broken", cron="0 * * * *", created=at("2025-01-01T09:59"))
+    healthy = make_schedule(name="healthy", interval_seconds=60, start_at=at("2025-01-01T10:00"))
+    # Its zone left the system's tz database since it was saved (or a hand-edited row).
+    type(broken).objects.filter(pk=broken.pk).update(
+        timezone="Mars/Olympus_Mons", due_at=at("2025-01-01T09:00")
+    )
+    type(healthy).objects.filter(pk=healthy.pk).update(
+        next_fire_at=at("2025-01-01T10:00"), due_at=at("2025-01-01T10:00")
+    )
+    services.schedules_tick(now=at("2025-01-01T10:00:01"))
+    broken.refresh_from_db()
+    assert not broken.enabled and "timezone" in broken.paused_reason
+    assert outcomes(healthy) == [("10:00", "fired")]
+
+
+def test_run_now_refuses_parameters_that_no_longer_fit(make_schedule, template, user):
+    schedule = make_schedule(interval_seconds=3600)
+    changed = [dict(p) for p in REPORT_PARAMETERS]
+    changed[1]["max"] = 2
+    template_update(template=template, actor=user, fields={}, parameters=changed)
+    with pytest.raises(ValidationError) as caught:
+        services.schedule_trigger(schedule=schedule, actor=user)
+    assert "parameters.days" in caught.value.message_dict
+    assert not ScheduleFire.objects.exists()
+
+
+def test_run_now_records_who_pressed_it(make_schedule, user):
+    schedule = make_schedule(interval_seconds=3600)
+    outcome, fire = services.schedule_trigger(schedule=schedule, actor=user)
+    assert outcome == "fired" and fire.kind == FireKind.MANUAL
+    assert Event.objects.get(type=EventType.SCHEDULE_FIRED).actor == user
