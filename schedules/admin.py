@@ -16,26 +16,20 @@ from django.utils.html import format_html
 from accounts.admin_access import ProjectRoleAdmin, ProjectRoleInline, projects_with_role
 from accounts.models import Role
 from core.admin_actions import apply_each
+from core.admin_badges import GREY, status_badge
 from schedules import services, timing
 from schedules.models import FireOutcome, Schedule, ScheduleFire
 from tasks.models import Task
 from templates_app.models import Template
 
-OUTCOME_COLOURS = {
+OUTCOME_COLOURS: dict[str, str] = {
     FireOutcome.FIRED: "#16a34a",
     FireOutcome.SKIPPED_OVERLAP: "#d97706",
-    FireOutcome.MISSED: "#6b7280",
+    FireOutcome.MISSED: GREY,
     FireOutcome.PAUSED: "#2563eb",
     FireOutcome.INVALID: "#dc2626",
 }
-
-
-def badge(text: str, colour: str) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
-        colour,
-        text,
-    )
+STATE_COLOURS: dict[str, str] = {"active": "#16a34a", "paused": "#2563eb"}
 
 
 class ScheduleForm(forms.ModelForm):
@@ -68,7 +62,7 @@ class ScheduleFireInline(ProjectRoleInline, admin.TabularInline):
 
     @admin.display(description="outcome")
     def outcome_badge(self, fire: ScheduleFire) -> str:
-        return badge(fire.outcome, OUTCOME_COLOURS.get(fire.outcome, "#6b7280"))
+        return status_badge(fire.outcome, OUTCOME_COLOURS)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -145,8 +139,8 @@ class ScheduleAdmin(ProjectRoleAdmin):
     @admin.display(description="state", ordering="enabled")
     def state(self, schedule: Schedule) -> str:
         if schedule.enabled:
-            return badge("active", "#16a34a")
-        return format_html("{} {}", badge("paused", "#2563eb"), schedule.paused_reason)
+            return status_badge("active", STATE_COLOURS)
+        return format_html("{} {}", status_badge("paused", STATE_COLOURS), schedule.paused_reason)
 
     @admin.display(description="next fire (local)", ordering="next_fire_at")
     def next_fire_local(self, schedule: Schedule) -> str:
@@ -164,7 +158,7 @@ class ScheduleAdmin(ProjectRoleAdmin):
             return "—"
         return format_html(
             "{} {}",
-            badge(schedule.last_outcome, OUTCOME_COLOURS.get(schedule.last_outcome, "#6b7280")),
+            status_badge(schedule.last_outcome, OUTCOME_COLOURS),
             f"{schedule.last_scheduled_for:%Y-%m-%d %H:%M:%S} UTC" if schedule.last_scheduled_for else "",
         )
 

@@ -41,6 +41,7 @@ from schedules.models import (
 from schedules.parameters import parameter_errors
 from tasks.models import Task
 from templates_app import parameters as params
+from templates_app import services as template_services
 
 logger = logging.getLogger("taskforge.schedules")
 Errors = list[tuple[str, str, str]]
@@ -67,17 +68,8 @@ WRITABLE_FIELDS: tuple[str, ...] = (
 TIMING_FIELDS = frozenset({"cron", "timezone", "interval_seconds", "start_at", "end_at", "jitter_seconds"})
 # Task fields a schedule may override on its template's tasks (the template trigger's, minus the
 # ones that make no sense repeated: a fixed due date, fixed dependencies).
-OVERRIDABLE_FIELDS: tuple[str, ...] = (
-    "name",
-    "description",
-    "timeout_seconds",
-    "priority",
-    "tags",
-    "metadata",
-    "agent",
-    "estimated_hours",
-    "max_retries",
-    "max_concurrency",
+OVERRIDABLE_FIELDS: tuple[str, ...] = tuple(
+    name for name in template_services.OVERRIDABLE_FIELDS if name not in ("due_date", "depends_on")
 )
 PREVIEW_MAX = 100
 TICK_BATCH = 50
