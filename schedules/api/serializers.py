@@ -27,7 +27,7 @@ from schedules.models import (
     Schedule,
     ScheduleFire,
 )
-from schedules.services import PREVIEW_MAX
+from schedules.services import PREVIEW_MAX, WRITABLE_FIELDS
 
 
 class WhenSerializer(StrictSerializer):
@@ -132,23 +132,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
         fields = (
             "id",
             "project",
-            "name",
-            "description",
-            "enabled",
-            "template",
-            "parameters",
-            "overrides",
-            "task",
-            "cron",
-            "timezone",
-            "interval_seconds",
-            "start_at",
-            "end_at",
-            "jitter_seconds",
-            "overlap_policy",
-            "misfire_policy",
-            "catchup_window_seconds",
-            "pause_after_failures",
+            *WRITABLE_FIELDS,
             "next_fire_at",
             "due_at",
             "next_fire",
