@@ -133,11 +133,13 @@ def pause(schedule: Schedule, reason: str, *, actor: Any = None, api_key: Any = 
     """Switch the locked ``schedule`` off with ``reason``; a slot waiting behind a run
     (queue_one) is recorded as paused. The caller saves the schedule."""
     if schedule.pending_slot is not None:
-        record(schedule, schedule.pending_slot, FireOutcome.PAUSED, reason, kind=FireKind.SCHEDULED, now=now)
+        kind = schedule.pending_kind or FireKind.SCHEDULED
+        record(schedule, schedule.pending_slot, FireOutcome.PAUSED, reason, kind=kind, now=now)
     schedule.enabled = False
     schedule.paused_at = now
     schedule.paused_reason = reason
     schedule.next_fire_at = schedule.due_at = schedule.pending_slot = None
+    schedule.pending_kind = ""
     event_record(
         type=EventType.SCHEDULE_PAUSED,
         project=schedule.project_id,

@@ -122,6 +122,7 @@ class Schedule(models.Model):
     pending_slot = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="queue_one: a slot waiting for the previous run."
     )
+    pending_kind = models.CharField(max_length=10, choices=FireKind.choices, blank=True, editable=False)
     paused_at = models.DateTimeField(null=True, blank=True, editable=False)
     paused_reason = models.TextField(blank=True, editable=False)
     last_outcome = models.CharField(max_length=16, choices=FireOutcome.choices, blank=True, editable=False)

@@ -343,8 +343,8 @@ def schedule_trigger(
     active = firing.active_runs(schedule)
     if active and schedule.overlap_policy in (OverlapPolicy.SKIP, OverlapPolicy.QUEUE_ONE):
         if schedule.overlap_policy == OverlapPolicy.QUEUE_ONE and schedule.pending_slot is None:
-            schedule.pending_slot = now
-            schedule.save(update_fields=["pending_slot"])
+            schedule.pending_slot, schedule.pending_kind = now, FireKind.MANUAL
+            schedule.save(update_fields=["pending_slot", "pending_kind"])
             return RunOutcome.QUEUED, None
         raise Conflict(
             "The previous run of this schedule is still active; its overlap policy "
@@ -407,8 +407,9 @@ def _take_due(now: datetime, seen: list[Any]) -> Schedule | None:
 def _handle(schedule: Schedule, now: datetime) -> None:
     """One locked schedule: the slot waiting behind a run (queue_one), then the due slots."""
     if schedule.pending_slot is not None and not firing.active_runs(schedule):
-        slot, schedule.pending_slot = schedule.pending_slot, None
-        _fire_all(schedule, [slot], FireKind.SCHEDULED, now, overlap_checked=True)
+        slot, kind = schedule.pending_slot, schedule.pending_kind or FireKind.SCHEDULED
+        schedule.pending_slot, schedule.pending_kind = None, ""
+        _fire_all(schedule, [slot], kind, now, overlap_checked=True)
     if schedule.enabled and schedule.due_at is not None and schedule.due_at <= now:
         try:
             due, older, following = _due_slots(schedule, now)
@@ -431,6 +432,7 @@ def _handle(schedule: Schedule, now: datetime) -> None:
             "next_fire_at",
             "due_at",
             "pending_slot",
+            "pending_kind",
             "last_outcome",
             "last_scheduled_for",
         ]
@@ -569,7 +571,7 @@ def _fire_all(
                 now=now,
             )
             if waiting:
-                schedule.pending_slot = slots[-1]
+                schedule.pending_slot, schedule.pending_kind = slots[-1], kind
             return
         if policy == OverlapPolicy.CANCEL_PREVIOUS:
             firing.cancel_runs(active)

@@ -100,6 +100,8 @@ def scope_object(op: Operation) -> str:
 # creates a task and queues its execution): extra scopes, and the role they need.
 EXTRA_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("template-trigger", "post"): (("task:write", "execution:write"), Role.MEMBER),
+    # Running a schedule now queues an execution; members may, like a template trigger.
+    ("schedule-trigger", "post"): (("schedule:write", "execution:write"), Role.MEMBER),
 }
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from accounts.models import Role
 from executions.models import Execution
+from schedules import services
 from schedules.models import Schedule, ScheduleFire
 from tests.factories import MembershipFactory, TaskFactory, UserFactory
 from tests.schedules.conftest import at
@@ -199,11 +201,14 @@ def test_run_now_obeys_the_overlap_policy(api, script_task):
     queued = api.post(f"{url}/trigger")
     assert queued.status_code == 202 and queued.json() == {"outcome": "queued", "fire": None}
     assert problem_of(api.post(f"{url}/trigger"), 409)["code"] == "overlap"  # one waits already
+    Execution.objects.update(status="succeeded", finished_at=timezone.now())
+    services.schedules_tick()  # the first run is over: the waiting one starts
+    assert Execution.objects.filter(status="queued").count() == 1
     api.patch(url, {"overlap_policy": "allow"}, format="json")
     assert api.post(f"{url}/trigger").status_code == 201
-    assert Execution.objects.count() == 2
+    assert Execution.objects.count() == 3
     fires = api.get(f"{url}/fires").json()["results"]
-    assert [f["kind"] for f in fires] == ["manual", "manual"]
+    assert [f["kind"] for f in fires] == ["manual", "manual", "manual"]
 
 
 def test_pause_and_resume(api, script_task):
