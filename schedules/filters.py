@@ -7,11 +7,14 @@ from django.db.models import Q, QuerySet
 
 from core.filters import StrictFilterSet
 from schedules.models import Schedule
+from tasks.filters import BOOLEAN_CHOICES, TRUE_VALUES, BooleanParameterFilter
 
 
 class ScheduleFilter(StrictFilterSet):
     project = filters.UUIDFilter(field_name="project_id")
-    enabled = filters.BooleanFilter(help_text="false: the paused ones.")
+    enabled = BooleanParameterFilter(
+        choices=BOOLEAN_CHOICES, method="filter_enabled", help_text="false: the paused ones."
+    )
     template = filters.UUIDFilter(field_name="template_id")
     task = filters.UUIDFilter(field_name="task_id")
     search = filters.CharFilter(method="filter_search", help_text="Words in the name or description.")
@@ -19,6 +22,9 @@ class ScheduleFilter(StrictFilterSet):
     class Meta:
         model = Schedule
         fields: list[str] = []
+
+    def filter_enabled(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(enabled=value in TRUE_VALUES)
 
     def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         value = value.strip()

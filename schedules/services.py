@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -72,6 +72,8 @@ OVERRIDABLE_FIELDS: tuple[str, ...] = tuple(
     name for name in template_services.OVERRIDABLE_FIELDS if name not in ("due_date", "depends_on")
 )
 PREVIEW_MAX = 100
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 TICK_BATCH = 50
 # Slots that came due while nobody ticked, recorded one row each up to this many per pass; a
 # longer outage leaves one row for the span before them (its reason gives the count).
@@ -106,9 +108,19 @@ def when_errors(schedule: Schedule) -> Errors:
             schedule.cron = timing.check_cron(schedule.cron)
         except timing.TimingError as exc:
             errors.append((exc.field, exc.code, str(exc)))
+    for name in ("start_at", "end_at"):
+        errors.extend(_instant_errors(name, getattr(schedule, name)))
     if schedule.start_at and schedule.end_at and schedule.end_at <= schedule.start_at:
         errors.append(("end_at", "invalid", "Must be after start_at."))
     return errors
+
+
+def _instant_errors(field: str, value: datetime | None) -> Errors:
+    """Times a schedule can compute with: from 1970 to 9000 (a year 9999 plus a jitter, or a
+    year 1 in a zone west of UTC, is past what a datetime holds)."""
+    if value is not None and not EARLIEST <= value <= LATEST:
+        return [(field, "out_of_range", f"Between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}.")]
+    return []
 
 
 def target_errors(schedule: Schedule) -> Errors:
@@ -194,6 +206,7 @@ def schedule_preview(
     """The next ``count`` fire times after ``after`` (default now): local, UTC, DST."""
     if not 1 <= count <= PREVIEW_MAX:
         raise params.as_validation_error([("count", "out_of_range", f"Between 1 and {PREVIEW_MAX}.")])
+    _raise(_instant_errors("after", after))
     tz = timing.zone(when.timezone)
     found = []
     for slot in when.slots_after(after or timezone.now()):

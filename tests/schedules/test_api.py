@@ -82,6 +82,9 @@ def test_an_interval_schedule_of_a_task(api, script_task):
         ({"overrides": {"script_content": "rm -rf /"}}, "overrides.script_content", ""),
         ({"start_at": "2030-01-02T00:00:00Z", "end_at": "2030-01-01T00:00:00Z"}, "end_at", ""),
         ({"overlap_policy": "sometimes"}, "overlap_policy", ""),
+        ({"start_at": "0001-01-01T00:00:00Z"}, "start_at", "between"),
+        ({"cron": "", "interval_seconds": 60, "end_at": "9999-12-31T23:59:59Z"}, "end_at", "between"),
+        ({"cron": "", "interval_seconds": 60, "jitter_seconds": 60}, "jitter_seconds", "less than"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field_and_changes_nothing(api, template, change, field, words):
@@ -249,6 +252,8 @@ def test_preview_of_a_saved_schedule_and_an_unsaved_expression(api, template):
         f"{URL}/preview", {"interval_seconds": 30, "count": 2, "after": "2025-01-01T00:00:00Z"}, format="json"
     )
     assert [f["utc"] for f in interval.json()["fires"]] == ["2025-01-01T00:00:30Z", "2025-01-01T00:01:00Z"]
+    far = {"cron": "* * * * *", "after": "9999-12-31T23:59:59Z"}
+    assert "after" in error_fields(problem_of(api.post(f"{URL}/preview", far, format="json"), 400))
     for bad, field in (
         ({"cron": "0 0 31 2 *"}, "cron"),
         ({"cron": "* * * * *", "timezone": "Nowhere/Land"}, "timezone"),
@@ -273,3 +278,16 @@ def test_fires_list_is_newest_first(api, make_schedule):
     assert [f["scheduled_for"] for f in fires] == ["2025-01-01T10:01:00Z", "2025-01-01T10:00:00Z"]
     assert all(f["outcome"] == "fired" and f["task"] and f["execution"] for f in fires)
     assert ScheduleFire.objects.count() == 2
+
+
+def test_list_filters(api, template, script_task):
+    api.post(URL, body(template), format="json")
+    paused = api.post(
+        URL, {"name": "other", "task": str(script_task.pk), "interval_seconds": 60}, format="json"
+    )
+    api.post(f"{URL}/{paused.json()['id']}/pause")
+    assert [s["name"] for s in api.get(URL, {"enabled": "false"}).json()["results"]] == ["other"]
+    assert [s["name"] for s in api.get(URL, {"enabled": "true"}).json()["results"]] == ["nightly"]
+    assert [s["name"] for s in api.get(URL, {"template": str(template.pk)}).json()["results"]] == ["nightly"]
+    assert [s["name"] for s in api.get(URL, {"search": "oth"}).json()["results"]] == ["other"]
+    assert "enabled" in error_fields(problem_of(api.get(URL, {"enabled": "AAA"}), 400))

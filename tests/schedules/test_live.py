@@ -105,7 +105,10 @@ def test_the_fire_row_alone_stops_a_second_fire_of_a_slot(make_schedule):
 
 def test_real_workers_fire_a_ten_second_schedule_once_per_slot(make_schedule):
     start = whole_seconds_ago(-4)  # the first slot in 4 s, then every 10 s
-    schedule = make_schedule(interval_seconds=10, start_at=start, overlap_policy="allow")
+    # run_all: should the workers take longer than a slot to start, the slot still fires.
+    schedule = make_schedule(
+        interval_seconds=10, start_at=start, overlap_policy="allow", misfire_policy="run_all"
+    )
     with worker("--concurrency", "1"), worker("--concurrency", "1"), worker("--concurrency", "1"):
         wait_for(lambda: ScheduleFire.objects.filter(schedule=schedule).count() >= 3, timeout=60)
     fires = list(ScheduleFire.objects.filter(schedule=schedule).order_by("scheduled_for"))
@@ -144,7 +147,7 @@ def test_workers_back_after_an_outage_apply_each_misfire_policy(make_schedule):
 
 
 def test_a_script_outliving_its_interval_under_each_overlap_policy(make_schedule, user, project):
-    start = whole_seconds_ago(-4)
+    start = whole_seconds_ago(-8)  # time for the worker to start before the first slot
     schedules = {}
     for policy in ("skip", "allow", "cancel_previous", "queue_one"):
         schedules[policy] = make_schedule(
