@@ -5,7 +5,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -28,6 +28,7 @@ from accounts.api.serializers import (
     ReceivedInvitationSerializer,
 )
 from accounts.models import ApiKey, Invitation, InvitationStatus, Membership, Project, Role
+from core.openapi import ProblemSerializer
 
 INVITATION_SENT = (
     "Invitation sent. If this username belongs to an account that is not yet a member, its owner "
@@ -238,7 +239,12 @@ class MembershipViewSet(
         return Response(MembershipSerializer(membership, context=self.get_serializer_context()).data)
 
     @extend_schema(
-        responses={204: None},
+        responses={
+            204: None,
+            409: OpenApiResponse(
+                ProblemSerializer, description="The last admin, or the owner (`last_admin`)."
+            ),
+        },
         description="Admins remove members; every member may remove themself (leave), except a "
         "personal project's owner and a team project's last admin (409: hand over first).",
     )
