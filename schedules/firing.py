@@ -150,21 +150,25 @@ def pause(schedule: Schedule, reason: str, *, actor: Any = None, api_key: Any = 
     )
 
 
-def _run(schedule: Schedule) -> tuple[Any, Execution | None]:
-    """Make the run: the template's trigger, or the task's enqueue. FireRefused says why not."""
+def _run(schedule: Schedule, actor: Any, api_key: Any) -> tuple[Any, Execution | None]:
+    """Make the run: the template's trigger, or the task's enqueue. FireRefused says why not.
+    ``actor``: who pressed "run now" (None for the ticker: the run is the schedule's)."""
     try:
         with transaction.atomic():  # a savepoint: a refusal leaves nothing behind
             if schedule.template_id is not None:
                 return template_trigger(
                     template=schedule.template,
-                    actor=None,
+                    actor=actor,
+                    api_key=api_key,
                     parameters=schedule.parameters,
                     overrides=schedule.overrides,
                     trigger=Trigger.SCHEDULE,
                 )
             if schedule.task_id is not None:
                 task = schedule.task
-                return task, execution_enqueue(task=task, actor=None, trigger=Trigger.SCHEDULE)
+                return task, execution_enqueue(
+                    task=task, actor=actor, api_key=api_key, trigger=Trigger.SCHEDULE
+                )
     except ValidationError as exc:
         raise FireRefused(_describe(exc)) from None
     except Conflict as exc:
@@ -196,7 +200,7 @@ def fire(
     if fire_id is None:
         return None
     try:
-        task, execution = _run(schedule)
+        task, execution = _run(schedule, actor, api_key)
     except FireRefused as refused:
         ScheduleFire.objects.filter(pk=fire_id).update(outcome=FireOutcome.INVALID, reason=str(refused))
         schedule.last_outcome = FireOutcome.INVALID
