@@ -66,6 +66,7 @@ FIELD_RULES = {
     # checked by the webhook SSRF guard
     ("name", "blank"),  # Python's strip() also trims \x1c-\x1f and \x85, which JSON Schema's
     # \S pattern counts as text: a name of only those is blank to us
+    ("username", "blank"),  # the same for a username (inviting a member): only \x1c-\x1f is blank
     ("estimated_hours", "max_digits"),  # see REFERENTIAL_CODES["max_digits"]
 }
 
