@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 ScopeObject = Literal[
-    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "account"
+    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "schedule", "account"
 ]
 ScopeAction = Literal["read", "write"]
 
@@ -25,6 +25,7 @@ KEY_SCOPE_OBJECTS: tuple[str, ...] = (
     "trigger",
     "agent",
     "event",
+    "schedule",
 )
 # Objects nothing writes through the API (the outbox is written by the changes themselves):
 # they have a read scope only.

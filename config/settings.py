@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "executions",
     "webhooks",
     "triggers",
+    "schedules",
     # The benchmark harness (bench/): only its ``manage.py benchmark`` command, no models.
     "bench",
 ]
@@ -385,6 +386,9 @@ TASKFORGE_TRIGGER_STORED_BODY_MAX = env_int("TASKFORGE_TRIGGER_STORED_BODY_MAX",
 TASKFORGE_TRIGGER_ROTATION_GRACE = env_int("TASKFORGE_TRIGGER_ROTATION_GRACE", 24 * 3600)
 # How long fan-out keeps looking for an event id it skipped (its transaction not committed yet).
 TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS", 600)
+# Schedules: a due slot found later than this (no worker ticked) is a misfire (docs/schedules.md);
+# the dashboard lists schedules due longer ago than this while workers are up.
+TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS = env_int("TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS", 60)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -443,6 +447,8 @@ SPECTACULAR_SETTINGS = {
         "AgentStatusEnum": "agents.models.AgentState",
         "HeartbeatActionEnum": ["continue", "drain", "pause"],
         "EventTypeEnum": "events.models.EventType",
+        "ScheduleFireOutcomeEnum": "schedules.models.FireOutcome",
+        "ScheduleRunOutcomeEnum": "schedules.models.RunOutcome",
     },
 }
 

@@ -18,6 +18,7 @@ api_v1 = [
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("vault.api.urls")),
+    path("", include("schedules.api.urls")),
     path("", include("templates_app.api.urls")),
     path("", include("triggers.api.urls")),
     path("", include("events.api.urls")),

@@ -51,6 +51,9 @@ class EventType(models.TextChoices):
     AGENT_RESUMED = "agent.resumed"
     AGENT_DRAINING = "agent.draining"
     AGENT_DELETED = "agent.deleted"
+    SCHEDULE_FIRED = "schedule.fired"
+    SCHEDULE_SKIPPED = "schedule.skipped"
+    SCHEDULE_PAUSED = "schedule.paused"
 
 
 class CurrentTransaction(models.Func):

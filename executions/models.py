@@ -46,6 +46,7 @@ class Trigger(models.TextChoices):
     RETRY = "retry", "Retry"
     HOOK = "hook", "Inbound trigger"
     HOOK_REPLAY = "hook_replay", "Inbound trigger replay"
+    SCHEDULE = "schedule", "Schedule"
 
 
 class ErrorCode(models.TextChoices):

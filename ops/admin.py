@@ -27,6 +27,7 @@ def dashboard(user: Any) -> dict[str, Any]:
     # Imported here, not at the top: INSTALLED_APPS loads this module (TaskforgeAdminConfig)
     # before any model exists. Not a cycle: ops sits above every app.
     from executions.models import Execution, ExecutionStatus, Worker
+    from schedules.selectors import late_schedules
     from tasks.selectors import task_status_counts, tasks_unroutable
 
     now = timezone.now()
@@ -53,6 +54,7 @@ def dashboard(user: Any) -> dict[str, Any]:
         execution.age = (
             f"{(now - execution.started_at).total_seconds():.0f} s" if execution.started_at else ""
         )
+    workers = list(Worker.objects.alive())
     key = f"dashboard:tasks:{user.pk}"
     tasks = cache.get(key)
     if tasks is None:
@@ -65,7 +67,8 @@ def dashboard(user: Any) -> dict[str, Any]:
         "failed_24h": failures.get(ExecutionStatus.FAILED, 0),
         "timed_out_24h": failures.get(ExecutionStatus.TIMED_OUT, 0),
         "since": since,
-        "workers": list(Worker.objects.alive()),
+        "workers": workers,
+        "late_schedules": late_schedules(user=user, now=now) if workers else [],
         "tasks": tasks,
         "tasks_cached_seconds": DASHBOARD_CACHE_SECONDS,
         "unroutable": tasks_unroutable(user=user),

@@ -79,6 +79,13 @@ ADMINS: dict[str, Entry] = {
         write_role=Role.ADMIN,
     ),
     "vault.secret": Entry("project", frozenset({"delete_selected"}), write_role=Role.ADMIN),
+    "schedules.schedule": Entry(
+        "project",
+        frozenset({"delete_selected", "pause", "resume", "run_now"}),
+        frozenset({"ScheduleFireInline"}),
+        write_role=Role.ADMIN,
+        action_roles={"run_now": Role.MEMBER},
+    ),
     "webhooks.delivery": Entry(
         "project",
         frozenset({"replay"}),
@@ -105,6 +112,7 @@ SNAPSHOT_APPS = (
     "webhooks",
     "vault",
     "triggers",
+    "schedules",
 )
 
 
@@ -192,6 +200,14 @@ def _agent(project: Project, owner: User) -> Any:
     return agent
 
 
+def _schedule(project: Project, owner: User) -> Any:
+    from schedules.services import schedule_create
+
+    return schedule_create(
+        project=project, actor=owner, name="s", task=_task(project, owner), interval_seconds=60
+    )
+
+
 BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
     "accounts.invitation": _invitation,
@@ -205,6 +221,7 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "vault.secret": _secret,
     "triggers.trigger": _trigger,
     "triggers.delivery": _trigger_delivery,
+    "schedules.schedule": _schedule,
 }
 
 

@@ -19,6 +19,7 @@ from accounts.models import ApiKey, Invitation, Membership, Project, User
 from accounts.scopes import SCOPE_OBJECTS
 from agents.models import Agent
 from executions.models import Execution
+from schedules.models import Schedule
 from tasks.models import Task
 from templates_app.models import Template
 from tests.factories import TaskFactory, make_key
@@ -134,6 +135,19 @@ def foreign_agent(owner: User) -> dict[str, Any]:
     return {"pk": agent.pk}
 
 
+def foreign_schedule(owner: User) -> dict[str, Any]:
+    from schedules.services import schedule_create
+
+    schedule = schedule_create(
+        project=owner.personal_project,
+        actor=owner,
+        name="foreign",
+        task=TaskFactory(created_by=owner, script_type="bash", script_content="echo secret-output"),
+        interval_seconds=60,
+    )
+    return {"pk": schedule.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -147,6 +161,7 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Secret: foreign_secret,
     Trigger: foreign_trigger,
     Agent: foreign_agent,
+    Schedule: foreign_schedule,
 }
 
 
@@ -233,8 +248,12 @@ def _write_handlers(pattern: URLPattern) -> Iterator[tuple[str, str | None]]:
 
 
 # POSTs that change nothing the caller could not already read, with the read scope they need:
-# a stream ticket opens, once, the stream its maker may open anyway (docs/api.md).
-READING_POSTS = {("api/v1/^events/tickets$", "POST"): ("event:read",)}
+# a stream ticket opens, once, the stream its maker may open anyway (docs/api.md); a schedule
+# preview computes fire times from the body alone (docs/schedules.md).
+READING_POSTS = {
+    ("api/v1/^events/tickets$", "POST"): ("event:read",),
+    ("api/v1/^schedules/preview$", "POST"): ("schedule:read",),
+}
 
 
 def test_every_write_declares_or_inherits_its_scopes():

@@ -45,7 +45,7 @@ from triggers.models import (
     generate_secret,
 )
 from triggers.verify import DEDUPE_HEADERS, EVENT_HEADERS, storable_headers
-from vault.services import secret_refs_check
+from vault.services import secret_ref_errors
 
 WRITABLE_FIELDS: tuple[str, ...] = (
     "slug",
@@ -101,23 +101,8 @@ def config_errors(trigger: Trigger) -> list[tuple[str, str, str]]:
     if isinstance(trigger.mapping, Mapping):
         wrong = {field for field, _, _ in problems}
         sound = {name: source for name, source in trigger.mapping.items() if f"mapping.{name}" not in wrong}
-        errors.extend(reference_errors(trigger.project_id, sound))
+        errors.extend(secret_ref_errors(trigger.project_id, sound, field="mapping"))
     return errors
-
-
-def reference_errors(project_id: Any, mapping: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """Each ``{"secret": "<name>"}`` of the mapping names a secret of the trigger's project
-    (vault's one check: another project's secret of the same name is not there)."""
-    refs = {name: source for name, source in mapping.items() if payload.is_secret_reference(source)}
-    try:
-        secret_refs_check(project_id, refs, field="mapping")
-    except ValidationError as exc:
-        return [
-            (at, error.code or "invalid", error.messages[0])
-            for at, errs in exc.error_dict.items()
-            for error in errs
-        ]
-    return []
 
 
 def mapping_errors(mapping: Any, spec: list[Mapping[str, Any]]) -> list[tuple[str, str, str]]:

@@ -93,6 +93,19 @@ def secret_refs_check(
     return refs
 
 
+def secret_ref_errors(
+    project: Project | uuid.UUID, values: Mapping[str, Any], *, field: str = "parameters"
+) -> list[tuple[str, str, str]]:
+    """``secret_refs_check`` as ``(field, code, message)`` problems, for a save that reports
+    every problem at once (a schedule's parameters, a trigger's mapping)."""
+    try:
+        secret_refs_check(project, values, field=field)
+    except ValidationError as exc:
+        found = exc.error_dict.items()
+        return [(at, error.code or "invalid", error.messages[0]) for at, errs in found for error in errs]
+    return []
+
+
 @transaction.atomic
 def secret_refs_resolve(
     *,

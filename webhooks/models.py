@@ -40,6 +40,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "execution.queued",
     "execution.started",
     "execution.finished",
+    "schedule.fired",
+    "schedule.skipped",
+    "schedule.paused",
 )
 ALL_EVENTS = "*"
 TEST_EVENT_TYPE = "webhook.test"

@@ -3,7 +3,8 @@
 The engine knows no app above it: an app that needs housekeeping in the worker process (the
 webhooks app: fan-out and delivery) registers a job from its ``AppConfig.ready()``, and every
 worker runs each registered job in a thread of its own until it stops. ``runworker`` can skip a
-job by name (``--no-webhooks`` skips :data:`WEBHOOK_DELIVERY`).
+job by name (``--no-webhooks`` skips :data:`WEBHOOK_DELIVERY`, ``--no-schedules``
+:data:`SCHEDULE_TICK`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ WEBHOOK_DELIVERY = "webhook delivery"
 # The tasks app's agent housekeeping (silent agents go offline, their work returns; unroutable
 # tasks are marked), registered by executions.apps.
 AGENT_HOUSEKEEPING = "agent housekeeping"
+# The schedules app's ticker (runworker --no-schedules skips it).
+SCHEDULE_TICK = "schedule tick"
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,8 @@ EXTRA_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     # Registering an agent mints a key that claims tasks; submitting to an agent creates one.
     ("agent-list", "post"): (("task:write",), Role.MEMBER),
     ("agent-tasks", "post"): (("task:write",), Role.MEMBER),
+    # Running a schedule now queues an execution; members may, like a template trigger.
+    ("schedule-trigger", "post"): (("schedule:write", "execution:write"), Role.MEMBER),
 }
 # Only the agent itself (its agent-bound key, never one of these callers) may do these.
 AGENT_KEY_ONLY = {"agent-heartbeat"}

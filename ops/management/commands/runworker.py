@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from executions.engine.jobs import WEBHOOK_DELIVERY
+from executions.engine.jobs import SCHEDULE_TICK, WEBHOOK_DELIVERY
 from executions.engine.worker import WorkerProcess
 
 
@@ -29,6 +29,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-webhooks", action="store_true", help="do not deliver webhooks from this worker"
         )
+        parser.add_argument(
+            "--no-schedules", action="store_true", help="do not fire schedules from this worker"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1:
@@ -38,7 +41,10 @@ class Command(BaseCommand):
             poll_interval=options["queue_poll"],
             grace=options["grace"],
             name=options["name"],
-            skip_jobs=[WEBHOOK_DELIVERY] if options["no_webhooks"] else [],
+            skip_jobs=[
+                *([WEBHOOK_DELIVERY] if options["no_webhooks"] else []),
+                *([SCHEDULE_TICK] if options["no_schedules"] else []),
+            ],
             on_event=lambda message: self.stdout.write(message),
         )
         worker.install_signal_handlers()
