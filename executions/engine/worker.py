@@ -412,12 +412,18 @@ class WorkerProcess:
             error = ErrorCode.MEMORY_EXCEEDED
         elif result.outcome == "failed" and result.exit_code is None:
             error = ErrorCode.KILLED_BY_SIGNAL
+        detail = result.error_detail or ""
+        outputs, problem = published_outputs(result.outputs, result.outputs_problem, run.mask)
+        if problem is not None and status == ExecutionStatus.SUCCEEDED:
+            # The script succeeded but what it published cannot be used: the run failed.
+            status, error, detail = ExecutionStatus.FAILED, ErrorCode.INVALID_OUTPUTS, problem
         finished = self._finish(
             run,
             status=status,
             exit_code=result.exit_code,
             error=error,
-            error_detail=run.mask(output_text(result.error_detail or ""))[:500],
+            error_detail=run.mask(output_text(detail))[:500],
+            outputs=outputs,
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,
         )
@@ -628,6 +634,41 @@ def drop_connection() -> None:
         connection.close()
     except Exception:  # it is broken already; closing is best effort
         logger.debug("closing a broken connection failed", exc_info=True)
+
+
+def published_outputs(
+    data: bytes | None, problem: str | None, mask: Callable[[str], str]
+) -> tuple[dict[str, Any], str | None]:
+    """The outputs a script published (the bytes of its outputs file, as the sandbox read
+    them) with the secret values it received masked, and why they cannot be used (then
+    ``{}``). No file, or an empty one, is no outputs; the file must hold a JSON object."""
+    if problem is not None:
+        return {}, problem
+    if data is None or not data.strip():
+        return {}, None
+    try:
+        outputs = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return {}, f"the outputs file is not JSON: {exc}"
+    if not isinstance(outputs, dict):
+        return {}, f"the outputs file must hold a JSON object, not {type(outputs).__name__}"
+    return masked_outputs(outputs, mask), None
+
+
+def masked_outputs(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` (decoded JSON) with every secret value masked: in strings (keys too), and a
+    number or boolean whose text is a secret value becomes the mask itself."""
+    if isinstance(value, dict):
+        return {mask(key): masked_outputs(item, mask) for key, item in value.items()}
+    if isinstance(value, list):
+        return [masked_outputs(item, mask) for item in value]
+    if isinstance(value, str):
+        return mask(value)
+    if value is not None:
+        text = json.dumps(value)
+        if mask(text) != text:
+            return mask(text)
+    return value
 
 
 def as_env_value(value: Any) -> str:

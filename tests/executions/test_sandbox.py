@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 IS_ROOT = os.geteuid() == 0
 SYSTEM_PYTHON = shutil.which("python3", path=SAFE_PATH)
-ALLOWED_ENV = {"PATH", "LANG", "HOME", "TMPDIR", "TASKFORGE_PARAMS_FILE"}
+ALLOWED_ENV = {"PATH", "LANG", "HOME", "TMPDIR", "TASKFORGE_PARAMS_FILE", "TASKFORGE_OUTPUTS_FILE"}
 
 pytestmark = pytest.mark.skipif(SYSTEM_PYTHON is None, reason=f"no python3 on the sandbox PATH {SAFE_PATH}")
 
