@@ -369,7 +369,7 @@ print(json.dumps({"cwd": os.getcwd(), "home": os.environ["HOME"], "tmpdir": os.e
     assert seen["home"] == result.work_dir
     assert seen["tmpdir"] == os.path.join(result.work_dir, "tmp")
     assert seen["tmp_file"].startswith(seen["tmpdir"] + "/")
-    assert seen["listing"] == ["params.json", "script.py", "sub", "tmp"]
+    assert seen["listing"] == ["outputs.json", "params.json", "script.py", "sub", "tmp"]
     assert_cleaned_up(result)
 
 
