@@ -736,6 +736,7 @@ def execution_fail_unstored(*, execution: Execution, claim_token: uuid.UUID, err
                 exit_code=None,
                 error=ErrorCode.WORKER_ERROR,
                 duration_ms=failed.duration_ms,
+                output_keys=[],  # nothing of the run was stored
             )
             _sync_task(_lock_task(failed.task_id), failed, events=[finished])
     except Exception:
