@@ -56,6 +56,7 @@ from executions.engine.sandbox import (
     reaping_problem,
     run_script,
 )
+from executions.engine.sandbox.config import SURROGATES_RE
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
 from tasks.services import reap_expired_claims
 
@@ -647,22 +648,37 @@ def published_outputs(
     if data is None or not data.strip():
         return {}, None
     try:
-        outputs = json.loads(data.decode("utf-8"))
+        outputs = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         return {}, f"the outputs file is not JSON: {exc}"
+    except RecursionError:
+        return {}, "the outputs file is not JSON: nested too deeply"
     if not isinstance(outputs, dict):
         return {}, f"the outputs file must hold a JSON object, not {type(outputs).__name__}"
-    return masked_outputs(outputs, mask), None
+    try:
+        return masked_outputs(outputs, mask), None
+    except ValueError as exc:
+        return {}, f"the outputs file cannot be stored: {exc}"
+    except RecursionError:
+        return {}, "the outputs file cannot be stored: nested too deeply"
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (and no database stores them as JSON)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def masked_outputs(value: Any, mask: Callable[[str], str]) -> Any:
     """``value`` (decoded JSON) with every secret value masked: in strings (keys too), and a
     number or boolean whose text is a secret value becomes the mask itself."""
     if isinstance(value, dict):
-        return {mask(key): masked_outputs(item, mask) for key, item in value.items()}
+        return {masked_outputs(key, mask): masked_outputs(item, mask) for key, item in value.items()}
     if isinstance(value, list):
         return [masked_outputs(item, mask) for item in value]
     if isinstance(value, str):
+        if "\0" in value or SURROGATES_RE.search(value):
+            # PostgreSQL's jsonb refuses both: the run would otherwise fail worker_error.
+            raise ValueError("a string holds a NUL character or a lone surrogate")
         return mask(value)
     if value is not None:
         text = json.dumps(value)

@@ -87,6 +87,9 @@ def test_no_file_and_an_empty_file_are_no_outputs(api, make_task, user, worker):
         ('"just text"', "must hold a JSON object, not str"),
         ("{not json", "is not JSON"),
         ("\\xff\\xfe", "is not JSON"),
+        ('{"ratio": NaN}', "NaN is not a JSON value"),
+        ('{"x": "a\\\\u0000b"}', "NUL character or a lone surrogate"),
+        ('{"x": "\\\\ud800"}', "NUL character or a lone surrogate"),
     ],
 )
 def test_what_is_not_a_json_object_fails_the_run(make_task, user, worker, content, detail):
@@ -98,6 +101,17 @@ def test_what_is_not_a_json_object_fails_the_run(make_task, user, worker, conten
     assert execution.outputs == {}
     execution.task.refresh_from_db()
     assert execution.task.result["error"] == "invalid_outputs"
+
+
+def test_outputs_nested_too_deeply_fail_the_run(make_task, user, worker):
+    deep = (
+        "import os\n"
+        "text = '{\"x\": ' + '[' * 20000 + ']' * 20000 + '}'\n"
+        "open(os.environ['TASKFORGE_OUTPUTS_FILE'], 'w').write(text)\n"
+    )
+    execution = run(worker, make_task, user, deep, "python")
+    assert execution.error == ErrorCode.INVALID_OUTPUTS
+    assert "nested too deeply" in execution.error_detail
 
 
 def test_outputs_over_the_cap_fail_the_run(make_task, user, worker, settings):
