@@ -505,6 +505,8 @@ TASKFORGE_SANDBOX_OPEN_FILES = env_int("TASKFORGE_SANDBOX_OPEN_FILES", 256)
 TASKFORGE_SANDBOX_MAX_PROCESSES = env_int("TASKFORGE_SANDBOX_MAX_PROCESSES", 512)
 TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS = env_int("TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS", 5)
 TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES = env_int("TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES", 1024**2)
+# The most a script may write to $TASKFORGE_OUTPUTS_FILE (its outputs, a JSON object).
+TASKFORGE_OUTPUTS_MAX_BYTES = env_int("TASKFORGE_OUTPUTS_MAX_BYTES", 64 * 1024)
 TASKFORGE_SANDBOX_KILL_GRACE_SECONDS = env_int("TASKFORGE_SANDBOX_KILL_GRACE_SECONDS", 5)
 # When the worker runs as root, each run gets a uid (and the same gid) of its own from this
 # inclusive range, "low-high"; no user or group of the host may own one of them.

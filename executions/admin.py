@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -90,12 +91,13 @@ class ExecutionAdmin(ProjectRoleAdmin):
     search_fields = ("id", "task__name")
     list_select_related = ("task", "worker")
     actions = ("cancel",)
-    readonly_fields = ("output", "script_block")
+    readonly_fields = ("output", "outputs_block", "script_block")
     fields = (
         ("task", "number", "attempt", "retry_of"),
         ("status", "error", "exit_code"),
         "error_detail",
         "output",
+        "outputs_block",
         ("trigger", "triggered_by", "triggered_by_key_prefix"),
         ("queued_at", "started_at", "finished_at", "duration_ms"),
         ("worker", "sandbox", "lease_expires_at", "cancel_requested_at"),
@@ -122,6 +124,14 @@ class ExecutionAdmin(ProjectRoleAdmin):
         return format_html(
             '<pre style="max-height:20em;overflow:auto;background:#f6f8fa;padding:8px;width:100%">{}</pre>',
             execution.script,
+        )
+
+    @admin.display(description="outputs")
+    def outputs_block(self, execution: Execution) -> str:
+        """What the script published in $TASKFORGE_OUTPUTS_FILE (secret values masked)."""
+        return format_html(
+            '<pre style="max-height:20em;overflow:auto;background:#f6f8fa;padding:8px;width:100%">{}</pre>',
+            json.dumps(execution.outputs, indent=2, ensure_ascii=False, sort_keys=True),
         )
 
     @admin.display(description="status", ordering="status")

@@ -60,6 +60,7 @@ class ErrorCode(models.TextChoices):
     MEMORY_EXCEEDED = "memory_exceeded", "Memory limit exceeded"
     WORKER_ERROR = "worker_error", "The worker could not store the outcome"
     SECRET_MISSING = "secret_missing", "A project secret it refers to no longer exists"
+    INVALID_OUTPUTS = "invalid_outputs", "The outputs file is not a JSON object within the size limit"
 
 
 class Stream(models.TextChoices):
@@ -149,6 +150,8 @@ class Execution(models.Model):
     error_detail = models.CharField(max_length=500, blank=True)
     stdout_truncated = models.BooleanField(default=False)
     stderr_truncated = models.BooleanField(default=False)
+    # What the script published in $TASKFORGE_OUTPUTS_FILE: a JSON object, secret values masked.
+    outputs = models.JSONField(default=dict, blank=True)
 
     worker = models.ForeignKey(
         Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="executions"

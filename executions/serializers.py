@@ -78,9 +78,13 @@ class ExecutionDetailSerializer(ExecutionSerializer):
     )
     stdout = serializers.SerializerMethodField()
     stderr = serializers.SerializerMethodField()
+    outputs = serializers.DictField(
+        read_only=True,
+        help_text="The JSON object the script wrote to $TASKFORGE_OUTPUTS_FILE (secrets masked), or {}.",
+    )
 
     class Meta(ExecutionSerializer.Meta):
-        fields = (*ExecutionSerializer.Meta.fields, "script_content", "stdout", "stderr")
+        fields = (*ExecutionSerializer.Meta.fields, "script_content", "stdout", "stderr", "outputs")
         read_only_fields = fields
 
     def _output(self, execution: Execution) -> dict[str, str]:

@@ -65,7 +65,7 @@ RESULT_TAIL_CHARS = 4096
 TASK_LOCK_FIELDS = ("id", "project", "status", "max_concurrency", "max_retries", "last_execution")
 
 
-LATEST_FIELDS = ("id", "task", "number", "status", "exit_code", "error")
+LATEST_FIELDS = ("id", "task", "number", "status", "exit_code", "error", "outputs")
 
 
 EVENT_FIELDS = ("project", "task", "type", "actor", "actor_key_prefix", "data", "created_at")
@@ -206,6 +206,7 @@ def _sync_task(
             "error": latest.error or None,
             "stdout_tail": tails[Stream.STDOUT],
             "stderr_tail": tails[Stream.STDERR],
+            "outputs": latest.outputs,
         }
     events += task_follow_execution(
         task=task,
@@ -582,12 +583,13 @@ def execution_finish(
     stderr_truncated: bool = False,
     chunks: list[tuple[int, str, str]] | None = None,
     tails: Mapping[str, str] | None = None,
+    outputs: Mapping[str, Any] | None = None,
 ) -> Execution | None:
     """Record how the run of ``execution`` (as claimed) ended, with its last output ``chunks``
     (stored in the same transaction: one commit for both); None, and nothing stored, if this
     worker no longer holds the claim. ``tails``: the last RESULT_TAIL_CHARS of each stream
     of all its output (``{"stdout": ..., "stderr": ...}``), for the task's result; read back
-    from the stored output when not given."""
+    from the stored output when not given. ``outputs``: what the script published (masked)."""
     assert status in FINAL_STATUSES
     return _finish(
         execution,
@@ -600,6 +602,7 @@ def execution_finish(
         stderr_truncated=stderr_truncated,
         chunks=chunks,
         tails=tails,
+        outputs=dict(outputs or {}),
     )
 
 
@@ -669,6 +672,8 @@ def _finish(
         exit_code=execution.exit_code,
         error=execution.error or None,
         duration_ms=execution.duration_ms,
+        # Names only: the values can be large (and a webhook payload should not be).
+        output_keys=sorted(execution.outputs),
     )
     if retry and status in RETRYABLE_STATUSES and execution.attempt <= task.max_retries:
         _queue_retry(execution, source, task, events=[finished])
@@ -731,6 +736,7 @@ def execution_fail_unstored(*, execution: Execution, claim_token: uuid.UUID, err
                 exit_code=None,
                 error=ErrorCode.WORKER_ERROR,
                 duration_ms=failed.duration_ms,
+                output_keys=[],  # nothing of the run was stored
             )
             _sync_task(_lock_task(failed.task_id), failed, events=[finished])
     except Exception:

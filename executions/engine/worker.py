@@ -56,6 +56,7 @@ from executions.engine.sandbox import (
     reaping_problem,
     run_script,
 )
+from executions.engine.sandbox.config import SURROGATES_RE
 from executions.models import ErrorCode, Execution, ExecutionStatus, Worker
 from tasks.services import reap_expired_claims
 
@@ -412,12 +413,18 @@ class WorkerProcess:
             error = ErrorCode.MEMORY_EXCEEDED
         elif result.outcome == "failed" and result.exit_code is None:
             error = ErrorCode.KILLED_BY_SIGNAL
+        detail = result.error_detail or ""
+        outputs, problem = published_outputs(result.outputs, result.outputs_problem, run.mask)
+        if problem is not None and status == ExecutionStatus.SUCCEEDED:
+            # The script succeeded but what it published cannot be used: the run failed.
+            status, error, detail = ExecutionStatus.FAILED, ErrorCode.INVALID_OUTPUTS, problem
         finished = self._finish(
             run,
             status=status,
             exit_code=result.exit_code,
             error=error,
-            error_detail=run.mask(output_text(result.error_detail or ""))[:500],
+            error_detail=run.mask(output_text(detail))[:500],
+            outputs=outputs,
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,
         )
@@ -628,6 +635,56 @@ def drop_connection() -> None:
         connection.close()
     except Exception:  # it is broken already; closing is best effort
         logger.debug("closing a broken connection failed", exc_info=True)
+
+
+def published_outputs(
+    data: bytes | None, problem: str | None, mask: Callable[[str], str]
+) -> tuple[dict[str, Any], str | None]:
+    """The outputs a script published (the bytes of its outputs file, as the sandbox read
+    them) with the secret values it received masked, and why they cannot be used (then
+    ``{}``). No file, or an empty one, is no outputs; the file must hold a JSON object."""
+    if problem is not None:
+        return {}, problem
+    if data is None or not data.strip():
+        return {}, None
+    try:
+        outputs = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return {}, f"the outputs file is not JSON: {exc}"
+    except RecursionError:
+        return {}, "the outputs file is not JSON: nested too deeply"
+    if not isinstance(outputs, dict):
+        return {}, f"the outputs file must hold a JSON object, not {type(outputs).__name__}"
+    try:
+        return masked_outputs(outputs, mask), None
+    except ValueError as exc:
+        return {}, f"the outputs file cannot be stored: {exc}"
+    except RecursionError:
+        return {}, "the outputs file cannot be stored: nested too deeply"
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (and no database stores them as JSON)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def masked_outputs(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` (decoded JSON) with every secret value masked: in strings (keys too), and a
+    number or boolean whose text is a secret value becomes the mask itself."""
+    if isinstance(value, dict):
+        return {masked_outputs(key, mask): masked_outputs(item, mask) for key, item in value.items()}
+    if isinstance(value, list):
+        return [masked_outputs(item, mask) for item in value]
+    if isinstance(value, str):
+        if "\0" in value or SURROGATES_RE.search(value):
+            # PostgreSQL's jsonb refuses both: the run would otherwise fail worker_error.
+            raise ValueError("a string holds a NUL character or a lone surrogate")
+        return mask(value)
+    if value is not None:
+        text = json.dumps(value)
+        if mask(text) != text:
+            return mask(text)
+    return value
 
 
 def as_env_value(value: Any) -> str:

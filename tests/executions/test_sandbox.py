@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 IS_ROOT = os.geteuid() == 0
 SYSTEM_PYTHON = shutil.which("python3", path=SAFE_PATH)
-ALLOWED_ENV = {"PATH", "LANG", "HOME", "TMPDIR", "TASKFORGE_PARAMS_FILE"}
+ALLOWED_ENV = {"PATH", "LANG", "HOME", "TMPDIR", "TASKFORGE_PARAMS_FILE", "TASKFORGE_OUTPUTS_FILE"}
 
 pytestmark = pytest.mark.skipif(SYSTEM_PYTHON is None, reason=f"no python3 on the sandbox PATH {SAFE_PATH}")
 
@@ -369,7 +369,7 @@ print(json.dumps({"cwd": os.getcwd(), "home": os.environ["HOME"], "tmpdir": os.e
     assert seen["home"] == result.work_dir
     assert seen["tmpdir"] == os.path.join(result.work_dir, "tmp")
     assert seen["tmp_file"].startswith(seen["tmpdir"] + "/")
-    assert seen["listing"] == ["params.json", "script.py", "sub", "tmp"]
+    assert seen["listing"] == ["outputs.json", "params.json", "script.py", "sub", "tmp"]
     assert_cleaned_up(result)
 
 

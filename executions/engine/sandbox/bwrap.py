@@ -89,9 +89,13 @@ def _bwrap_args(
     files: list[str],
     status_fd: int,
     seccomp_fd: int | None,
+    *,
+    writable: list[str] | None = None,
 ) -> list[str]:
     """The whole bwrap command line up to the script. The work directory is a tmpfs of its
-    own (``tmpfs_bytes``) with ``tmp`` in it and ``files`` (script, params) bound read-only;
+    own (``tmpfs_bytes``) with ``tmp`` in it, ``files`` (script, params) bound read-only and
+    ``writable`` (the outputs file) bound read-write, so what the script writes there is read
+    after the run;
     with a bwrap that cannot size a tmpfs, the host's work directory is bound instead."""
     features = _bwrap_features(bwrap)
     if "--size" in features:
@@ -99,6 +103,8 @@ def _bwrap_args(
         work += ["--dir", os.path.join(work_dir, "tmp")]
         for path in files:
             work += ["--ro-bind", path, path]
+        for path in writable or []:
+            work += ["--bind", path, path]
     else:
         work = ["--bind", work_dir, work_dir]
     return [

@@ -30,6 +30,8 @@ GIB = 1024 * MIB
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_LANG = "C.UTF-8"
 PARAMS_FILE_NAME = "params.json"
+# Where a script publishes its outputs (a JSON object; TASKFORGE_OUTPUTS_FILE names it).
+OUTPUTS_FILE_NAME = "outputs.json"
 SCRIPT_FILE_NAMES: dict[str, str] = {"python": "script.py", "bash": "script.sh"}
 
 # Keys the worker may pass in env_extra; everything else in the environment is set here.
@@ -114,6 +116,8 @@ class SandboxConfig:
     # clock timeout could be missed (e.g. the worker stalls); normally the timeout fires first.
     cpu_extra_seconds: int = 5
     output_cap_bytes: int = 1 * MIB
+    # The most a script may write to its outputs file (TASKFORGE_OUTPUTS_FILE).
+    outputs_max_bytes: int = 64 * KIB
     kill_grace_seconds: float = 5.0
     # Cancellation must reach the script within 2 s: poll interval + this grace stays well below.
     cancel_grace_seconds: float = 1.0
@@ -151,6 +155,7 @@ class SandboxConfig:
             "open_files",
             "max_processes",
             "output_cap_bytes",
+            "outputs_max_bytes",
             "chunk_bytes",
         ):
             if getattr(self, name) <= 0:
@@ -186,6 +191,7 @@ class SandboxConfig:
             "max_processes": "TASKFORGE_SANDBOX_MAX_PROCESSES",
             "cpu_extra_seconds": "TASKFORGE_SANDBOX_CPU_EXTRA_SECONDS",
             "output_cap_bytes": "TASKFORGE_SANDBOX_OUTPUT_CAP_BYTES",
+            "outputs_max_bytes": "TASKFORGE_OUTPUTS_MAX_BYTES",
             "kill_grace_seconds": "TASKFORGE_SANDBOX_KILL_GRACE_SECONDS",
             "uid_range": "TASKFORGE_SANDBOX_UID_RANGE",
             "uid_lock_dir": "TASKFORGE_SANDBOX_UID_LOCK_DIR",
@@ -221,6 +227,10 @@ class RunResult:
     killed_with_sigkill: bool
     # Already removed when the result is returned; kept for logs.
     work_dir: str | None
+    # What the script wrote to TASKFORGE_OUTPUTS_FILE (None: nothing, or the file was
+    # unreadable), and why it cannot be used (too large, not a regular file), else None.
+    outputs: bytes | None = None
+    outputs_problem: str | None = None
 
 
 OutputCallback = Callable[[StreamName, bytes], None]

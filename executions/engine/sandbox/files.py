@@ -41,6 +41,41 @@ def _write_file(path: str, content: bytes, lease: _UidLease | None) -> None:
         os.close(fd)
 
 
+def _read_outputs(
+    work_dir: str, name: str, max_bytes: int, lease: _UidLease | None
+) -> tuple[bytes | None, str | None]:
+    """What the script wrote to its outputs file and why it cannot be used (None, None: no file
+    or nothing written). Read without following links from a directory opened without following
+    links, non-blocking (a FIFO never hangs the worker), at most ``max_bytes`` + 1 bytes."""
+    try:
+        directory = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"the work directory could not be opened: {exc.strerror}"
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"{name} could not be opened: {exc.strerror}"
+    finally:
+        os.close(directory)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or (lease is not None and found.st_uid != lease.uid):
+            return None, f"{name} is not a regular file of the run"
+        data = bytearray()
+        while len(data) <= max_bytes and (piece := os.read(fd, max_bytes + 1 - len(data))):
+            data += piece
+    except OSError as exc:
+        return None, f"{name} could not be read: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        return None, f"{name} is larger than {max_bytes} bytes"
+    return (bytes(data) or None), None
+
+
 def _remove_tree(path: str) -> None:
     """Remove the work dir even if the script made parts of it read-only or unsearchable."""
 

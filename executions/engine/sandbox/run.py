@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from executions.engine import cgroups
 from executions.engine.cgroups import RunCgroup
 from executions.engine.sandbox.bwrap import _bwrap_args, _choose_bwrap
 from executions.engine.sandbox.config import (
+    OUTPUTS_FILE_NAME,
     PARAMS_FILE_NAME,
     SANDBOX_LANG,
     SCRIPT_FILE_NAMES,
@@ -38,7 +40,7 @@ from executions.engine.sandbox.config import (
     _resolve_tools,
     _SpawnError,
 )
-from executions.engine.sandbox.files import _remove_tree, _validate_env_extra, _write_file
+from executions.engine.sandbox.files import _read_outputs, _remove_tree, _validate_env_extra, _write_file
 from executions.engine.sandbox.janitor import _janitor
 from executions.engine.sandbox.limits import (
     _cgroup_launcher,
@@ -127,6 +129,7 @@ class _Files:
     tmp_dir: str
     script_path: str
     params_path: str
+    outputs_path: str
 
 
 @dataclass(slots=True)
@@ -168,7 +171,13 @@ def run_script(
         status, supervisor, out, err = _supervise(
             run, process, launch, timeout_seconds, on_output, should_cancel
         )
-        return _outcome(run, status, supervisor, out, err, timeout_seconds)
+        result = _outcome(run, status, supervisor, out, err, timeout_seconds)
+        if result.outcome == "spawn_failed":
+            return result
+        outputs, problem = _read_outputs(
+            files.work_dir, OUTPUTS_FILE_NAME, config.outputs_max_bytes, run.lease
+        )
+        return dataclasses.replace(result, outputs=outputs, outputs_problem=problem)
     finally:
         _clean_up(run)
 
@@ -212,8 +221,9 @@ def _choose_isolation(run: _Run, script_type: ScriptType, timeout_seconds: float
 
 
 def _prepare_work_dir(run: _Run, script: str, script_type: ScriptType, params_json: bytes) -> _Files:
-    """A fresh work directory with its tmp directory, the script and the params file, owned by
-    the run's uid when it has one."""
+    """A fresh work directory with its tmp directory, the script, the params file and the
+    (empty) outputs file, owned by the run's uid when it has one. The outputs file exists
+    before the run so that bwrap can bind it, writable, into the sandbox's own work directory."""
     run.work_dir = work_dir = tempfile.mkdtemp(prefix="taskforge-run-", dir=run.config.work_root)
     tmp_dir = os.path.join(work_dir, "tmp")
     os.mkdir(tmp_dir, 0o700)
@@ -221,10 +231,12 @@ def _prepare_work_dir(run: _Run, script: str, script_type: ScriptType, params_js
     params_path = os.path.join(work_dir, PARAMS_FILE_NAME)
     _write_file(script_path, script.encode("utf-8", "replace"), run.lease)
     _write_file(params_path, params_json, run.lease)
+    outputs_path = os.path.join(work_dir, OUTPUTS_FILE_NAME)
+    _write_file(outputs_path, b"", run.lease)
     if run.lease is not None:
         for directory in (work_dir, tmp_dir):
             os.chown(directory, run.lease.uid, run.lease.gid)
-    return _Files(work_dir, tmp_dir, script_path, params_path)
+    return _Files(work_dir, tmp_dir, script_path, params_path, outputs_path)
 
 
 def _environment(config: SandboxConfig, extra_env: dict[str, str], files: _Files) -> dict[str, str]:
@@ -235,6 +247,7 @@ def _environment(config: SandboxConfig, extra_env: dict[str, str], files: _Files
         "HOME": files.work_dir,
         "TMPDIR": files.tmp_dir,
         "TASKFORGE_PARAMS_FILE": files.params_path,
+        "TASKFORGE_OUTPUTS_FILE": files.outputs_path,
     }
 
 
@@ -275,7 +288,13 @@ def _add_bwrap(run: _Run, bwrap: str, launch: _Launch, setpriv: str, drop: list[
     if drop:
         launch.argv += [setpriv, *drop, "--"]
     launch.argv += _bwrap_args(
-        bwrap, run.config, files.work_dir, [files.script_path, files.params_path], status_write, seccomp_read
+        bwrap,
+        run.config,
+        files.work_dir,
+        [files.script_path, files.params_path],
+        status_write,
+        seccomp_read,
+        writable=[files.outputs_path],
     )
 
 
