@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 ScopeObject = Literal[
-    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "schedule", "account"
+    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "schedule", "workflow",
+    "account",
 ]
 ScopeAction = Literal["read", "write"]
 
@@ -26,6 +27,7 @@ KEY_SCOPE_OBJECTS: tuple[str, ...] = (
     "agent",
     "event",
     "schedule",
+    "workflow",
 )
 # Objects nothing writes through the API (the outbox is written by the changes themselves):
 # they have a read scope only.

@@ -112,6 +112,7 @@ INSTALLED_APPS = [
     "templates_app",
     "executions",
     "webhooks",
+    "workflows",
     "triggers",
     "schedules",
     # The benchmark harness (bench/): only its ``manage.py benchmark`` command, no models.

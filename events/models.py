@@ -54,6 +54,17 @@ class EventType(models.TextChoices):
     SCHEDULE_FIRED = "schedule.fired"
     SCHEDULE_SKIPPED = "schedule.skipped"
     SCHEDULE_PAUSED = "schedule.paused"
+    # A workflow run and its nodes (workflows.engine); data carries workflow_id.
+    WORKFLOW_STARTED = "workflow.started"
+    WORKFLOW_PAUSED = "workflow.paused"
+    WORKFLOW_RESUMED = "workflow.resumed"
+    WORKFLOW_RETRIED = "workflow.retried"
+    WORKFLOW_SUCCEEDED = "workflow.succeeded"
+    WORKFLOW_FAILED = "workflow.failed"
+    WORKFLOW_CANCELLED = "workflow.cancelled"
+    WORKFLOW_NODE_STARTED = "workflow.node_started"
+    WORKFLOW_NODE_FINISHED = "workflow.node_finished"
+    WORKFLOW_NODE_SKIPPED = "workflow.node_skipped"
 
 
 class CurrentTransaction(models.Func):

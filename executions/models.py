@@ -47,6 +47,7 @@ class Trigger(models.TextChoices):
     HOOK = "hook", "Inbound trigger"
     HOOK_REPLAY = "hook_replay", "Inbound trigger replay"
     SCHEDULE = "schedule", "Schedule"
+    WORKFLOW = "workflow", "Workflow"
 
 
 class ErrorCode(models.TextChoices):

@@ -362,6 +362,8 @@ class Task(models.Model):
         default=1, validators=[MinValueValidator(CONCURRENCY_MIN), MaxValueValidator(CONCURRENCY_MAX)]
     )
     archived = models.BooleanField(default=False)
+    # A node of a workflow run: its end is reported to the layer above (tasks.hooks).
+    in_workflow = models.BooleanField(default=False, db_default=False, editable=False)
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, editable=False)
     result = models.JSONField(null=True, blank=True, editable=False)

@@ -208,6 +208,7 @@ def task_create(
     parameters: dict[str, Any] | None = None,
     parameter_spec: list[dict[str, Any]] | None = None,
     script_digest: str = "",
+    in_workflow: bool = False,
     **fields: Any,
 ) -> Task:
     """Create a task in ``project`` (the caller's right to write there is checked by the caller).
@@ -223,6 +224,7 @@ def task_create(
         parameters=dict(parameters or {}),
         parameter_spec=list(parameter_spec or []),
         script_digest=script_digest,
+        in_workflow=in_workflow,
         **_resolve_pin(project.pk, _normalize(fields)),
     )
     task.full_clean()
@@ -396,6 +398,7 @@ def task_move(
         raise Conflict("The task changed meanwhile; try again.", code="concurrent_change")
     current.refresh_from_db()
     events_record(_status_event(current, old, to_status, reason=reason, actor=actor, api_key=api_key))
+    hooks.task_finished(current, actor=actor, api_key=api_key)
     return current
 
 
@@ -642,6 +645,7 @@ def _finish_claim(
         # Applied to this instance as well (the API reads the row back to render it).
         for name, value in changes.items():
             setattr(task, name, value)
+        hooks.task_finished(task, outputs=values.get("result"), actor=actor, api_key=api_key)
         events_record(
             event_build(
                 type=event, project=task.project_id, task=task, actor=actor, api_key=api_key, data=data

@@ -231,11 +231,13 @@ def template_trigger(
     execute: bool = True,
     timeout_seconds: int | None = None,
     trigger: str = Trigger.TEMPLATE,
+    in_workflow: bool = False,
 ) -> tuple[Task, Execution | None]:
     """Make a task from ``template`` with ``parameters`` and, if ``execute``, queue its run.
 
     Every bad parameter is named in one ValidationError (``parameters.<name>``) and nothing is
-    created. The task keeps the template's script (placeholders and all) and a copy of its
+    created (``in_workflow``: a workflow node's task, whose end the workflow hears of). The task
+    keeps the template's script (placeholders and all) and a copy of its
     declarations; each execution renders the script with its own values.
     """
     overrides = dict(overrides or {})
@@ -272,6 +274,7 @@ def template_trigger(
             parameters=shown,
             parameter_spec=spec,
             script_digest=params.script_digest(fields["script_type"], fields["script_content"], spec),
+            in_workflow=in_workflow,
             **fields,
         )
         execution = None

@@ -40,6 +40,7 @@ from executions.models import (
     Trigger,
     Worker,
 )
+from tasks.hooks import task_finished
 from tasks.models import Status, Task
 from tasks.status import task_follow_execution
 from vault.services import SecretMissing, secret_refs, secret_refs_resolve
@@ -62,7 +63,15 @@ RESULT_TAIL_CHARS = 4096
 # The hot path (claim, finish, the task following its execution) is written as plain SQL
 # (core.sql): the same statements through the ORM cost the worker ~10 ms more CPU per run.
 # What claiming and finishing read of the task they lock (not its script or metadata).
-TASK_LOCK_FIELDS = ("id", "project", "status", "max_concurrency", "max_retries", "last_execution")
+TASK_LOCK_FIELDS = (
+    "id",
+    "project",
+    "status",
+    "max_concurrency",
+    "max_retries",
+    "last_execution",
+    "in_workflow",
+)
 
 
 LATEST_FIELDS = ("id", "task", "number", "status", "exit_code", "error", "outputs")
@@ -208,6 +217,7 @@ def _sync_task(
             "stderr_tail": tails[Stream.STDERR],
             "outputs": latest.outputs,
         }
+    before = task.status
     events += task_follow_execution(
         task=task,
         to_status=TASK_STATUS_FOR[ExecutionStatus(latest.status)],
@@ -217,6 +227,8 @@ def _sync_task(
         api_key=api_key,
     )
     _store_events(events)
+    if task.status != before:  # a workflow node's end decides what runs next (tasks.hooks)
+        task_finished(task, outputs=latest.outputs if result else None, actor=actor, api_key=api_key)
 
 
 # --- Workers ------------------------------------------------------------------------------------

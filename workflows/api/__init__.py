@@ -1,0 +1,1 @@
+"""The workflows API (workflow templates and runs)."""
