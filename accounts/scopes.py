@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 ScopeObject = Literal[
-    "task", "execution", "template", "webhook", "secret", "trigger", "agent", "event", "schedule", "workflow",
+    "task",
+    "execution",
+    "template",
+    "webhook",
+    "secret",
+    "trigger",
+    "agent",
+    "event",
+    "schedule",
+    "workflow",
     "account",
 ]
 ScopeAction = Literal["read", "write"]
