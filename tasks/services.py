@@ -30,6 +30,7 @@ from tasks.models import (
     LEASE_MAX,
     LEASE_MIN,
     RESULT_MAX_BYTES,
+    TERMINAL,
     Mover,
     Note,
     Status,
@@ -341,6 +342,13 @@ def task_delete(*, task: Task, actor: User, api_key: ApiKey | None = None) -> No
         raise Conflict(
             f"The task is {task.status}; cancel it before deleting it.",
             code="task_active",
+            current_status=task.status,
+        )
+    if task.in_workflow and task.status not in TERMINAL:
+        # Its workflow waits for its end: deleting it would leave the run waiting for ever.
+        raise Conflict(
+            "The task is a step of a workflow run and has not ended; cancel it (or the run) first.",
+            code="task_in_workflow",
             current_status=task.status,
         )
     event_record(

@@ -218,3 +218,21 @@ def test_an_output_of_the_wrong_type_fails_the_node(make_workflow, user, counter
     node = run.nodes.get(key="n")
     assert node.status == NodeStatus.FAILED and node.error == "invalid_binding"
     assert "integer" in node.error_detail
+
+
+def test_a_waiting_agent_task_of_a_run_cannot_be_deleted(make_workflow, user, project):
+    from core.errors import Conflict
+    from tasks.services import task_delete
+    from templates_app.services import template_create
+
+    template_create(project=project, actor=user, slug="review", name="Review", name_pattern="review")
+    workflow = make_workflow(slug="agentic", nodes=[{"key": "r", "template": "review"}], edges=[])
+    run = services.workflow_run_create(workflow=workflow, actor=user)
+    task = run.nodes.get(key="r").task
+    assert task.status == Status.PENDING and task.in_workflow
+    with pytest.raises(Conflict) as caught:
+        task_delete(task=task, actor=user)
+    assert caught.value.get_codes() == "task_in_workflow"
+    services.workflow_run_cancel(run=run, actor=user)
+    assert statuses(run) == {"r": "cancelled"}
+    task_delete(task=task, actor=user)  # ended: it may go now
