@@ -390,6 +390,8 @@ TASKFORGE_WEBHOOK_OUTBOX_GAP_SECONDS = env_int("TASKFORGE_WEBHOOK_OUTBOX_GAP_SEC
 # Schedules: a due slot found later than this (no worker ticked) is a misfire (docs/schedules.md);
 # the dashboard lists schedules due longer ago than this while workers are up.
 TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS = env_int("TASKFORGE_SCHEDULE_MISFIRE_GRACE_SECONDS", 60)
+# A workflow for_each node runs at most this many items (docs/workflows.md "Fan-out").
+TASKFORGE_WORKFLOW_FOR_EACH_MAX = env_int("TASKFORGE_WORKFLOW_FOR_EACH_MAX", 100)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {

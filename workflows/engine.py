@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -101,7 +102,11 @@ def node_task_finished(
         status, ""
     )
     detail = _task_error(task) if error else ""
-    node_end(run, node, status, outputs=outputs, error=error, detail=detail)
+    if node.parent_id is not None:  # one item of a fan-out: its node goes on, or ends
+        _item_end(node, status, outputs=outputs, error=error, detail=detail)
+        fan_out_fill(run, WorkflowNode.objects.select_related("template").get(pk=node.parent_id))
+    else:
+        node_end(run, node, status, outputs=outputs, error=error, detail=detail)
     advance(run)
 
 
@@ -159,10 +164,17 @@ def advance(run: WorkflowRun) -> None:
     when nothing is left; repeated until nothing changes. The caller holds the run's lock."""
     if run.status not in (RunStatus.RUNNING, RunStatus.PAUSED):
         return
-    nodes = {node.key: node for node in run.nodes.select_related("template").order_by("position")}
+    nodes = {
+        node.key: node
+        for node in run.nodes.filter(parent=None).select_related("template").order_by("position")
+    }
     incoming: dict[str, list[tuple[str, str]]] = {key: [] for key in nodes}
     for source, target, on in graph.edge_list(run.edges):
         incoming[target].append((source, on))
+    if run.status == RunStatus.RUNNING:  # fan-outs left half-started by a pause go on
+        for node in nodes.values():
+            if node.for_each and node.status in NODE_ACTIVE:
+                fan_out_fill(run, node)
     changed = True
     while changed and run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
         changed = False
@@ -187,6 +199,15 @@ def advance(run: WorkflowRun) -> None:
         run_end(run, RunStatus.SUCCEEDED)
 
 
+def _published(nodes: dict[str, WorkflowNode]) -> dict[str, dict[str, Any]]:
+    """What each ended node published (a failed node's outputs count: the failure path keeps them)."""
+    return {
+        key: node.outputs
+        for key, node in nodes.items()
+        if node.status in (NodeStatus.SUCCEEDED, NodeStatus.FAILED)
+    }
+
+
 def _node_start(run: WorkflowRun, node: WorkflowNode, nodes: dict[str, WorkflowNode]) -> None:
     """Make ``node``'s task (and queue its run, if its template has a script); a binding that
     finds no value or does not fit fails the node, with a detail naming it."""
@@ -195,39 +216,146 @@ def _node_start(run: WorkflowRun, node: WorkflowNode, nodes: dict[str, WorkflowN
             run, node, NodeStatus.FAILED, error=NodeError.TEMPLATE_MISSING, detail="Its template was deleted."
         )
         return
-    published = {
-        key: other.outputs
-        for key, other in nodes.items()
-        if other.status in (NodeStatus.SUCCEEDED, NodeStatus.FAILED)
-    }
-    values, problems = graph.resolve(node.bindings, run.parameters, published)
+    if node.for_each:
+        _fan_out_start(run, node, nodes)
+        return
+    values, problems = graph.resolve(node.bindings, run.parameters, _published(nodes))
     if problems:
         node_end(run, node, NodeStatus.FAILED, error=NodeError.BINDING_UNRESOLVED, detail=" ".join(problems))
         return
+    problem = _trigger(run, node, values)
+    if problem is not None:
+        node_end(run, node, NodeStatus.FAILED, error=NodeError.INVALID_BINDING, detail=problem)
+        return
+    _node_event(
+        run,
+        node,
+        EventType.WORKFLOW_NODE_STARTED,
+        task_id=str(node.task_id),
+        execution_id=str(node.task.last_execution_id) if node.task.last_execution_id else None,
+        attempt=node.attempts,
+    )
+
+
+def _trigger(run: WorkflowRun, node: WorkflowNode, values: dict[str, Any]) -> str | None:
+    """Trigger ``node``'s template with ``values`` (a node, or one item of a fan-out): the node
+    is queued with its task; or the reason the values do not fit (nothing made)."""
+    template = node.template if node.parent_id is None else node.parent.template
+    assert template is not None
     try:
         with transaction.atomic():
-            task, execution = template_trigger(
-                template=node.template,
+            task, _ = template_trigger(
+                template=template,
                 actor=run.created_by,
                 parameters=values,
-                execute=bool(node.template.script),
+                execute=bool(template.script),
                 trigger=Trigger.WORKFLOW,
                 in_workflow=True,
             )
     except ValidationError as exc:
-        detail = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
-        node_end(run, node, NodeStatus.FAILED, error=NodeError.INVALID_BINDING, detail=detail)
-        return
+        return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
     node.task, node.status, node.attempts = task, NodeStatus.QUEUED, node.attempts + 1
     node.started_at, node.finished_at, node.error, node.error_detail = timezone.now(), None, "", ""
     node.save(
         update_fields=["task", "status", "attempts", "started_at", "finished_at", "error", "error_detail"]
     )
-    _node_event(
+    return None
+
+
+# --- Fan-out -------------------------------------------------------------------------------------------
+def _fan_out_start(run: WorkflowRun, node: WorkflowNode, nodes: dict[str, WorkflowNode]) -> None:
+    """Start a ``for_each`` node: one child row per item of the list (kept from an earlier
+    attempt where they succeeded), then as many item tasks as ``max_parallel`` allows."""
+    found, problems = graph.resolve({"for_each": node.for_each}, run.parameters, _published(nodes))
+    if problems:
+        node_end(run, node, NodeStatus.FAILED, error=NodeError.BINDING_UNRESOLVED, detail=" ".join(problems))
+        return
+    items = found["for_each"]
+    if not isinstance(items, list):
+        detail = f"for_each: {node.for_each} is not a list (got {type(items).__name__})."
+        node_end(run, node, NodeStatus.FAILED, error=NodeError.INVALID_BINDING, detail=detail)
+        return
+    cap = settings.TASKFORGE_WORKFLOW_FOR_EACH_MAX
+    if len(items) > cap:
+        detail = (
+            f"for_each: {len(items)} items, more than the cap of {cap} (TASKFORGE_WORKFLOW_FOR_EACH_MAX)."
+        )
+        node_end(run, node, NodeStatus.FAILED, error=NodeError.TOO_MANY_ITEMS, detail=detail)
+        return
+    kept = set(node.items.values_list("item_index", flat=True))
+    WorkflowNode.objects.bulk_create(
+        WorkflowNode(
+            run=run,
+            parent=node,
+            key=f"{node.key}[{index}]",
+            position=node.position,
+            item_index=index,
+            item=value,
+            template_name=node.template_name,
+        )
+        for index, value in enumerate(items)
+        if index not in kept
+    )
+    node.status, node.attempts, node.started_at = NodeStatus.QUEUED, node.attempts + 1, timezone.now()
+    node.finished_at, node.error, node.error_detail = None, "", ""
+    node.save(update_fields=["status", "attempts", "started_at", "finished_at", "error", "error_detail"])
+    _node_event(run, node, EventType.WORKFLOW_NODE_STARTED, items=len(items), attempt=node.attempts)
+    fan_out_fill(run, node)
+
+
+def fan_out_fill(run: WorkflowRun, node: WorkflowNode) -> None:
+    """Queue waiting items of the fan-out ``node`` up to ``max_parallel`` (while the run runs);
+    end the node once every item ended: succeeded when all did, with each output as the list
+    of the items' values in item order."""
+    items = list(node.items.order_by("item_index"))
+    active = sum(item.status in NODE_ACTIVE for item in items)
+    for item in items:
+        if run.status != RunStatus.RUNNING or active >= node.max_parallel:
+            break
+        if item.status != NodeStatus.WAITING:
+            continue
+        item.parent = node
+        values, problems = graph.resolve(node.bindings, run.parameters, _upstream_outputs(run), item.item)
+        if problems:
+            _item_end(item, NodeStatus.FAILED, error=NodeError.BINDING_UNRESOLVED, detail=" ".join(problems))
+            continue
+        problem = _trigger(run, item, values)
+        if problem is not None:
+            _item_end(item, NodeStatus.FAILED, error=NodeError.INVALID_BINDING, detail=problem)
+            continue
+        active += 1
+    if any(item.status in (NodeStatus.WAITING, *NODE_ACTIVE) for item in items):
+        if run.status == RunStatus.CANCELLED and not any(item.status in NODE_ACTIVE for item in items):
+            node.items.filter(status=NodeStatus.WAITING).update(status=NodeStatus.CANCELLED)
+            node_end(run, node, NodeStatus.CANCELLED)
+        return
+    names = sorted({name for item in items for name in item.outputs})
+    outputs = {name: [item.outputs.get(name) for item in items] for name in names}
+    failed = [str(item.item_index) for item in items if item.status != NodeStatus.SUCCEEDED]
+    if not failed:
+        node_end(run, node, NodeStatus.SUCCEEDED, outputs=outputs)
+        return
+    cancelled = all(
+        item.status == NodeStatus.CANCELLED for item in items if item.status != NodeStatus.SUCCEEDED
+    )
+    node_end(
         run,
         node,
-        EventType.WORKFLOW_NODE_STARTED,
-        task_id=str(task.pk),
-        execution_id=str(execution.pk) if execution else None,
-        attempt=node.attempts,
+        NodeStatus.CANCELLED if cancelled else NodeStatus.FAILED,
+        outputs=outputs,
+        error=NodeError.ITEMS_FAILED,
+        detail=f"{len(failed)} of {len(items)} items did not succeed: {', '.join(failed[:20])}.",
     )
+
+
+def _upstream_outputs(run: WorkflowRun) -> dict[str, dict[str, Any]]:
+    return _published({node.key: node for node in run.nodes.filter(parent=None)})
+
+
+def _item_end(
+    item: WorkflowNode, status: str, *, outputs: Any = None, error: str = "", detail: str = ""
+) -> None:
+    """One item of a fan-out ended (no event of its own: its node's events cover it)."""
+    item.status, item.error, item.error_detail = status, error, detail[:ERROR_DETAIL_MAX]
+    item.outputs, item.finished_at = dict(outputs or {}), timezone.now()
+    item.save(update_fields=["status", "error", "error_detail", "outputs", "finished_at"])

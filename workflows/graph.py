@@ -13,23 +13,25 @@ published), or a string with such expressions in text (then rendered as text).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from templates_app import parameters as params
-from workflows.models import EDGES_MAX, NODES_MAX, EdgeOn, Join, NodeStatus
+from workflows.models import EDGES_MAX, NODES_MAX, PARALLEL_DEFAULT, PARALLEL_MAX, EdgeOn, Join, NodeStatus
 
 Errors = list[tuple[str, str, str]]
 
 KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 EXPRESSION_RE = re.compile(
     r"\{\{\s*(?:params\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|nodes\.(?P<node>[A-Za-z][A-Za-z0-9_-]*)\.outputs\.(?P<output>[A-Za-z_][A-Za-z0-9_-]*))\s*\}\}"
+    r"|nodes\.(?P<node>[A-Za-z][A-Za-z0-9_-]*)\.outputs\.(?P<output>[A-Za-z_][A-Za-z0-9_-]*)"
+    r"|(?P<item>item)(?:\.(?P<field>[A-Za-z_][A-Za-z0-9_-]*))?)\s*\}\}"
 )
 OPENER = "{{"
-NODE_KEYS = frozenset({"key", "template", "parameters", "join"})
+NODE_KEYS = frozenset({"key", "template", "parameters", "join", "for_each", "max_parallel"})
 EDGE_KEYS = frozenset({"from", "to", "on"})
 # Source -> target parameter types a bound value can have (a string may be one of the choices;
 # an integer is a number). Anything else cannot fit and is refused at save.
@@ -41,15 +43,30 @@ TEXT_TARGETS = params.TEXT_TYPES
 
 @dataclass(frozen=True, slots=True)
 class Expression:
-    """One ``{{ ... }}``: a run parameter (``param``) or an upstream output (``node``, ``output``)."""
+    """One ``{{ ... }}``: a run parameter (``param``), an upstream output (``node``, ``output``),
+    or the current item of a fan-out (``item``, and ``field`` for a field of an object item)."""
 
-    param: str | None
-    node: str | None
-    output: str | None
+    param: str | None = None
+    node: str | None = None
+    output: str | None = None
+    item: bool = False
+    field: str | None = None
+
+    @classmethod
+    def of(cls, match: re.Match[str]) -> Expression:
+        return cls(
+            match.group("param"),
+            match.group("node"),
+            match.group("output"),
+            bool(match.group("item")),
+            match.group("field"),
+        )
 
     def __str__(self) -> str:
         if self.param is not None:
             return f"{{{{ params.{self.param} }}}}"
+        if self.item:
+            return f"{{{{ item.{self.field} }}}}" if self.field else "{{ item }}"
         return f"{{{{ nodes.{self.node}.outputs.{self.output} }}}}"
 
 
@@ -67,15 +84,12 @@ def parse_binding(value: Any) -> Binding | str:
     """The binding ``value`` is, or a message saying why it is not one."""
     if not isinstance(value, str) or OPENER not in value:
         return Binding("literal", value)
-    found = [
-        Expression(m.group("param"), m.group("node"), m.group("output"))
-        for m in EXPRESSION_RE.finditer(value)
-    ]
+    found = [Expression.of(match) for match in EXPRESSION_RE.finditer(value)]
     leftover = EXPRESSION_RE.sub("", value)
     if OPENER in leftover or "}}" in leftover:
         return (
-            "Not a binding: write {{ params.<name> }} or {{ nodes.<key>.outputs.<name> }} "
-            "(keys: letters, digits, _ and -)."
+            "Not a binding: write {{ params.<name> }}, {{ nodes.<key>.outputs.<name> }} or, in a "
+            "for_each node, {{ item }} / {{ item.<name> }} (keys: letters, digits, _ and -)."
         )
     if len(found) == 1 and EXPRESSION_RE.fullmatch(value.strip()):
         return Binding("whole", value, tuple(found))
@@ -220,7 +234,36 @@ def _node_shape(
         "parameters": dict(bindings),
         "join": join,
     }
+    if node.get("for_each") is not None or node.get("max_parallel") is not None:
+        errors += _fan_out_shape(node, at, name, entry)
     return errors, entry, found
+
+
+def _fan_out_shape(node: Mapping[str, Any], at: str, name: str, entry: dict[str, Any]) -> Errors:
+    """``for_each`` must be one ``{{ nodes.<key>.outputs.<name> }}``; ``max_parallel`` 1..50."""
+    errors: Errors = []
+    for_each = node.get("for_each")
+    binding = parse_binding(for_each) if isinstance(for_each, str) else None
+    if not isinstance(binding, Binding) or binding.kind != "whole" or binding.expressions[0].node is None:
+        errors.append(
+            (
+                f"{at}.for_each",
+                "invalid",
+                f"{name}: for_each is one {{{{ nodes.<key>.outputs.<name> }}}} (a list).",
+            )
+        )
+    else:
+        entry["for_each"] = for_each.strip()
+    parallel = node.get("max_parallel", PARALLEL_DEFAULT)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= PARALLEL_MAX:
+        errors.append(
+            (f"{at}.max_parallel", "invalid", f"{name}: max_parallel is an integer 1..{PARALLEL_MAX}.")
+        )
+    elif for_each is None:
+        errors.append((f"{at}.max_parallel", "invalid", f"{name}: max_parallel goes with for_each."))
+    else:
+        entry["max_parallel"] = parallel
+    return errors
 
 
 def _edges_shape(edges: list[Any], keys: Mapping[str, int]) -> tuple[list[tuple[str, str, str]], Errors]:
@@ -269,6 +312,17 @@ def _binding_errors(
     key = entry["key"]
     targets = {item["name"]: item for item in params.normalize_spec(target_spec)}
     errors: Errors = []
+    if "for_each" in entry:
+        source = parse_binding(entry["for_each"])
+        assert isinstance(source, Binding)
+        if source.expressions[0].node not in upstream[key]:
+            errors.append(
+                (
+                    f"nodes[{index}].for_each",
+                    "not_upstream",
+                    f'Node "{key}": for_each names a node that is not upstream of it.',
+                )
+            )
     for name, raw in entry["parameters"].items():
         at = f"nodes[{index}].parameters.{name}"
         where = f'Node "{key}", parameter {name}'
@@ -289,7 +343,9 @@ def _binding_errors(
         if binding.kind == "text" and target["type"] not in TEXT_TARGETS:
             errors.append((at, "type_mismatch", f"{where}: text cannot fit a {target['type']} parameter."))
         for expression in binding.expressions:
-            errors += _expression_errors(expression, binding, target, declared, upstream[key], at, where)
+            errors += _expression_errors(
+                expression, binding, target, declared, upstream[key], at, where, "for_each" in entry
+            )
     for name, target in targets.items():
         if target["required"] and target["default"] is None and name not in entry["parameters"]:
             errors.append(
@@ -310,7 +366,12 @@ def _expression_errors(
     upstream: set[str],
     at: str,
     where: str,
+    fan_out: bool,
 ) -> Errors:
+    if expression.item:
+        if not fan_out:
+            return [(at, "item_outside_for_each", f"{where}: {expression} is only known in a for_each node.")]
+        return []
     if expression.node is not None:
         if expression.node not in upstream:
             return [(at, "not_upstream", f"{where}: {expression} names a node that is not upstream of it.")]
@@ -328,11 +389,18 @@ def _expression_errors(
 
 
 # --- Resolving bindings when a node starts -----------------------------------------------------------
+NO_ITEM = object()
+
+
 def resolve(
-    bindings: Mapping[str, Any], run_parameters: Mapping[str, Any], outputs: Mapping[str, Mapping[str, Any]]
+    bindings: Mapping[str, Any],
+    run_parameters: Mapping[str, Any],
+    outputs: Mapping[str, Mapping[str, Any]],
+    item: Any = NO_ITEM,
 ) -> tuple[dict[str, Any], list[str]]:
-    """``(values, problems)``: the node's parameter values from the run's parameters and its
-    upstream nodes' ``outputs``; each problem names the binding that found no value."""
+    """``(values, problems)``: the node's parameter values from the run's parameters, its
+    upstream nodes' ``outputs`` and, in a fan-out, its ``item``; each problem names the binding
+    that found no value."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name, raw in bindings.items():
@@ -342,7 +410,13 @@ def resolve(
             continue
         found: list[Any] = []
         for expression in binding.expressions:
-            if expression.param is not None:
+            if expression.item:
+                value = _item_value(item, expression)
+                if value is NO_ITEM:
+                    problems.append(f"{name}: {expression} has no value for this item.")
+                else:
+                    found.append(value)
+            elif expression.param is not None:
                 if expression.param not in run_parameters:
                     problems.append(f"{name}: {expression} has no value in this run.")
                     continue
@@ -367,14 +441,29 @@ def resolve(
         else:
             text = raw
             for expression, value in zip(binding.expressions, found, strict=True):
-                text = text.replace(_source_of(raw, expression), params.as_text(value), 1)
+                text = text.replace(_source_of(raw, expression), _as_text(value), 1)
             values[name] = text
     return values, problems
 
 
+def _as_text(value: Any) -> str:
+    """A value inside text: lists and objects in their JSON spelling, the rest as templates do."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return params.as_text(value)
+
+
+def _item_value(item: Any, expression: Expression) -> Any:
+    if item is NO_ITEM or expression.field is None:
+        return item
+    if isinstance(item, Mapping) and expression.field in item:
+        return item[expression.field]
+    return NO_ITEM
+
+
 def _source_of(text: str, expression: Expression) -> str:
     for match in EXPRESSION_RE.finditer(text):
-        if Expression(match.group("param"), match.group("node"), match.group("output")) == expression:
+        if Expression.of(match) == expression:
             return match.group(0)
     return str(expression)  # pragma: no cover - the expression was parsed from this text
 

@@ -25,6 +25,8 @@ DESCRIPTION_MAX = 1000
 NODES_MAX = 200
 EDGES_MAX = 1000
 ERROR_DETAIL_MAX = 1000
+PARALLEL_MAX = 50
+PARALLEL_DEFAULT = 10
 
 
 class Join(models.TextChoices):
@@ -73,7 +75,8 @@ class NodeError(models.TextChoices):
     BINDING_UNRESOLVED = "binding_unresolved", "A binding found no value"
     INVALID_BINDING = "invalid_binding", "A bound value does not fit the parameter"
     TEMPLATE_MISSING = "template_missing", "Its template was deleted"
-    TASK_DELETED = "task_deleted", "Its task was deleted"
+    ITEMS_FAILED = "items_failed", "An item of its fan-out failed"
+    TOO_MANY_ITEMS = "too_many_items", "Its for_each list is longer than the cap"
 
 
 class WorkflowTemplateQuerySet(ProjectScopedQuerySet):
@@ -189,6 +192,13 @@ class WorkflowNode(models.Model):
     template_name = models.CharField(max_length=200, blank=True, help_text="As it was when the run was made.")
     bindings = models.JSONField(default=dict, blank=True)
     join = models.CharField(max_length=3, choices=Join.choices, default=Join.ALL)
+    # Fan-out: the node runs once per item of the list ``for_each`` names, at most
+    # ``max_parallel`` at once; each item is a child row (``parent``, ``item_index``, ``item``).
+    for_each = models.CharField(max_length=200, blank=True)
+    max_parallel = models.PositiveSmallIntegerField(default=PARALLEL_DEFAULT)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="items")
+    item_index = models.PositiveIntegerField(null=True, blank=True)
+    item = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=NodeStatus.choices, default=NodeStatus.WAITING)
     task = models.ForeignKey(
         "tasks.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="workflow_nodes"

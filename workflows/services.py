@@ -25,6 +25,7 @@ from vault.services import secret_ref_errors, secret_refs_check
 from workflows import engine, graph
 from workflows.models import (
     NODE_ACTIVE,
+    PARALLEL_DEFAULT,
     NodeStatus,
     RunStatus,
     WorkflowNode,
@@ -236,6 +237,8 @@ def workflow_run_create(
             template_name=lookup[by_key[key]["template"]].name,
             bindings=by_key[key]["parameters"],
             join=by_key[key]["join"],
+            for_each=by_key[key].get("for_each", ""),
+            max_parallel=by_key[key].get("max_parallel", PARALLEL_DEFAULT),
         )
         for position, key in enumerate(order)
     )
@@ -308,6 +311,8 @@ def workflow_run_cancel(
         now = timezone.now()
         run.nodes.filter(status=NodeStatus.WAITING).update(status=NodeStatus.CANCELLED, finished_at=now)
         engine.run_end(run, RunStatus.CANCELLED, actor=actor, api_key=api_key)
+        for parent in run.nodes.filter(status__in=NODE_ACTIVE, parent=None).exclude(for_each=""):
+            engine.fan_out_fill(run, parent)  # a fan-out none of whose items still runs ends now
     # Each task in its own transaction, after the run's (locks go task, then run: never inverted).
     for node in run.nodes.filter(status__in=NODE_ACTIVE).select_related("task"):
         if node.task is None or node.task.status in TERMINAL:
@@ -340,11 +345,17 @@ def workflow_run_retry(*, run: WorkflowRun, actor: User | None, api_key: ApiKey 
             code="nodes_running",
             nodes=active,
         )
+    nodes = [node for node in nodes if node.parent_id is None]
     edges = graph.edge_list(run.edges)
     upstream = graph.ancestors_of([node.key for node in nodes], edges)
     failed = {node.key for node in nodes if node.status in (NodeStatus.FAILED, NodeStatus.CANCELLED)}
-    again = failed | {key for key, above in upstream.items() if above & failed}
-    WorkflowNode.objects.filter(run=run, key__in=again).update(
+    downstream = {key for key, above in upstream.items() if above & failed} - failed
+    again = failed | downstream
+    # A fan-out that failed keeps the items that succeeded; one that runs again because something
+    # upstream does starts over (its list may change).
+    WorkflowNode.objects.filter(run=run, parent__key__in=failed).exclude(status=NodeStatus.SUCCEEDED).delete()
+    WorkflowNode.objects.filter(run=run, parent__key__in=downstream).delete()
+    WorkflowNode.objects.filter(run=run, parent=None, key__in=again).update(
         status=NodeStatus.WAITING,
         task=None,
         outputs={},
