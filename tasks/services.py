@@ -653,7 +653,9 @@ def _finish_claim(
         # Applied to this instance as well (the API reads the row back to render it).
         for name, value in changes.items():
             setattr(task, name, value)
-        hooks.task_finished(task, outputs=values.get("result"), actor=actor, api_key=api_key)
+        # An agent's complete publishes its result object; a fail's {"error": ...} is not outputs.
+        published = values.get("result") if to_status == Status.COMPLETED else None
+        hooks.task_finished(task, outputs=published, actor=actor, api_key=api_key)
         events_record(
             event_build(
                 type=event, project=task.project_id, task=task, actor=actor, api_key=api_key, data=data
