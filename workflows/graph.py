@@ -209,7 +209,7 @@ def _node_shape(
             )
         )
     key = node.get("key")
-    if not isinstance(key, str) or not KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         errors.append((f"{at}.key", "invalid", "A key: a letter, then up to 63 letters, digits, _ or -."))
         return errors, None, None
     if key in keys:
