@@ -202,6 +202,7 @@ def _chain(count: int) -> dict[str, Any]:
             "a string cannot fit a integer",
         ),
         ({"edges": [{"from": "a", "to": "zz"}]}, "edges[0].to", "unknown_node", "no node 'zz'"),
+        ({"edges": [{"from": "zz", "to": "a"}]}, "edges[0].from", "unknown_node", "no node 'zz'"),
         ({"edges": [{"from": "a", "to": "b", "on": "maybe"}]}, "edges[0].on", "invalid_choice", ""),
         (
             {"nodes": [{"key": "a", "template": "count"}], "edges": []},
@@ -462,6 +463,45 @@ def test_a_bad_run_request_is_a_400_naming_the_field(api, make_workflow, body, f
     if code:
         assert fields[field] == code
     assert not WorkflowRun.objects.exists()
+
+
+def test_a_secret_parameter_is_a_reference_and_never_shown(api, user, project):
+    from vault.services import secret_create
+
+    secret_create(project=project, actor=user, name="DEPLOY_TOKEN", value="tok-abcdef-123456")
+    template_create(
+        project=project,
+        actor=user,
+        slug="secretive",
+        name="Secretive",
+        name_pattern="secretive",
+        script_type="bash",
+        script="echo {{ token }}",
+        parameters=[{"name": "token", "type": "string", "secret": True, "required": True}],
+    )
+    body = {
+        "slug": "sec",
+        "name": "Sec",
+        "parameters": [{"name": "token", "type": "string", "secret": True, "required": True}],
+        "nodes": [{"key": "a", "template": "secretive", "parameters": {"token": "{{ params.token }}"}}],
+    }
+    assert api.post(TEMPLATES, body, format="json").status_code == 201
+    plain = problem_of(
+        api.post(RUNS, {"template": "sec", "parameters": {"token": "hunter2"}}, format="json"), 400
+    )
+    assert fields_of(plain) == {"parameters.token": "secret_reference_required"}
+    assert "hunter2" not in str(plain)
+    missing = api.post(RUNS, {"template": "sec", "parameters": {"token": {"secret": "NOPE"}}}, format="json")
+    assert "parameters.token" in fields_of(problem_of(missing, 400))
+    assert not WorkflowRun.objects.exists()
+    created = api.post(
+        RUNS, {"template": "sec", "parameters": {"token": {"secret": "DEPLOY_TOKEN"}}}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["parameters"] == {"token": {"secret": "DEPLOY_TOKEN"}}
+    url = f"{RUNS}/{created.json()['id']}"
+    for response in (created, api.get(url), api.get(RUNS)):
+        assert "tok-abcdef-123456" not in response.content.decode()
 
 
 def test_a_run_requires_a_template(api):
