@@ -452,6 +452,13 @@ SPECTACULAR_SETTINGS = {
         "EventTypeEnum": "events.models.EventType",
         "ScheduleFireOutcomeEnum": "schedules.models.FireOutcome",
         "ScheduleRunOutcomeEnum": "schedules.models.RunOutcome",
+        # Pinned: another "error" enum (workflow nodes) would otherwise rename this one.
+        "ErrorEnum": "executions.models.ErrorCode",
+        "WorkflowRunStatusEnum": "workflows.models.RunStatus",
+        "WorkflowNodeStatusEnum": "workflows.models.NodeStatus",
+        "WorkflowNodeErrorEnum": "workflows.models.NodeError",
+        "WorkflowJoinEnum": "workflows.models.Join",
+        "WorkflowEdgeOnEnum": "workflows.models.EdgeOn",
     },
 }
 

@@ -21,6 +21,7 @@ api_v1 = [
     path("", include("schedules.api.urls")),
     path("", include("templates_app.api.urls")),
     path("", include("triggers.api.urls")),
+    path("", include("workflows.api.urls")),
     path("", include("events.api.urls")),
 ]
 

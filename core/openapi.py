@@ -328,6 +328,26 @@ LINKS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
             ("webhooks_destroy", {"id": _ID}),
         ],
     ),
+    "workflow_templates_create": (
+        "201",
+        [
+            ("workflow_templates_retrieve", {"ref": _ID}),
+            ("workflow_templates_partial_update", {"ref": _ID}),
+            ("workflow_templates_update", {"ref": _ID}),
+            ("workflow_templates_destroy", {"ref": _ID}),
+        ],
+    ),
+    "workflows_create": (
+        "201",
+        [
+            ("workflows_retrieve", {"id": _ID}),
+            ("workflows_start_create", {"id": _ID}),
+            ("workflows_pause_create", {"id": _ID}),
+            ("workflows_resume_create", {"id": _ID}),
+            ("workflows_cancel_create", {"id": _ID}),
+            ("workflows_retry_create", {"id": _ID}),
+        ],
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from tests.factories import TaskFactory, make_key
 from triggers.models import Trigger
 from vault.models import Secret
 from webhooks.models import Subscription
+from workflows.models import WorkflowRun, WorkflowTemplate
 
 pytestmark = pytest.mark.django_db
 
@@ -148,6 +149,29 @@ def foreign_schedule(owner: User) -> dict[str, Any]:
     return {"pk": schedule.pk}
 
 
+def foreign_workflow_template(owner: User) -> dict[str, Any]:
+    from workflows.services import workflow_template_create
+
+    step = foreign_template(owner)["ref"]
+    workflow = workflow_template_create(
+        project=owner.personal_project,
+        actor=owner,
+        slug=f"foreign-flow-{uuid.uuid4().hex[:8]}",
+        name="Foreign flow",
+        nodes=[{"key": "a", "template": str(step)}, {"key": "b", "template": str(step)}],
+        edges=[{"from": "a", "to": "b"}],
+    )
+    return {"ref": workflow.pk}
+
+
+def foreign_workflow_run(owner: User) -> dict[str, Any]:
+    from workflows.services import workflow_run_create
+
+    workflow = WorkflowTemplate.objects.get(pk=foreign_workflow_template(owner)["ref"])
+    run = workflow_run_create(workflow=workflow, actor=owner, name="secret run")
+    return {"pk": run.pk}
+
+
 # model -> builds an object owned by another user and returns the URL kwargs reaching it.
 FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     ApiKey: foreign_api_key,
@@ -162,6 +186,8 @@ FOREIGN_OBJECTS: dict[type, Callable[[User], dict[str, Any]]] = {
     Trigger: foreign_trigger,
     Agent: foreign_agent,
     Schedule: foreign_schedule,
+    WorkflowTemplate: foreign_workflow_template,
+    WorkflowRun: foreign_workflow_run,
 }
 
 

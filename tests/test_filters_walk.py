@@ -53,7 +53,7 @@ def test_the_walk_finds_every_list_endpoint() -> None:
 
 @pytest.fixture
 def world(user: Any, project: Any) -> dict[str, Any]:
-    """Tasks and executions in several statuses and with several tags."""
+    """Tasks, executions and workflow runs in several statuses, tasks with several tags."""
     pending = TaskFactory(project=project, created_by=user, status=Status.PENDING, tags=["a", "b"])
     done = TaskFactory(project=project, created_by=user, status=Status.COMPLETED, tags=["a"])
     TaskFactory(project=project, created_by=user, status=Status.FAILED, tags=["b"])
@@ -80,6 +80,11 @@ def world(user: Any, project: Any) -> dict[str, Any]:
                 else {}
             ),
         )
+    # Workflow runs in two statuses (the run list's status filter).
+    from workflows.models import RunStatus, WorkflowRun
+
+    for status in (RunStatus.PENDING, RunStatus.SUCCEEDED):
+        WorkflowRun.objects.create(project=project, template_version=1, name=f"run {status}", status=status)
     return {"task": done}
 
 

@@ -106,6 +106,13 @@ EXTRA_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("agent-tasks", "post"): (("task:write",), Role.MEMBER),
     # Running a schedule now queues an execution; members may, like a template trigger.
     ("schedule-trigger", "post"): (("schedule:write", "execution:write"), Role.MEMBER),
+    # Running a workflow queues its nodes' executions: members may, with execution:write too
+    # (pause queues nothing: workflow:write and the member role, the view's own rule).
+    ("workflow-list", "post"): (("execution:write",), Role.MEMBER),
+    ("workflow-start", "post"): (("execution:write",), Role.MEMBER),
+    ("workflow-resume", "post"): (("execution:write",), Role.MEMBER),
+    ("workflow-cancel", "post"): (("execution:write",), Role.MEMBER),
+    ("workflow-retry", "post"): (("execution:write",), Role.MEMBER),
 }
 # Only the agent itself (its agent-bound key, never one of these callers) may do these.
 AGENT_KEY_ONLY = {"agent-heartbeat"}
@@ -312,6 +319,7 @@ MINIMAL_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("task-notes", "post"): {"body": "mass"},
     ("task-fail", "post"): {"error": "mass"},
     ("task-move", "post"): {"status": "queued"},
+    ("workflow-template-detail", "patch"): {"description": "mass"},
 }
 
 

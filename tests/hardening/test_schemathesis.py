@@ -71,6 +71,39 @@ def seed() -> tuple[User, str]:
             tags=["seed"],
         )
         Task.objects.create(project=project, created_by=user, name=f"work item {index}", agent="bot")
+    # The workflow examples of the schema (workflows/api/views.py) name these: a step template
+    # and the workflow template "release", so POST /workflows creates a run and the stateful
+    # phase follows its links (start, pause, resume, cancel, retry).
+    from templates_app.services import template_create
+    from workflows.services import workflow_template_create
+
+    extra = {
+        "deploy": [{"name": "artifact", "type": "string", "default": "none"}],
+        "notify": [{"name": "message", "type": "string", "default": "done"}],
+    }
+    for slug in ("build", "test", "lint", "deploy", "notify"):
+        template_create(
+            project=project,
+            actor=user,
+            slug=slug,
+            name=slug.title(),
+            name_pattern=f"{slug} {{{{ ref }}}}",
+            script_type="bash",
+            script=f"echo {slug} {{{{ ref }}}}",
+            parameters=[{"name": "ref", "type": "string", "default": "main"}, *extra.get(slug, [])],
+        )
+    workflow_template_create(
+        project=project,
+        actor=user,
+        slug="release",
+        name="Release",
+        parameters=[{"name": "ref", "type": "string", "required": True}],
+        nodes=[
+            {"key": "build", "template": "build", "parameters": {"ref": "{{ params.ref }}"}},
+            {"key": "test", "template": "test", "parameters": {"ref": "{{ params.ref }}"}},
+        ],
+        edges=[{"from": "build", "to": "test"}],
+    )
     _, raw = make_key(user, ["*"])
     return user, raw
 
