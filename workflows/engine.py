@@ -154,7 +154,8 @@ def run_end(
 ) -> None:
     now = timezone.now()
     run.status, run.error, run.finished_at, run.updated_at = status, error[:300], now, now
-    run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    run.paused_at = None
+    run.save(update_fields=["status", "error", "finished_at", "updated_at", "paused_at"])
     run_event(run, RUN_EVENTS[RunStatus(status)], actor=actor, api_key=api_key, error=error or None)
 
 

@@ -33,6 +33,8 @@ STEP_FIELDS = {
     "task",
     "execution",
     "attempts",
+    "for_each",
+    "items",
     "outputs",
     "result",
     "error",
@@ -712,3 +714,40 @@ def test_narrow_keys_stay_narrow(user, key_client, make_workflow):
     assert restricted.get(RUNS).json()["results"] == []
     problem = problem_of(restricted.post(RUNS, {"template": "diamond"}, format="json"), 400)
     assert fields_of(problem) == {"template": "does_not_exist"}
+
+
+def test_a_fan_out_shows_its_items(api, user, project, step):
+    from tests.workflows.conftest import end_node
+
+    definition = {
+        "slug": "fan",
+        "name": "Fan",
+        "nodes": [
+            {"key": "list", "template": "step"},
+            {
+                "key": "each",
+                "template": "step",
+                "for_each": "{{ nodes.list.outputs.hosts }}",
+                "max_parallel": 1,
+                "parameters": {"message": "{{ item }}"},
+            },
+        ],
+        "edges": [{"from": "list", "to": "each"}],
+    }
+    created = api.post("/api/v1/workflow-templates", definition, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["nodes"][1]["for_each"] == "{{ nodes.list.outputs.hosts }}"
+    run = api.post("/api/v1/workflows", {"template": "fan"}, format="json").json()
+    from workflows.models import WorkflowRun
+
+    end_node(WorkflowRun.objects.get(pk=run["id"]), "list", outputs={"hosts": ["x", "y"]})
+    steps = {s["key"]: s for s in api.get(f"/api/v1/workflows/{run['id']}").json()["steps"]}
+    assert list(steps) == ["list", "each"]  # items are not steps of their own
+    assert steps["list"]["items"] == [] and steps["list"]["for_each"] is None
+    each = steps["each"]
+    assert each["for_each"] == "{{ nodes.list.outputs.hosts }}"
+    assert [(i["index"], i["item"], i["status"]) for i in each["items"]] == [
+        (0, "x", "queued"),
+        (1, "y", "waiting"),
+    ]
+    assert each["items"][0]["task"] is not None and each["items"][1]["task"] is None

@@ -16,6 +16,8 @@ from workflows.models import (
     EDGES_MAX,
     NAME_MAX,
     NODES_MAX,
+    PARALLEL_DEFAULT,
+    PARALLEL_MAX,
     EdgeOn,
     Join,
     NodeError,
@@ -52,6 +54,17 @@ class WorkflowNodeSpecSerializer(serializers.Serializer):
         required=False,
         default=Join.ALL,
         help_text="all: runs when every incoming edge's condition is met; any: when one is.",
+    )
+    for_each = serializers.CharField(
+        required=False,
+        help_text="Fan-out: `{{ nodes.<key>.outputs.<name> }}` naming an upstream list output; the node "
+        "runs once per item, `{{ item }}` / `{{ item.<name> }}` in its parameters.",
+    )
+    max_parallel = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=PARALLEL_MAX,
+        help_text=f"With for_each: items running at once (default {PARALLEL_DEFAULT}).",
     )
 
 
@@ -187,36 +200,28 @@ class WorkflowRunCreateSerializer(StrictSerializer):
         return super().to_internal_value(data)
 
 
-class WorkflowStepSerializer(serializers.ModelSerializer):
-    """One node of a run, as the reference's ``steps`` show it."""
+class WorkflowItemSerializer(serializers.ModelSerializer):
+    """One item of a fan-out node."""
 
-    id = serializers.CharField(source="key", help_text="The node's key.")
-    name = serializers.CharField(source="template_name", help_text="Its template's name.")
+    index = serializers.IntegerField(source="item_index")
+    item = serializers.JSONField(help_text="The list's element this item ran with.")
     status = serializers.SerializerMethodField()
-    template = serializers.UUIDField(source="template_id", allow_null=True)
     task = serializers.UUIDField(source="task_id", allow_null=True)
-    execution = serializers.SerializerMethodField(help_text="Its task's latest execution.")
-    outputs = JSONObjectField(help_text="What its run published (secrets masked).")
-    result = JSONObjectField(source="outputs", help_text="The same as outputs (the reference's name).")
-    # null when there is no error, as everywhere (an execution's error, a task's result.error).
-    error = serializers.SerializerMethodField(
-        help_text="Why it failed without its task failing, or task_failed / task_cancelled."
-    )
+    execution = serializers.SerializerMethodField()
+    outputs = JSONObjectField()
+    error = serializers.SerializerMethodField()
     error_detail = serializers.SerializerMethodField()
 
     class Meta:
         model = WorkflowNode
         fields = (
-            "id",
-            "name",
-            "key",
+            "index",
+            "item",
             "status",
-            "template",
             "task",
             "execution",
             "attempts",
             "outputs",
-            "result",
             "error",
             "error_detail",
             "started_at",
@@ -241,6 +246,52 @@ class WorkflowStepSerializer(serializers.ModelSerializer):
         if node.task is None or node.task.last_execution_id is None:
             return None
         return str(node.task.last_execution_id)
+
+
+class WorkflowStepSerializer(WorkflowItemSerializer):
+    """One node of a run, as the reference's ``steps`` show it."""
+
+    id = serializers.CharField(source="key", help_text="The node's key.")
+    name = serializers.CharField(source="template_name", help_text="Its template's name.")
+    status = serializers.SerializerMethodField()
+    template = serializers.UUIDField(source="template_id", allow_null=True)
+    task = serializers.UUIDField(source="task_id", allow_null=True)
+    execution = serializers.SerializerMethodField(help_text="Its task's latest execution.")
+    outputs = JSONObjectField(help_text="What its run published (secrets masked).")
+    result = JSONObjectField(source="outputs", help_text="The same as outputs (the reference's name).")
+    # null when there is no error, as everywhere (an execution's error, a task's result.error).
+    error = serializers.SerializerMethodField(
+        help_text="Why it failed without its task failing, or task_failed / task_cancelled."
+    )
+    error_detail = serializers.SerializerMethodField()
+    for_each = serializers.SerializerMethodField(help_text="A fan-out's list, or null.")
+    items = WorkflowItemSerializer(many=True, help_text="A fan-out's items, in item order ([] otherwise).")
+
+    class Meta:
+        model = WorkflowNode
+        fields = (
+            "id",
+            "name",
+            "key",
+            "status",
+            "template",
+            "task",
+            "execution",
+            "attempts",
+            "outputs",
+            "result",
+            "error",
+            "error_detail",
+            "started_at",
+            "finished_at",
+            "for_each",
+            "items",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_for_each(self, node: WorkflowNode) -> str | None:
+        return node.for_each or None
 
 
 class WorkflowRunSerializer(serializers.ModelSerializer):

@@ -268,7 +268,13 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskf
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
         queryset = queryset.select_related("created_by")
         if self.action != "list":
-            nodes = WorkflowNode.objects.select_related("task").order_by("position")
+            items = WorkflowNode.objects.select_related("task").order_by("item_index")
+            nodes = (
+                WorkflowNode.objects.filter(parent=None)
+                .select_related("task")
+                .prefetch_related(Prefetch("items", queryset=items))
+                .order_by("position")
+            )
             queryset = queryset.prefetch_related(Prefetch("nodes", queryset=nodes))
         return queryset
 
