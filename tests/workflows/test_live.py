@@ -258,7 +258,7 @@ def test_pause_while_b_runs_lets_it_finish_and_starts_d_only_on_resume(templates
     assert types.index("workflow.paused") < types.index("workflow.resumed")
 
 
-def test_cancel_while_b_runs_kills_it_and_cancels_the_run(templates, user, project):
+def test_cancel_while_b_runs_kills_it_and_cancels_the_run_then_retry_finishes_it(templates, user, project):
     run = services.workflow_run_create(
         workflow=diamond(user, project), actor=user, parameters={"b_seconds": 60}
     )
@@ -268,16 +268,33 @@ def test_cancel_while_b_runs_kills_it_and_cancels_the_run(templates, user, proje
         run = services.workflow_run_cancel(run=run, actor=user)
         assert run.status == RunStatus.CANCELLED
         run = final(run, timeout=20)
+        assert run.status == RunStatus.CANCELLED
+        # The node is cancelled with its task, at once; its script is killed by its worker
+        # within the next 2 s (the execution's own end).
+        (b_run,) = executions(run, "b")
+        b_run = wait_for(lambda: (e := Execution.objects.get(pk=b_run.pk)).is_final and e, timeout=20)
         took = time.monotonic() - asked
-    assert run.status == RunStatus.CANCELLED
-    (b_run,) = executions(run, "b")
-    assert b_run.status == ExecutionStatus.CANCELLED and b_run.error == ErrorCode.CANCELLED
-    assert "woke" not in stdout(b_run)  # killed, not left to finish its 60 s
-    assert took < 15, took
-    states = statuses(run)
-    assert states["b"] == "cancelled" and states["d"] == "cancelled" and states["a"] == "succeeded"
-    assert node(run, "b").error == NodeError.TASK_CANCELLED
-    assert node(run, "d").task is None
+        assert b_run.status == ExecutionStatus.CANCELLED and b_run.error == ErrorCode.CANCELLED
+        assert "woke" not in stdout(b_run)  # killed, not left to finish its 60 s
+        print(f"cancel to killed: {took:.2f}s")
+        assert took < 15, took
+        states = statuses(run)
+        assert states["b"] == "cancelled" and states["d"] == "cancelled" and states["a"] == "succeeded"
+        assert node(run, "b").error == NodeError.TASK_CANCELLED
+        assert node(run, "d").task is None
+        # Retry runs the cancelled nodes (B, D) again; B's template no longer naps (the run
+        # keeps its 60 s parameter).
+        c_finished = WorkflowRun.objects.get(pk=run.pk).nodes.get(key="c").status
+        template_update(template=templates["nap"], actor=user, fields={"script": "echo quick {{ seconds }}"})
+        services.workflow_run_retry(run=run, actor=user)
+        run = final(run)
+    assert run.status == RunStatus.SUCCEEDED, (run.error, statuses(run))
+    if c_finished == NodeStatus.SUCCEEDED:  # C had ended before the cancel: not run again
+        assert_ran_once(run, "a", "c", "d")
+    else:
+        assert_ran_once(run, "a", "d")
+    assert node(run, "b").attempts == 2 and stdout(executions(run, "b")[-1]) == "quick 60\n"
+    assert_d_got_the_version(run)
 
 
 def test_a_worker_killed_mid_node_is_reaped_and_the_node_retried(templates, user, project):
