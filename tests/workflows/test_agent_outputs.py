@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from events.models import Event
 from executions.models import Execution
 from tasks.models import Status, Task
+from tasks.services import task_delete
 from templates_app.services import template_create
 from tests.workflows.conftest import end_node, statuses
 from workflows import services
@@ -191,3 +192,53 @@ def test_a_released_claim_leaves_the_node_queued(run, agent):
     assert again.pk == task.pk
     agent.post(f"/api/v1/tasks/{task.pk}/complete", {"result": {"verdict": "ok"}}, format="json")
     assert run.nodes.get(key="publish").task.parameters == {"message": "ok"}
+
+
+def test_cancelling_the_run_cancels_a_claimed_agent_node(run, agent, user):
+    task = claim(agent, run)
+    run = services.workflow_run_cancel(run=run, actor=user)
+    assert run.status == RunStatus.CANCELLED
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
+    assert statuses(run) == {"review": "cancelled", "publish": "cancelled", "handler": "cancelled"}
+    response = agent.post(f"/api/v1/tasks/{task.pk}/complete", {"result": {"verdict": "late"}}, format="json")
+    assert response.status_code == 409  # the claim is gone with the task
+    assert run.nodes.get(key="review").outputs == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Deleting a queued agent node's (pending) task is allowed, and nothing tells the run: "
+    "the node stays queued with no task for ever (NodeError.TASK_DELETED is never used), the run "
+    "never ends, cancel leaves the node queued and retry answers 409 nodes_running for ever. "
+    "Proposed fix in the report (a task-deleted hook: tasks/hooks.py, tasks/services.py, "
+    "workflows/engine.py, workflows/apps.py).",
+)
+def test_deleting_an_agent_nodes_task_fails_the_node(run, user):
+    task = run.nodes.get(key="review").task
+    task_delete(task=task, actor=user)
+    node = run.nodes.get(key="review")
+    assert node.status == NodeStatus.FAILED and node.error == "task_deleted"
+    assert statuses(run) == {
+        "review": "failed",
+        "publish": "skipped",
+        "handler": "queued",
+    }  # its failure edge
+
+
+@pytest.mark.xfail(strict=True, reason="The same bug as above, seen from a run without a failure edge.")
+def test_a_run_whose_agent_node_lost_its_task_can_still_be_cancelled_and_retried(make_workflow, review, user):
+    workflow = make_workflow(
+        slug="lone",
+        name="Lone",
+        nodes=[{"key": "review", "template": "review", "parameters": {"topic": "x"}}],
+        edges=[],
+    )
+    run = services.workflow_run_create(workflow=workflow, actor=user)
+    task_delete(task=run.nodes.get(key="review").task, actor=user)
+    run.refresh_from_db()
+    if run.status == RunStatus.RUNNING:  # nothing ended it: the user cancels it
+        run = services.workflow_run_cancel(run=run, actor=user)
+    assert statuses(run)["review"] in ("failed", "cancelled")
+    run = services.workflow_run_retry(run=run, actor=user)
+    assert statuses(run) == {"review": "queued"} and run.nodes.get(key="review").attempts == 2
