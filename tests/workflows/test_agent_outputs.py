@@ -12,7 +12,6 @@ from rest_framework.test import APIClient
 from events.models import Event
 from executions.models import Execution
 from tasks.models import Status, Task
-from tasks.services import task_delete
 from templates_app.services import template_create
 from tests.workflows.conftest import end_node, statuses
 from workflows import services
@@ -145,12 +144,6 @@ def test_an_agents_fail_fails_the_node_and_takes_the_failure_edge(run, agent):
     assert run.status == RunStatus.SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.services._finish_claim passes task_fail's stored result ({'error': ...}) to "
-    "tasks.hooks.task_finished as the node's outputs; an agent that fails published nothing "
-    "(the error is the node's error_detail). Proposed fix in the report (tasks/services.py).",
-)
 def test_an_agents_fail_publishes_no_outputs(run, agent):
     task = claim(agent, run)
     agent.post(f"/api/v1/tasks/{task.pk}/fail", {"error": "cannot reach the repo"}, format="json")
@@ -206,39 +199,13 @@ def test_cancelling_the_run_cancels_a_claimed_agent_node(run, agent, user):
     assert run.nodes.get(key="review").outputs == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Deleting a queued agent node's (pending) task is allowed, and nothing tells the run: "
-    "the node stays queued with no task for ever (NodeError.TASK_DELETED is never used), the run "
-    "never ends, cancel leaves the node queued and retry answers 409 nodes_running for ever. "
-    "Proposed fix in the report (a task-deleted hook: tasks/hooks.py, tasks/services.py, "
-    "workflows/engine.py, workflows/apps.py).",
-)
-def test_deleting_an_agent_nodes_task_fails_the_node(run, user):
+def test_an_agent_nodes_task_cannot_be_deleted_before_it_ends(run, api, user):
+    """Deleting the pending task of a queued agent node would leave the run waiting for ever:
+    409 task_in_workflow (over HTTP), nothing changes; once the run is cancelled it may go."""
     task = run.nodes.get(key="review").task
-    task_delete(task=task, actor=user)
-    node = run.nodes.get(key="review")
-    assert node.status == NodeStatus.FAILED and node.error == "task_deleted"
-    assert statuses(run) == {
-        "review": "failed",
-        "publish": "skipped",
-        "handler": "queued",
-    }  # its failure edge
-
-
-@pytest.mark.xfail(strict=True, reason="The same bug as above, seen from a run without a failure edge.")
-def test_a_run_whose_agent_node_lost_its_task_can_still_be_cancelled_and_retried(make_workflow, review, user):
-    workflow = make_workflow(
-        slug="lone",
-        name="Lone",
-        nodes=[{"key": "review", "template": "review", "parameters": {"topic": "x"}}],
-        edges=[],
-    )
-    run = services.workflow_run_create(workflow=workflow, actor=user)
-    task_delete(task=run.nodes.get(key="review").task, actor=user)
-    run.refresh_from_db()
-    if run.status == RunStatus.RUNNING:  # nothing ended it: the user cancels it
-        run = services.workflow_run_cancel(run=run, actor=user)
-    assert statuses(run)["review"] in ("failed", "cancelled")
-    run = services.workflow_run_retry(run=run, actor=user)
-    assert statuses(run) == {"review": "queued"} and run.nodes.get(key="review").attempts == 2
+    response = api.delete(f"/api/v1/tasks/{task.pk}")
+    assert response.status_code == 409 and response.json()["code"] == "task_in_workflow"
+    assert Task.objects.filter(pk=task.pk).exists()
+    assert statuses(run)["review"] == "queued"
+    services.workflow_run_cancel(run=run, actor=user)
+    assert api.delete(f"/api/v1/tasks/{task.pk}").status_code == 204
