@@ -14,6 +14,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -448,6 +449,9 @@ class WorkflowRunAdmin(ProjectRoleAdmin):
         ("retries", "created_by"),
         ("created_at", "started_at", "paused_at", "finished_at", "updated_at"),
     )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return flatten_fieldsets(self.get_fieldsets(request, obj))  # every field: the page is read-only
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False  # a template's "Run…" form, or the API, makes runs

@@ -133,7 +133,7 @@ def _node(node: Mapping[str, Any], x: int, y: int) -> SafeString:
     )
     href = node.get("href")
     if href:
-        body = format_html('<a href="{}">{}</a>', href, body)
+        body = format_html('<a href="{}" style="text-decoration:none">{}</a>', href, body)
     links = format_html_join(
         "",
         '<a href="{}"><text x="{}" y="{}" fill="{}" font-size="10" text-anchor="end" '

@@ -132,6 +132,7 @@ def test_add_form_creates_through_the_service(root, project, step):
         "nodes": json.dumps(definition["nodes"]),
         "edges": json.dumps(definition["edges"]),
     }
+    assert root.get(f"{TEMPLATES}add/").status_code == 200
     response = root.post(f"{TEMPLATES}add/", data)
     assert response.status_code == 302, response.context["adminform"].form.errors
     made = WorkflowTemplate.objects.get(slug="made-here")
