@@ -250,6 +250,29 @@ class WorkflowTemplateAdmin(ProjectRoleAdmin):
         return format_html("<ul>{}</ul>", rows) if rows else "none yet"
 
     # --- saving through the services ------------------------------------------------------------
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: Any = None,
+    ) -> Any:
+        # The form showed the service's checks; one that fails only at save (a slug taken meanwhile
+        # by another operator) rolls the save back and says why, instead of a server error.
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                problems = "; ".join(
+                    f"{field}: {message}" if field != "__all__" else message
+                    for field, found in exc.message_dict.items()
+                    for message in found
+                )
+            else:
+                problems = "; ".join(exc.messages)
+            self.message_user(request, f"Not saved: {problems}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(
         self, request: HttpRequest, obj: WorkflowTemplate, form: forms.ModelForm, change: bool
     ) -> None:

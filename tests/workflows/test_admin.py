@@ -302,3 +302,33 @@ def test_names_are_escaped_in_the_picture_and_the_steps(root, user, project, mak
         page = root.get(url).content.decode()
         assert "<img src=x" not in page
         assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+
+
+def test_a_slug_taken_between_the_check_and_the_save_is_a_message(root, project, step):
+    """Another operator takes the slug after the form was checked: the service's refusal at
+    save rolls everything back and is said on the page, not a server error."""
+    from django.db.models.signals import pre_save
+
+    def rival(sender: Any, instance: WorkflowTemplate, **kwargs: Any) -> None:
+        if instance.slug == "raced" and not WorkflowTemplate.objects.filter(slug="raced").exists():
+            WorkflowTemplate.objects.bulk_create(  # no signal: the other operator's row
+                [WorkflowTemplate(project=project, slug="raced", name="Theirs", nodes=instance.nodes)]
+            )
+
+    data = {
+        "project": str(project.pk),
+        "slug": "raced",
+        "name": "Mine",
+        "description": "",
+        "parameters": "[]",
+        "nodes": json.dumps([{"key": "a", "template": "step", "parameters": {}}]),
+        "edges": "[]",
+    }
+    pre_save.connect(rival, sender=WorkflowTemplate)
+    try:
+        response = root.post(f"{TEMPLATES}add/", data)
+    finally:
+        pre_save.disconnect(rival, sender=WorkflowTemplate)
+    assert response.status_code == 302 and response["Location"] == f"{TEMPLATES}add/"
+    assert any("Not saved: slug: This project already has" in m for m in messages_of(response))
+    assert not WorkflowTemplate.objects.filter(name="Mine").exists()
