@@ -18,12 +18,13 @@ from typing import Any
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-NODE_W = 168
+NODE_W = 180
 NODE_H = 46
 COL_GAP = 64
 ROW_GAP = 22
 PAD = 16
-LABEL_CHARS = 24
+LABEL_CHARS = 26  # 11 px text in the box
+KEY_CHARS = 18  # 13 px bold; 14 when a link shares its line
 
 # status -> (fill, stroke, text colour)
 STATUS_STYLE: dict[str, tuple[str, str, str]] = {
@@ -125,7 +126,7 @@ def _node(node: Mapping[str, Any], x: int, y: int) -> SafeString:
         x + 8,
         y + 18,
         ink,
-        _short(key),
+        _short(key, KEY_CHARS - 4 if node.get("links") else KEY_CHARS),
         x + 8,
         y + 36,
         ink,

@@ -137,3 +137,11 @@ def test_two_hundred_nodes_render_quickly():
     assert len([p for p in root.iter(f"{SVG}path") if p.get("class")]) == len(edges)
     assert float(root.get("width")) > 19 * NODE_W
     assert len(set(re.findall(r'data-key="([^"]+)"', svg))) == 200
+
+
+def test_long_keys_and_labels_are_cut_in_the_box_and_whole_in_the_title():
+    key, label = "k" * 64, "a template with a rather long name indeed"
+    root = parse(graph_svg([{"key": key, "label": label, "status": "waiting", "href": None}], []))
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert texts[0] == "k" * 17 + "…" and texts[1].endswith("…") and len(texts[1]) == 26
+    assert next(root.iter(f"{SVG}title")).text == f"{key} — {label} (waiting)"
