@@ -23,10 +23,15 @@ pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
 
 def wait_until(check: Any, timeout: float = 20) -> None:
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():
-            return
+        try:
+            if check():
+                return
+        except WebDriverException:
+            pass  # the page is being replaced (the reload at the end): look again
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout}s")
 
