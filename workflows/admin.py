@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -101,18 +102,34 @@ class RunForm(forms.Form):
         return value
 
     def add_service_errors(self, exc: ValidationError) -> None:
-        for field, errors in exc.message_dict.items():
+        for field, message in service_problems(exc):
             name = FIELD_RE.split(field, maxsplit=1)[0]
-            for message in errors:
-                if name in self.fields and name != "start":
-                    self.add_error(name, f"{field}: {message}" if field != name else message)
-                else:
-                    self.add_error(None, f"{field}: {message}" if field else message)
+            if name in self.fields and name != "start":
+                self.add_error(name, message if field == name else f"{field}: {message}")
+            else:
+                self.add_error(None, f"{field}: {message}" if field else message)
 
 
-def _template_links(project_id: Any, ids: list[str]) -> dict[str, Template]:
-    found = Template.objects.filter(project_id=project_id, pk__in=[i for i in ids if i])
-    return {str(t.pk): t for t in found}
+def service_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field, message)`` of a service's ``ValidationError`` (field ``""``: the whole)."""
+    if not hasattr(exc, "error_dict"):
+        return [("", message) for message in exc.messages]
+    return [
+        ("" if field == NON_FIELD_ERRORS else field, message)
+        for field, found in exc.message_dict.items()
+        for message in found
+    ]
+
+
+def _template_links(project_id: Any, refs: list[str]) -> dict[str, Template]:
+    """The templates the nodes name (stored nodes name them by id), by id."""
+    ids = []
+    for ref in refs:
+        try:
+            ids.append(uuid.UUID(ref))
+        except ValueError:
+            continue
+    return {str(t.pk): t for t in Template.objects.filter(project_id=project_id, pk__in=ids)}
 
 
 @admin.register(WorkflowTemplate)
@@ -262,14 +279,9 @@ class WorkflowTemplateAdmin(ProjectRoleAdmin):
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:
-            if hasattr(exc, "error_dict"):
-                problems = "; ".join(
-                    f"{field}: {message}" if field != "__all__" else message
-                    for field, found in exc.message_dict.items()
-                    for message in found
-                )
-            else:
-                problems = "; ".join(exc.messages)
+            problems = "; ".join(
+                f"{field}: {message}" if field else message for field, message in service_problems(exc)
+            )
             self.message_user(request, f"Not saved: {problems}", messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
 

@@ -332,3 +332,22 @@ def test_a_slug_taken_between_the_check_and_the_save_is_a_message(root, project,
     assert response.status_code == 302 and response["Location"] == f"{TEMPLATES}add/"
     assert any("Not saved: slug: This project already has" in m for m in messages_of(response))
     assert not WorkflowTemplate.objects.filter(name="Mine").exists()
+
+
+def test_run_form_refuses_a_secret_by_value_or_a_missing_secret(root, make_workflow):
+    workflow = make_workflow(
+        parameters=[
+            {"name": "greeting", "type": "string", "default": "hello"},
+            {"name": "token", "type": "string", "secret": True, "required": False},
+        ]
+    )
+    url = f"{TEMPLATES}{workflow.pk}/run/"
+    for given, expected in (
+        ("plain", 'A workflow takes a secret as {"secret": "<name>"} only.'),
+        ({"secret": "NOPE"}, "NOPE"),
+    ):
+        response = root.post(url, {"parameters": json.dumps({"token": given}), "start": "on"})
+        assert response.status_code == 200
+        errors = response.context["form"].errors["parameters"]
+        assert any(e.startswith("parameters.token: ") and expected in e for e in errors), errors
+    assert not WorkflowRun.objects.exists()
