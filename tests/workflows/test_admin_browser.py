@@ -58,8 +58,9 @@ def test_the_run_page_is_live_until_the_run_ends(make_workflow: Any, user: User)
             driver.find_element(By.ID, "id_username").send_keys(user.username)
             driver.find_element(By.ID, "id_password").send_keys("op-password-1")
             driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+            wait_until(lambda: driver.find_elements(By.ID, "dashboard"))  # logged in
             driver.get(f"{base}/admin/workflows/workflowrun/{run.pk}/change/")
-            assert node_status(driver, "a") == "queued"
+            wait_until(lambda: node_status(driver, "a") == "queued")
             driver.execute_script("window.sameDocument = true;")  # gone if the page reloads
 
             end_node(run, "a")
