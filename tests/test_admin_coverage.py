@@ -100,6 +100,15 @@ ADMINS: dict[str, Entry] = {
         write_role=Role.ADMIN,
     ),
     "triggers.delivery": Entry("project", frozenset({"replay"}), write_role=Role.ADMIN),
+    "workflows.workflowtemplate": Entry(
+        "project",
+        frozenset({"delete_selected"}),
+        write_role=Role.ADMIN,
+        action_roles={"run": Role.MEMBER},
+    ),
+    "workflows.workflowrun": Entry(
+        "project", frozenset({"pause", "resume", "cancel", "retry"}), write_role=Role.MEMBER
+    ),
 }
 PROJECT_ADMINS = sorted(label for label, entry in ADMINS.items() if entry.kind == "project")
 SNAPSHOT_APPS = (
@@ -113,6 +122,7 @@ SNAPSHOT_APPS = (
     "vault",
     "triggers",
     "schedules",
+    "workflows",
 )
 
 
@@ -208,6 +218,29 @@ def _schedule(project: Project, owner: User) -> Any:
     )
 
 
+def _workflow_template(project: Project, owner: User) -> Any:
+    from workflows.services import workflow_template_create
+
+    template = _template(project, owner)
+    return workflow_template_create(
+        project=project,
+        actor=owner,
+        slug=f"w-{uuid.uuid4().hex[:8]}",
+        name="W",
+        nodes=[
+            {"key": "a", "template": template.slug, "parameters": {}},
+            {"key": "b", "template": template.slug, "parameters": {}},
+        ],
+        edges=[{"from": "a", "to": "b"}],
+    )
+
+
+def _workflow_run(project: Project, owner: User) -> Any:
+    from workflows.services import workflow_run_create
+
+    return workflow_run_create(workflow=_workflow_template(project, owner), actor=owner)  # running
+
+
 BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "accounts.project": lambda project, owner: project,
     "accounts.invitation": _invitation,
@@ -222,6 +255,8 @@ BUILDERS: dict[str, Callable[[Project, User], Any]] = {
     "triggers.trigger": _trigger,
     "triggers.delivery": _trigger_delivery,
     "schedules.schedule": _schedule,
+    "workflows.workflowtemplate": _workflow_template,
+    "workflows.workflowrun": _workflow_run,
 }
 
 
