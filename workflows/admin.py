@@ -17,7 +17,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -374,7 +374,8 @@ BUTTONS: dict[str, tuple[Callable[..., WorkflowRun], frozenset[str], str]] = {
 
 
 def _nodes_of(run: WorkflowRun) -> list[WorkflowNode]:
-    return list(run.nodes.select_related("task").order_by("position"))
+    """Every node in topological order, a fan-out's items right after it."""
+    return list(run.nodes.select_related("task").order_by("position", F("item_index").asc(nulls_first=True)))
 
 
 def _latest_executions(nodes: list[WorkflowNode]) -> dict[Any, Execution]:
@@ -394,12 +395,20 @@ def run_graph(run: WorkflowRun, nodes: list[WorkflowNode], latest: dict[Any, Exe
     """The run's graph, coloured by node status; a node links to its task, and to its task's
     newest execution (``exec #n``)."""
     drawn = []
+    items: dict[Any, int] = {}
     for node in nodes:
+        if node.parent_id is not None:
+            items[node.parent_id] = items.get(node.parent_id, 0) + 1
+    for node in nodes:
+        if node.parent_id is not None:  # a fan-out's items are in the steps table, not the picture
+            continue
         execution = latest.get(node.task_id)
         drawn.append(
             {
                 "key": node.key,
-                "label": node.template_name,
+                "label": f"{node.template_name} ({items[node.pk]} items)"
+                if node.pk in items
+                else node.template_name,
                 "status": node.shown_status(),
                 "href": reverse("admin:tasks_task_change", args=[node.task_id]) if node.task_id else None,
                 "links": [

@@ -351,3 +351,31 @@ def test_run_form_refuses_a_secret_by_value_or_a_missing_secret(root, make_workf
         errors = response.context["form"].errors["parameters"]
         assert any(e.startswith("parameters.token: ") and expected in e for e in errors), errors
     assert not WorkflowRun.objects.exists()
+
+
+def test_a_fan_out_is_one_box_in_the_picture_and_its_items_are_steps(root, user, project, step):
+    from tests.workflows.conftest import end_node
+    from workflows import services
+
+    workflow = services.workflow_template_create(
+        project=project,
+        actor=user,
+        slug="fan",
+        name="Fan",
+        nodes=[
+            {"key": "list", "template": "step"},
+            {
+                "key": "each",
+                "template": "step",
+                "for_each": "{{ nodes.list.outputs.hosts }}",
+                "parameters": {"message": "{{ item }}"},
+            },
+        ],
+        edges=[{"from": "list", "to": "each"}],
+    )
+    run = services.workflow_run_create(workflow=workflow, actor=user)
+    end_node(run, "list", outputs={"hosts": ["x", "y"]})
+    page = root.get(f"/admin/workflows/workflowrun/{run.pk}/change/").content.decode()
+    assert 'data-key="each[0]"' in page and 'data-key="each[1]"' in page
+    picture = root.get(f"/admin/workflows/workflowrun/{run.pk}/graph.svg").content.decode()
+    assert "(2 items)" in picture and "each[0]" not in picture
