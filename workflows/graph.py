@@ -341,7 +341,7 @@ def _binding_errors(
             errors += [(at, code, f"{where}: {message}") for _, code, message in problems]
             continue
         if binding.kind == "text" and target["type"] not in TEXT_TARGETS:
-            errors.append((at, "type_mismatch", f"{where}: text cannot fit a {target['type']} parameter."))
+            errors.append((at, "type_mismatch", f"{where}: text cannot fit {_a(target['type'])} parameter."))
         for expression in binding.expressions:
             errors += _expression_errors(
                 expression, binding, target, declared, upstream[key], at, where, "for_each" in entry
@@ -383,9 +383,13 @@ def _expression_errors(
         return [(at, "secret_binding", f"{where}: a secret parameter goes whole to a secret parameter only.")]
     if binding.kind == "whole" and (source["type"], target["type"]) not in FITS:
         return [
-            (at, "type_mismatch", f"{where}: a {source['type']} cannot fit a {target['type']} parameter.")
+            (at, "type_mismatch", f"{where}: {_a(source['type'])} cannot fit {_a(target['type'])} parameter.")
         ]
     return []
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 # --- Resolving bindings when a node starts -----------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from core.serializers import StrictTypesMixin
 from events.selectors import EventFilter
 from events.serializers import StreamEventSerializer
 
@@ -75,6 +76,10 @@ def event_filter(filters: dict[str, Any], projects: list[uuid.UUID] | None) -> E
         agent=value("agent"),
         workflow=value("workflow"),
     )
+
+
+class TicketFilterSerializer(StrictTypesMixin, EventFilterSerializer):
+    """The filters a ticket keeps, as a JSON body: each of its JSON type (no number for a type)."""
 
 
 class EventQuerySerializer(EventFilterSerializer):

@@ -21,10 +21,10 @@ from events.api.authentication import StreamTicketAuthentication, ticket_of
 from events.api.serializers import (
     FILTER_FIELDS,
     MAX_EVENT_ID,
-    EventFilterSerializer,
     EventPageSerializer,
     EventQuerySerializer,
     StreamFrameSerializer,
+    TicketFilterSerializer,
     TicketSerializer,
     event_filter,
 )
@@ -215,7 +215,7 @@ class EventViewSet(TaskforgeViewSet):
         return stream_response(frames, slot)
 
     @extend_schema(
-        request=EventFilterSerializer,
+        request=TicketFilterSerializer,
         auth=[{"ApiKeyAuth": []}, {"cookieAuth": []}],  # never a ticket: it opens the stream only
         responses={
             201: TicketSerializer,
@@ -228,7 +228,7 @@ class EventViewSet(TaskforgeViewSet):
     )
     @action(detail=False, methods=["post"], scope_action="read")
     def tickets(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        incoming = EventFilterSerializer(data=request.data)
+        incoming = TicketFilterSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         filters = incoming.stored()
         self._check_project(filters.get("project"))

@@ -201,7 +201,7 @@ def _chain(count: int) -> dict[str, Any]:
             },
             "nodes[1].parameters.n",
             "type_mismatch",
-            "a string cannot fit a integer",
+            "a string cannot fit an integer",
         ),
         ({"edges": [{"from": "a", "to": "zz"}]}, "edges[0].to", "unknown_node", "no node 'zz'"),
         ({"edges": [{"from": "zz", "to": "a"}]}, "edges[0].from", "unknown_node", "no node 'zz'"),
