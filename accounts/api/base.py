@@ -31,6 +31,7 @@ from accounts.models import ApiKey, Project, Role, visible_project_ids
 from accounts.permissions import HasProjectRole, HasScope, declared_scopes, require_role
 from accounts.scopes import SCOPE_OBJECTS, ScopeObject
 from accounts.selectors import project_for_new_object
+from core.errors import Conflict
 from core.filters import list_parameters, refuse_repeated
 from core.ratelimit import enforce_rate_limit, rate_limit_headers
 
@@ -242,3 +243,60 @@ class CreateWithServiceMixin:
         return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
 
     _idempotent_create = idempotent(_create)
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether ``value`` spells a UUID (an object's id rather than its slug)."""
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def slug_scope(
+    view: TaskforgeAPIMixin, queryset: models.QuerySet, slug: str, project: Any, noun: str
+) -> models.QuerySet:
+    """``queryset`` narrowed for looking ``slug`` up: to ``project`` when given, else to the
+    projects a request reaches without naming one (``Project.implicit_for``: the key's project,
+    or projects the caller belonged to before the key was made, so another member cannot make a
+    slug ambiguous); 409 ``ambiguous_slug`` when several of them have it (``noun`` names it)."""
+    if project:
+        if not is_uuid(str(project)):
+            raise ValidationError({"project": ["Must be a project id (UUID)."]})
+        queryset = queryset.filter(project_id=project)
+    else:
+        implicit = Project.objects.implicit_for(view.request.user, view.api_key)
+        queryset = queryset.filter(project_id__in=list(implicit.values_list("pk", flat=True)))
+    projects = list(queryset.filter(slug=slug).values_list("project_id", flat=True)[:10])
+    if len(projects) > 1:
+        raise Conflict(
+            f"Several of your projects have a {noun} {slug!r}: use its id, or name the project "
+            "(?project=<id>).",
+            code="ambiguous_slug",
+            projects=[str(pk) for pk in projects],
+        )
+    return queryset
+
+
+class SlugLookupMixin:
+    """Objects addressed by id or by slug (unique per project) under the ``ref`` URL kwarg; a
+    slug is looked up as ``slug_scope`` says (``?project=`` narrows it), ``slug_noun`` names
+    the object in the 409."""
+
+    slug_noun: ClassVar[str]
+    lookup_url_kwarg = "ref"
+    lookup_value_regex = r"[^/]+"
+    detail_kwarg = "ref"
+
+    @property
+    def lookup_field(self) -> str:  # type: ignore[override]
+        return "pk" if is_uuid(getattr(self, "kwargs", {}).get("ref", "")) else "slug"
+
+    def ref_scope(self, queryset: models.QuerySet) -> models.QuerySet:
+        """``queryset`` narrowed for the URL's ``ref`` when it is a slug."""
+        ref = getattr(self, "kwargs", {}).get("ref")
+        if ref is not None and not is_uuid(ref):
+            project = self.request.query_params.get("project")  # type: ignore[attr-defined]
+            return slug_scope(self, queryset, ref, project, self.slug_noun)
+        return queryset

@@ -26,10 +26,9 @@ from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
+from accounts.api.base import CreateWithServiceMixin, SlugLookupMixin, TaskforgeViewSet
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
-from core.errors import Conflict
 from core.holding import WAIT_PARAM, wait_seconds
 from core.openapi import ProblemSerializer
 from core.serializers import type_errors
@@ -103,14 +102,6 @@ def _executes(request: Request) -> bool:
         return False
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 @extend_schema_view(
     list=extend_schema(summary="List templates"),
     retrieve=extend_schema(summary="A template", parameters=[REF_PARAMETER, PROJECT_PARAMETER]),
@@ -124,7 +115,11 @@ def _is_uuid(value: str) -> bool:
 )
 @extend_schema(tags=["templates"])
 class TemplateViewSet(
-    CreateWithServiceMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet
+    SlugLookupMixin,
+    CreateWithServiceMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    TaskforgeViewSet,
 ):
     """Templates of the caller's projects. Reading needs template:read; writing needs
     template:write and the admin role in the template's project."""
@@ -133,41 +128,14 @@ class TemplateViewSet(
     serializer_class = TemplateSerializer
     filterset_class = TemplateFilter
     scope_object = "template"
+    slug_noun = "template"
     write_role = Role.ADMIN
-    lookup_url_kwarg = "ref"
-    lookup_value_regex = r"[^/]+"
     create_input = TemplateWriteSerializer
     detail_route = "template-detail"
-    detail_kwarg = "ref"
     idempotent_create = True
 
-    @property
-    def lookup_field(self) -> str:  # type: ignore[override]
-        ref = getattr(self, "kwargs", {}).get("ref", "")
-        return "pk" if _is_uuid(ref) else "slug"
-
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
-        queryset = queryset.for_api()
-        ref = getattr(self, "kwargs", {}).get("ref")
-        if ref is not None and not _is_uuid(ref):
-            project = self.request.query_params.get("project")
-            if project:
-                if not _is_uuid(project):
-                    raise ValidationError({"project": ["Must be a project id (UUID)."]})
-                queryset = queryset.filter(project_id=project)
-            else:
-                # Only the key's project, or projects the caller belonged to before the key was
-                # made (Project.implicit_for): another member cannot make a slug ambiguous.
-                implicit = Project.objects.implicit_for(self.request.user, self.api_key)
-                queryset = queryset.filter(project_id__in=list(implicit.values_list("pk", flat=True)))
-            projects = list(queryset.filter(slug=ref).values_list("project_id", flat=True)[:10])
-            if len(projects) > 1:
-                raise Conflict(
-                    f"Several of your projects have a template {ref!r}: use its id, or add ?project=<id>.",
-                    code="ambiguous_slug",
-                    projects=[str(pk) for pk in projects],
-                )
-        return queryset
+        return self.ref_scope(queryset.for_api())
 
     def _render(self, template: Template, status_code: int = status.HTTP_200_OK, **kwargs: Any) -> Response:
         # Read back through the caller's queryset: tenancy is checked again after the write.

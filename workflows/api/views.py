@@ -26,10 +26,9 @@ from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import CreateWithServiceMixin, TaskforgeViewSet
+from accounts.api.base import CreateWithServiceMixin, SlugLookupMixin, TaskforgeViewSet, is_uuid, slug_scope
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
-from core.errors import Conflict
 from core.openapi import ProblemSerializer
 from core.serializers import type_errors
 from workflows import services
@@ -100,14 +99,6 @@ RUN_EXAMPLE = OpenApiExample(
 STARTS = ("execution:write",)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
-
-
 def _starts(request: Request) -> bool:
     """Whether a run's creating body asks to start it (``start`` defaults to true), read the
     way ``WorkflowRunCreateSerializer`` reads it. A ``start`` it would refuse starts nothing
@@ -141,7 +132,11 @@ def _starts(request: Request) -> bool:
 )
 @extend_schema(tags=["workflows"])
 class WorkflowTemplateViewSet(
-    CreateWithServiceMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, TaskforgeViewSet
+    SlugLookupMixin,
+    CreateWithServiceMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    TaskforgeViewSet,
 ):
     """Workflow templates of the caller's projects. Reading needs workflow:read; writing needs
     workflow:write and the admin role in the workflow template's project."""
@@ -150,25 +145,14 @@ class WorkflowTemplateViewSet(
     serializer_class = WorkflowTemplateSerializer
     filterset_class = WorkflowTemplateFilter
     scope_object = "workflow"
+    slug_noun = "workflow template"
     write_role = Role.ADMIN
-    lookup_url_kwarg = "ref"
-    lookup_value_regex = r"[^/]+"
     create_input = WorkflowTemplateWriteSerializer
     detail_route = "workflow-template-detail"
-    detail_kwarg = "ref"
     idempotent_create = True
 
-    @property
-    def lookup_field(self) -> str:  # type: ignore[override]
-        ref = getattr(self, "kwargs", {}).get("ref", "")
-        return "pk" if _is_uuid(ref) else "slug"
-
     def scoped_queryset(self, queryset: QuerySet) -> QuerySet:
-        queryset = queryset.select_related("created_by")
-        ref = getattr(self, "kwargs", {}).get("ref")
-        if ref is not None and not _is_uuid(ref):
-            return _by_slug(self, queryset, ref, self.request.query_params.get("project"))
-        return queryset
+        return self.ref_scope(queryset.select_related("created_by"))
 
     def _render(self, workflow: WorkflowTemplate, status_code: int = status.HTTP_200_OK) -> Response:
         # Read back through the caller's queryset: tenancy is checked again after the write.
@@ -224,27 +208,6 @@ class WorkflowTemplateViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-def _by_slug(view: TaskforgeViewSet, queryset: QuerySet, slug: str, project: Any) -> QuerySet:
-    """``queryset`` narrowed for a slug lookup: to ``project`` when named, else to the projects a
-    request reaches when it names none (Project.implicit_for, as for templates); 409 when the
-    slug is in several of them."""
-    if project:
-        if not _is_uuid(str(project)):
-            raise ValidationError({"project": ["Must be a project id (UUID)."]})
-        queryset = queryset.filter(project_id=project)
-    else:
-        implicit = Project.objects.implicit_for(view.request.user, view.api_key)
-        queryset = queryset.filter(project_id__in=list(implicit.values_list("pk", flat=True)))
-    projects = list(queryset.filter(slug=slug).values_list("project_id", flat=True)[:10])
-    if len(projects) > 1:
-        raise Conflict(
-            f"Several of your projects have a workflow template {slug!r}: use its id, or name the project.",
-            code="ambiguous_slug",
-            projects=[str(pk) for pk in projects],
-        )
-    return queryset
-
-
 @extend_schema_view(
     list=extend_schema(summary="List workflow runs, newest first"),
     retrieve=extend_schema(summary="A workflow run with its steps (every node: status, outputs, task)"),
@@ -295,8 +258,8 @@ class WorkflowRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Taskf
         queryset = self.visible(WorkflowTemplate)
         if project is not None:
             queryset = queryset.filter(project_id=project)
-        if not _is_uuid(ref):
-            queryset = _by_slug(self, queryset, ref, project)
+        if not is_uuid(ref):
+            queryset = slug_scope(self, queryset, ref, project, "workflow template")
         try:
             return services.workflow_template_lookup(queryset, ref)
         except (WorkflowTemplate.DoesNotExist, WorkflowTemplate.MultipleObjectsReturned):
