@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import django_filters as filters
-from django.db.models import Q, QuerySet
 
 from core.filters import CommaChoiceFilter, StrictFilterSet
+from templates_app.filters import TemplateFilter
 from workflows.models import RunStatus, WorkflowRun, WorkflowTemplate
 
 
-class WorkflowTemplateFilter(StrictFilterSet):
-    project = filters.UUIDFilter(field_name="project_id")
-    slug = filters.CharFilter()
-    search = filters.CharFilter(method="filter_search", help_text="Words in the slug, name or description.")
+class WorkflowTemplateFilter(TemplateFilter):
+    """The templates' filters (project, slug, search), on workflow templates."""
 
     class Meta:
         model = WorkflowTemplate
         fields: list[str] = []
-
-    def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        value = value.strip()
-        if not value:
-            return queryset
-        return queryset.filter(
-            Q(slug__icontains=value) | Q(name__icontains=value) | Q(description__icontains=value)
-        )
 
 
 class WorkflowRunFilter(StrictFilterSet):
