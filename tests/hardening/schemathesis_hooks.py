@@ -174,12 +174,17 @@ def _errors(response: Any) -> list[dict[str, Any]]:
 
 def _template_parameters_unknown(case: Any, response: Any) -> bool:
     """A trigger's ``parameters`` are checked against the template's declarations (data the
-    schema of one endpoint for every template cannot list): ``parameters.<name>`` unknown."""
-    if not _path(case).endswith("/trigger"):
+    schema of one endpoint for every template cannot list): ``parameters.<name>`` unknown. So
+    are an execute's on a task made from a template (a workflow node's, say), against the
+    declarations the task kept: any ``parameters.<name>`` error there depends on that task."""
+    path = _path(case)
+    if not path.endswith(("/trigger", "/execute")):
         return False
     errors = _errors(response)
     return bool(errors) and all(
-        str(e.get("field") or "").startswith("parameters.") and e.get("code") == "unknown" for e in errors
+        str(e.get("field") or "").startswith("parameters.")
+        and (e.get("code") == "unknown" or path.endswith("/execute"))
+        for e in errors
     )
 
 
