@@ -136,6 +136,17 @@ class EncryptedTextField(models.TextField):
         return encrypt(value)
 
 
+class Unreadable(dict):
+    """What an ``EncryptedJSONField`` reads when no configured key opens its token: an empty
+    object that says so (``reason``), so a reader can refuse it (a claim fails that run
+    ``secret_missing``) instead of every read of the row raising. Never saved back: the values
+    are lost either way, and the token stays until the row is next written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
 class EncryptedJSONField(EncryptedTextField):
     """A JSON object kept encrypted (``EncryptedTextField`` over its JSON text): an execution's
     secret parameter values while it waits and runs. An empty object is stored as ``""``."""
@@ -146,7 +157,10 @@ class EncryptedJSONField(EncryptedTextField):
         super().__init__(*args, **kwargs)
 
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
-        text = super().from_db_value(value, expression, connection)
+        try:
+            text = super().from_db_value(value, expression, connection)
+        except Undecryptable as exc:
+            return Unreadable(str(exc))
         return json.loads(text) if text else {}
 
     def to_python(self, value: Any) -> Any:

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from core import sql
-from core.crypto import Undecryptable
+from core.crypto import Undecryptable, Unreadable
 from core.sql import lock_skipping_locked
 from events.models import Event, EventType
 from events.services import event_build
@@ -517,6 +517,16 @@ def _resolve_secrets(execution: Execution) -> bool:
     ``secret.used``). The stored references stay as they are (a retry resolves them again).
     False, with the execution failed ``secret_missing`` (never retried) and nothing else
     changed, when a secret is gone or no configured key opens it."""
+    if isinstance(execution.secret_parameters, Unreadable):  # its key was dropped unrotated
+        _finish(
+            execution,
+            status=ExecutionStatus.FAILED,
+            claim_token=execution.claim_token,
+            error=ErrorCode.SECRET_MISSING,
+            error_detail=f"The secret values passed to this run: {execution.secret_parameters.reason}"[:500],
+            retry=False,
+        )
+        return False
     refs = secret_refs(execution.secret_parameters)
     if not refs:  # the common case costs the claim no statement
         execution.secret_values = dict(execution.secret_parameters)

@@ -283,3 +283,23 @@ def test_a_member_triggers_with_a_reference_to_a_secret_only_admins_set(team, ke
         format="json",
     )
     assert refused.status_code == 403
+
+
+def test_passed_secrets_no_key_opens_fail_only_that_run(api, user, project, inline_worker, settings):
+    """A queued run's passed secret values are stored encrypted; if the key that encrypted them is
+    dropped before `rotate_secrets_key` ran, that run fails `secret_missing` at its claim and the
+    queue goes on (the claim loop is not stuck on it)."""
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    template(user, project)
+    settings.TASKFORGE_SECRETS_KEYS = [old]
+    doomed = trigger(api, token="passed-under-the-old-key").json()["execution"]["id"]
+    settings.TASKFORGE_SECRETS_KEYS = [new]
+    fine = trigger(api, token="passed-under-the-new-key").json()["execution"]["id"]
+    assert inline_worker.run_pending() == 1  # the other run still runs
+    failed = Execution.objects.get(pk=doomed)
+    assert failed.status == ExecutionStatus.FAILED and failed.error == ErrorCode.SECRET_MISSING
+    assert "rotate_secrets_key" in failed.error_detail
+    assert failed.task.status == "failed" and not failed.retries.exists()
+    assert Execution.objects.get(pk=fine).status == ExecutionStatus.SUCCEEDED
