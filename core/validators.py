@@ -18,6 +18,8 @@ emoji sequences need; they cannot reorder text.
 from __future__ import annotations
 
 import unicodedata
+import uuid
+from typing import Any
 
 from django.core.exceptions import ValidationError
 
@@ -64,3 +66,12 @@ def validate_name(value: object) -> None:
 def validate_label_text(value: object) -> None:
     """Like :func:`validate_name`, but line breaks and tabs are allowed (a short description)."""
     _check(value, MULTILINE_ALLOWED, "This text")
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether ``value`` spells a UUID (an object's id rather than its slug)."""
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True

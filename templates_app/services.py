@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
+from core.validators import is_uuid
 from executions.models import Execution, Trigger
 from executions.services import execution_enqueue
 from tasks.models import Task
@@ -59,33 +60,42 @@ OVERRIDABLE_FIELDS: tuple[str, ...] = (
 )
 
 
-def _looks_like_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def template_errors(template: Template, spec: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """Everything wrong with ``template`` and its declarations ``spec``, at once."""
+def slugged_errors(obj: Any, noun: str, exclude: list[str]) -> list[tuple[str, str, str]]:
+    """The field errors of ``obj`` (a model with ``project`` and ``slug``, unique together, like
+    templates and workflow templates), ``exclude`` not checked; its slug must not look like an
+    id (URLs take either) and must be free in the project (``noun`` names the kind)."""
     errors: list[tuple[str, str, str]] = []
     try:
-        template.full_clean(exclude=["project"], validate_constraints=False)
+        obj.full_clean(exclude=exclude, validate_constraints=False)
     except ValidationError as exc:
         for field, messages in exc.error_dict.items():
             for error in messages:
                 message = error.message % error.params if error.params else error.message
                 errors.append((field if field != "__all__" else "", error.code or "invalid", str(message)))
-    if template.slug and _looks_like_uuid(template.slug):
+    if obj.slug and is_uuid(obj.slug):
         errors.append(("slug", "invalid", "A slug cannot look like an id (a UUID)."))
     elif (
-        template.slug
-        and Template.objects.filter(project_id=template.project_id, slug=template.slug)
-        .exclude(pk=template.pk)
-        .exists()
+        obj.slug
+        and type(obj).objects.filter(project_id=obj.project_id, slug=obj.slug).exclude(pk=obj.pk).exists()
     ):
-        errors.append(("slug", "unique", f"This project already has a template {template.slug!r}."))
+        errors.append(("slug", "unique", f"This project already has a {noun} {obj.slug!r}."))
+    return errors
+
+
+def slugged_save(obj: Any, noun: str) -> None:
+    """Save ``obj`` (see ``slugged_errors``); a slug taken meanwhile is the same 400."""
+    try:
+        with transaction.atomic():
+            obj.save()
+    except IntegrityError:
+        raise params.as_validation_error(
+            [("slug", "unique", f"This project already has a {noun} {obj.slug!r}.")]
+        ) from None
+
+
+def template_errors(template: Template, spec: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Everything wrong with ``template`` and its declarations ``spec``, at once."""
+    errors = slugged_errors(template, "template", exclude=["project"])
     spec_errors = params.validate_spec(spec)
     errors.extend(spec_errors)
     valid = [item for item in spec if isinstance(item, Mapping)]
@@ -141,16 +151,6 @@ def _save_parameters(template: Template, spec: list[dict[str, Any]]) -> None:
     )
 
 
-def _save(template: Template) -> None:
-    try:
-        with transaction.atomic():
-            template.save()
-    except IntegrityError:
-        raise params.as_validation_error(
-            [("slug", "unique", f"This project already has a template {template.slug!r}.")]
-        ) from None
-
-
 @transaction.atomic
 def template_create(
     *,
@@ -169,7 +169,7 @@ def template_create(
         project=project, created_by=actor if actor and actor.is_authenticated else None, **fields
     )
     _raise(template_errors(template, spec))
-    _save(template)
+    slugged_save(template, "template")
     _save_parameters(template, spec)
     return template
 
@@ -208,7 +208,7 @@ def template_update(
     if changed or spec_changed:
         template.version += 1
         template.updated_at = timezone.now()
-        _save(template)
+        slugged_save(template, "template")
         if spec_changed:
             _save_parameters(template, spec)
     return template
@@ -300,7 +300,7 @@ def template_lookup(queryset: Any, ref: str, project: uuid.UUID | str | None = N
     """The template ``ref`` (an id or a slug) among ``queryset``; raises Template.DoesNotExist,
     or ``Template.MultipleObjectsReturned`` when a slug is in several projects and no
     ``project`` narrows it."""
-    if _looks_like_uuid(ref):
+    if is_uuid(ref):
         return queryset.get(pk=ref)
     matches = queryset.filter(slug=ref)
     if project is not None:

@@ -10,17 +10,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Project, User
 from core.errors import Conflict
+from core.validators import is_uuid
 from events.models import EventType
 from tasks.models import TERMINAL, Status
 from tasks.services import task_move
 from templates_app import parameters as params
 from templates_app.models import Template
-from templates_app.services import template_lookup
+from templates_app.services import slugged_errors, slugged_save, template_lookup
 from vault.services import secret_ref_errors, secret_refs_check
 from workflows import engine, graph
 from workflows.models import (
@@ -34,14 +35,6 @@ from workflows.models import (
 )
 
 WRITABLE_FIELDS: tuple[str, ...] = ("slug", "name", "description", "parameters", "nodes", "edges")
-
-
-def _looks_like_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _template_lookup(project_id: uuid.UUID) -> graph.TemplateLookup:
@@ -58,23 +51,9 @@ def _template_lookup(project_id: uuid.UUID) -> graph.TemplateLookup:
 def definition_check(workflow: WorkflowTemplate) -> list[tuple[str, str, str]]:
     """Every problem of ``workflow`` (its fields, declarations, graph, secret references);
     stores the nodes with their templates resolved to ids."""
-    errors: list[tuple[str, str, str]] = []
-    try:
-        workflow.full_clean(exclude=["project", "nodes", "edges", "parameters"], validate_constraints=False)
-    except ValidationError as exc:
-        for field, messages in exc.error_dict.items():
-            for error in messages:
-                message = error.message % error.params if error.params else error.message
-                errors.append((field, error.code or "invalid", str(message)))
-    if workflow.slug and _looks_like_uuid(workflow.slug):
-        errors.append(("slug", "invalid", "A slug cannot look like an id (a UUID)."))
-    elif (
-        workflow.slug
-        and WorkflowTemplate.objects.filter(project_id=workflow.project_id, slug=workflow.slug)
-        .exclude(pk=workflow.pk)
-        .exists()
-    ):
-        errors.append(("slug", "unique", f"This project already has a workflow template {workflow.slug!r}."))
+    errors = slugged_errors(
+        workflow, "workflow template", exclude=["project", "nodes", "edges", "parameters"]
+    )
     spec = workflow.parameters
     if not isinstance(spec, list):
         return [*errors, ("parameters", "invalid_type", "A JSON list of parameter declarations.")]
@@ -95,17 +74,7 @@ def definition_check(workflow: WorkflowTemplate) -> list[tuple[str, str, str]]:
 
 def _raise(errors: list[tuple[str, str, str]]) -> None:
     if errors:
-        raise params.as_validation_error(errors)
-
-
-def _save(workflow: WorkflowTemplate) -> None:
-    try:
-        with transaction.atomic():
-            workflow.save()
-    except IntegrityError:
-        raise params.as_validation_error(
-            [("slug", "unique", f"This project already has a workflow template {workflow.slug!r}.")]
-        ) from None
+        raise params.as_validation_error([(field or "__all__", code, msg) for field, code, msg in errors])
 
 
 @transaction.atomic
@@ -121,7 +90,7 @@ def workflow_template_create(
         project=project, created_by=actor if actor and actor.is_authenticated else None, **fields
     )
     _raise(definition_check(workflow))
-    _save(workflow)
+    slugged_save(workflow, "workflow template")
     return workflow
 
 
@@ -152,7 +121,7 @@ def workflow_template_update(
     if any(getattr(workflow, name) != before[name] for name in WRITABLE_FIELDS):
         workflow.version += 1
         workflow.updated_at = timezone.now()
-        _save(workflow)
+        slugged_save(workflow, "workflow template")
     return workflow
 
 
@@ -167,7 +136,7 @@ def workflow_template_delete(
 def workflow_template_lookup(queryset: Any, ref: str) -> WorkflowTemplate:
     """The workflow template ``ref`` (an id or a slug) among ``queryset``; raises DoesNotExist
     (a slug in several of the caller's projects is ``MultipleObjectsReturned``)."""
-    if _looks_like_uuid(ref):
+    if is_uuid(ref):
         return queryset.get(pk=ref)
     return queryset.get(slug=ref)
 

@@ -34,6 +34,7 @@ from accounts.selectors import project_for_new_object
 from core.errors import Conflict
 from core.filters import list_parameters, refuse_repeated
 from core.ratelimit import enforce_rate_limit, rate_limit_headers
+from core.validators import is_uuid
 
 SEALED = ("get_queryset", "get_object", "get_permissions", "perform_authentication")
 
@@ -243,15 +244,6 @@ class CreateWithServiceMixin:
         return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
 
     _idempotent_create = idempotent(_create)
-
-
-def is_uuid(value: Any) -> bool:
-    """Whether ``value`` spells a UUID (an object's id rather than its slug)."""
-    try:
-        uuid.UUID(value)
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
 
 
 def slug_scope(

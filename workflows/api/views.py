@@ -26,11 +26,12 @@ from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api.base import CreateWithServiceMixin, SlugLookupMixin, TaskforgeViewSet, is_uuid, slug_scope
+from accounts.api.base import CreateWithServiceMixin, SlugLookupMixin, TaskforgeViewSet, slug_scope
 from accounts.idempotency import IDEMPOTENCY_PARAMETER, idempotency_responses, idempotent
 from accounts.models import Project, Role
 from core.openapi import ProblemSerializer
 from core.serializers import type_errors
+from core.validators import is_uuid
 from workflows import services
 from workflows.api.serializers import (
     WorkflowRunCreateSerializer,
